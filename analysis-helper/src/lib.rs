@@ -1,0 +1,1 @@
+//! The analysis helper: listener, bounded worker pool, and analyzers behind small traits.

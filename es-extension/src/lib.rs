@@ -1,0 +1,1 @@
+//! The extension's platform-neutral core and its kernel backends (`sys/`).

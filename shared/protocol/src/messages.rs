@@ -1,0 +1,185 @@
+//! The typed messages of both channels: extension <-> helper, and CLI <-> extension (control).
+//!
+//! Every request travels in a [`Request`] envelope with an id (answers may come back out of
+//! order) and the time budget left before its event's deadline; the receiver drops work whose
+//! budget has run out rather than finishing it.
+
+use serde::{Deserialize, Serialize};
+
+pub use model::{AnalysisRequest, Facts, MuteScope, MuteSpec, Needs};
+
+/// Who is connecting; the server refuses roles that do not belong on its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Extension,
+    Cli,
+    Helper,
+}
+
+/// First frame from the connecting side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u16,
+    pub role: Role,
+    /// The sender's program name and version, for logs.
+    pub agent: String,
+}
+
+/// The server's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accepted { version: u16, agent: String },
+    Rejected { reason: String, supported: u16 },
+}
+
+/// A request envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request<T> {
+    pub id: u64,
+    /// Microseconds left before the caller stops waiting. Relative, because the two processes
+    /// need not share a clock epoch; the receiver turns it into its own deadline on arrival.
+    pub budget_us: u64,
+    pub body: T,
+}
+
+/// A response envelope; `id` is the request's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response<T> {
+    pub id: u64,
+    pub body: T,
+}
+
+/// Extension -> helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelperRequest {
+    Ping,
+    /// Supply `request.needs` about `request.file` / `request.mount`. When `fd_attached`, the
+    /// file's descriptor rides along (SCM_RIGHTS) and the helper must read through it, never
+    /// re-open the path.
+    Analyze {
+        request: AnalysisRequest,
+        fd_attached: bool,
+    },
+    Stats,
+}
+
+/// Why the helper could not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelperErrorKind {
+    /// The budget ran out; the work was dropped.
+    DeadlineExceeded,
+    /// This platform has no such analysis (e.g. code signing on Linux).
+    Unsupported,
+    /// The request was malformed or inconsistent (e.g. `fd_attached` with no fd).
+    BadRequest,
+    /// The worker pool and its queue are full.
+    Busy,
+    /// Reading the file or system data failed.
+    Io,
+    /// An analyzer panicked (caught) or failed unexpectedly.
+    Internal,
+}
+
+/// Helper -> extension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelperResponse {
+    Pong {
+        agent: String,
+        pid: u32,
+        uptime_ms: u64,
+    },
+    /// The facts it could establish. A fact it could not establish is `None` and explained in
+    /// `errors`.
+    Analysis {
+        facts: Facts,
+        errors: Vec<(HelperErrorKind, String)>,
+    },
+    Stats {
+        counters: Vec<(String, u64)>,
+    },
+    Error {
+        kind: HelperErrorKind,
+        message: String,
+    },
+}
+
+/// CLI -> extension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    Status,
+    Stats,
+    PolicyShow,
+    /// Replace the policy with `text` (TOML). `origin` names the file for error messages.
+    PolicyLoad {
+        origin: String,
+        text: String,
+    },
+    MuteAdd(MuteSpec),
+    MuteRemove(MuteSpec),
+    MuteList,
+    /// The last `max` lines of the events log (JSON objects), oldest first.
+    EventsTail {
+        max: u32,
+    },
+    HelperPing,
+}
+
+/// Summary of one latency histogram, in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub name: String,
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// `gatehouse status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub agent: String,
+    pub pid: u32,
+    pub backend: String,
+    pub uptime_ms: u64,
+    pub mode: String,
+    pub policy_version: u64,
+    pub policy_origin: String,
+    pub helper_connected: bool,
+}
+
+/// `gatehouse stats`: named counters and latency percentiles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub counters: Vec<(String, u64)>,
+    pub latencies: Vec<LatencySummary>,
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+}
+
+/// Extension -> CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Status(StatusReport),
+    Stats(StatsReport),
+    Policy {
+        origin: String,
+        version: u64,
+        text: String,
+    },
+    PolicyLoaded {
+        version: u64,
+    },
+    Mutes(Vec<MuteSpec>),
+    Events(Vec<String>),
+    HelperPong {
+        connected: bool,
+        round_trip_us: Option<u64>,
+        detail: String,
+    },
+    Ok,
+    Error {
+        message: String,
+    },
+}
