@@ -1,7 +1,95 @@
-//! `gatehouse`: the companion CLI. Subcommands talk to the extension's control socket or work
-//! offline on policy files.
+//! `gatehouse`: the companion CLI. `run` and `demo` drive the Linux agent in the foreground;
+//! `status`, `stats`, `policy load|show`, `mute`, `events` and `helper ping` talk to the
+//! extension's control socket; `policy check|eval|import-santa` work offline on files.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage error (clap's own code for bad arguments).
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("gatehouse: not built yet (see issues 3, 6)");
+mod control;
+mod extension_cmd;
+mod policy_cmd;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Gatehouse endpoint authorization agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Linux, root: start the helper and the extension in the foreground; Ctrl-C stops both.
+    Run(run::RunArgs),
+    /// A self-contained tour in a scratch directory.
+    Demo(run::DemoArgs),
+    /// Connected or not, mode, policy version.
+    Status(control::ReadArgs),
+    /// Counters, latency percentiles, fallbacks, cache hit rate, queue depth.
+    Stats(control::ReadArgs),
+    /// Validate, evaluate, load, show or import policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Manage muted paths.
+    #[command(subcommand)]
+    Mute(control::MuteCommand),
+    /// Read the events log.
+    #[command(subcommand)]
+    Events(control::EventsCommand),
+    /// Talk to the analysis helper through the extension.
+    #[command(subcommand)]
+    Helper(control::HelperCommand),
+    /// macOS: activate, deactivate or query the system extension.
+    #[command(subcommand)]
+    Extension(extension_cmd::ExtensionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file; errors name the file, line, column and rule.
+    Check(policy_cmd::CheckArgs),
+    /// Decide one event offline and print the verdict, the deciding rule and whether the slow
+    /// path would be needed.
+    Eval(policy_cmd::EvalArgs),
+    /// Translate Santa rules (JSON) and a file-access plist into a Gatehouse policy.
+    ImportSanta(policy_cmd::ImportSantaArgs),
+    /// Hot-reload the running extension's policy (a bad file changes nothing).
+    Load(control::PolicyLoadArgs),
+    /// Print the running extension's policy.
+    Show(control::ReadArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Demo(a) => run::demo(a),
+        Command::Status(a) => control::status(a),
+        Command::Stats(a) => control::stats(a),
+        Command::Policy(PolicyCommand::Check(a)) => policy_cmd::check(a),
+        Command::Policy(PolicyCommand::Eval(a)) => policy_cmd::eval(a),
+        Command::Policy(PolicyCommand::ImportSanta(a)) => policy_cmd::import_santa(a),
+        Command::Policy(PolicyCommand::Load(a)) => control::policy_load(a),
+        Command::Policy(PolicyCommand::Show(a)) => control::policy_show(a),
+        Command::Mute(c) => control::mute(c),
+        Command::Events(c) => control::events(c),
+        Command::Helper(c) => control::helper(c),
+        Command::Extension(c) => extension_cmd::extension(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // anyhow's alternate form prints the whole context chain on one line.
+            println!("gatehouse: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
