@@ -3,3 +3,4 @@
 //! `backend` is the written contract between the two; the core never knows which OS it runs on.
 
 pub mod backend;
+pub mod sys;

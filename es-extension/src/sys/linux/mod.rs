@@ -1,0 +1,1 @@
+//! The Linux fanotify backend. PLACEHOLDER: issue 6 fills it.

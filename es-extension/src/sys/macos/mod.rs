@@ -1,0 +1,1 @@
+//! The macOS Endpoint Security backend. PLACEHOLDER: issue 7 fills it.
