@@ -39,11 +39,11 @@ pub enum SigningStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeSigning {
     pub status: SigningStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub team_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub signing_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cdhash: Option<CdHash>,
     /// Raw `codesigning_flags`; 0 where the platform has none.
     #[serde(default)]
@@ -94,7 +94,7 @@ pub struct FileIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
     pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub identity: Option<FileIdentity>,
 }
 
@@ -112,9 +112,9 @@ impl FileRef {
 pub struct Process {
     pub pid: u32,
     /// macOS `pidversion` from the audit token; distinguishes pid reuse. None on Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pid_version: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ppid: Option<u32>,
     pub uid: u32,
     #[serde(default)]

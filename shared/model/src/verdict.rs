@@ -194,9 +194,9 @@ impl Needs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnalysisRequest {
     pub needs: Needs,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub file: Option<FileRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub mount: Option<MountInfo>,
 }
 
@@ -212,7 +212,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateInfo {
     pub leaf_sha256: Sha256,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub team_id: Option<String>,
     /// The signature satisfied the designated requirement when checked.
     pub valid: bool,
@@ -222,7 +222,7 @@ pub struct CertificateInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageTrust {
     /// The owning package, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub package: Option<String>,
     /// Owned by a package and the contents match the package's recorded digest.
     pub trusted: bool,
@@ -249,9 +249,9 @@ pub struct VolumeInfo {
     pub bus: VolumeBus,
     #[serde(default)]
     pub encrypted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub uuid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub fs_type: Option<String>,
 }
 
@@ -259,13 +259,13 @@ pub struct VolumeInfo {
 /// re-runs with these to turn an `Analyze` into a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Facts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sha256: Option<Sha256>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub certificate: Option<CertificateInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub package: Option<PackageTrust>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub volume: Option<VolumeInfo>,
 }
 

@@ -1,0 +1,354 @@
+//! Golden byte fixtures: pin the wire encoding of every message kind for each protocol version.
+//!
+//! A failing case here means the encoding changed. If that was intended, bump
+//! `PROTOCOL_VERSION`, add `tests/golden/v<N>/`, and regenerate with
+//! `GATEHOUSE_UPDATE_GOLDEN=1 cargo test -p protocol --test golden`. Never regenerate an old
+//! version's directory: deployed peers speak it.
+
+use std::path::PathBuf;
+
+use model::{
+    AccessFlags, AnalysisRequest, CodeSigning, Event, EventBody, Facts, FileIdentity, FileRef,
+    MountDisposition, MountFlags, MountInfo, MuteScope, MuteSpec, Needs, PackageTrust, Process,
+    Sha256, SigningStatus, VolumeBus, VolumeInfo,
+};
+use protocol::frame::encode_frame;
+use protocol::*;
+
+fn process() -> Process {
+    Process {
+        pid: 4242,
+        pid_version: Some(7),
+        ppid: Some(1),
+        uid: 501,
+        gid: 20,
+        executable: FileRef {
+            path: "/usr/bin/curl".into(),
+            identity: Some(FileIdentity {
+                dev: 16777230,
+                ino: 1152921500312524000,
+                size: 1_234_567,
+                mtime_ns: 1_700_000_000_123_456_789,
+                ctime_ns: -1,
+            }),
+        },
+        signing: CodeSigning {
+            status: SigningStatus::Production,
+            team_id: Some("EQHXZ8M8AV".into()),
+            signing_id: Some("com.apple.curl".into()),
+            cdhash: Some(model::CdHash([0xab; 20])),
+            flags: 0x2000_0301,
+            is_platform_binary: true,
+        },
+    }
+}
+
+fn cases() -> Vec<(&'static str, Vec<u8>)> {
+    let max = CONTROL_MAX_FRAME;
+    let frame = |v: &dyn erased::Enc| v.enc(max);
+    let mount = MountInfo {
+        source: "/dev/disk4s1".into(),
+        mount_point: "/Volumes/USB".into(),
+        fs_type: "msdos".into(),
+        flags: MountFlags {
+            read_only: false,
+            noexec: true,
+            nosuid: true,
+            nodev: false,
+        },
+        disposition: MountDisposition::External,
+    };
+    let exec = Event {
+        process: process(),
+        body: EventBody::Exec {
+            target: Box::new(process()),
+        },
+    };
+    let open = Event {
+        process: process(),
+        body: EventBody::Open {
+            file: FileRef::new("/etc/gatehouse/policy.toml"),
+            access: Some(AccessFlags {
+                read: true,
+                write: true,
+                append: false,
+                truncate: true,
+            }),
+        },
+    };
+    vec![
+        (
+            "hello",
+            frame(&Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                role: Role::Extension,
+                agent: "gatehouse-extension 0.1.0".into(),
+            }),
+        ),
+        (
+            "hello_reply_accepted",
+            frame(&HelloReply::Accepted {
+                version: 1,
+                agent: "h".into(),
+            }),
+        ),
+        (
+            "hello_reply_rejected",
+            frame(&HelloReply::Rejected {
+                reason: "version".into(),
+                supported: 1,
+            }),
+        ),
+        (
+            "helper_ping",
+            frame(&Request {
+                id: 1,
+                budget_us: 500_000,
+                body: HelperRequest::Ping,
+            }),
+        ),
+        (
+            "helper_analyze_file",
+            frame(&Request {
+                id: u64::MAX,
+                budget_us: 2_000_000,
+                body: HelperRequest::Analyze {
+                    request: AnalysisRequest {
+                        needs: Needs {
+                            sha256: true,
+                            certificate: false,
+                            package: true,
+                            volume: false,
+                        },
+                        file: Some(process().executable),
+                        mount: None,
+                    },
+                    fd_attached: true,
+                },
+            }),
+        ),
+        (
+            "helper_analyze_mount",
+            frame(&Request {
+                id: 3,
+                budget_us: 1,
+                body: HelperRequest::Analyze {
+                    request: AnalysisRequest {
+                        needs: Needs {
+                            volume: true,
+                            ..Needs::default()
+                        },
+                        file: None,
+                        mount: Some(mount.clone()),
+                    },
+                    fd_attached: false,
+                },
+            }),
+        ),
+        (
+            "helper_analysis",
+            frame(&Response {
+                id: 2,
+                body: HelperResponse::Analysis {
+                    facts: Facts {
+                        sha256: Some(Sha256([0x5a; 32])),
+                        certificate: None,
+                        package: Some(PackageTrust {
+                            package: Some("coreutils".into()),
+                            trusted: true,
+                        }),
+                        volume: Some(VolumeInfo {
+                            removable: true,
+                            bus: VolumeBus::Usb,
+                            encrypted: false,
+                            uuid: Some("0A1B-2C3D".into()),
+                            fs_type: Some("vfat".into()),
+                        }),
+                    },
+                    errors: vec![(HelperErrorKind::Unsupported, "code signing on Linux".into())],
+                },
+            }),
+        ),
+        (
+            "helper_error",
+            frame(&Response {
+                id: 9,
+                body: HelperResponse::Error {
+                    kind: HelperErrorKind::DeadlineExceeded,
+                    message: "budget spent".into(),
+                },
+            }),
+        ),
+        (
+            "control_policy_load",
+            frame(&Request {
+                id: 4,
+                budget_us: 10_000_000,
+                body: ControlRequest::PolicyLoad {
+                    origin: "/etc/gatehouse/policy.toml".into(),
+                    text: "version = 1\nmode = \"enforce\"\n".into(),
+                },
+            }),
+        ),
+        (
+            "control_mute_add",
+            frame(&Request {
+                id: 5,
+                budget_us: 0,
+                body: ControlRequest::MuteAdd(MuteSpec {
+                    scope: MuteScope::Target,
+                    path: "/var/log/".into(),
+                    prefix: true,
+                }),
+            }),
+        ),
+        (
+            "control_stats",
+            frame(&Response {
+                id: 6,
+                body: ControlResponse::Stats(StatsReport {
+                    counters: vec![
+                        ("events.exec.allow".into(), 10),
+                        ("fallback.deadline".into(), 0),
+                    ],
+                    latencies: vec![LatencySummary {
+                        name: "fast_path".into(),
+                        count: 10,
+                        p50_us: 1,
+                        p90_us: 2,
+                        p99_us: 3,
+                        max_us: 40,
+                    }],
+                    queue_depth: 0,
+                    queue_capacity: 1024,
+                }),
+            }),
+        ),
+        // Events are JSON-only (their JSON form is internally tagged, which bincode cannot
+        // carry); the wire carries them as JSON lines inside control responses.
+        (
+            "control_events",
+            frame(&Response {
+                id: 7,
+                body: ControlResponse::Events(vec![
+                    serde_json::to_string(&exec).unwrap(),
+                    serde_json::to_string(&open).unwrap(),
+                ]),
+            }),
+        ),
+    ]
+}
+
+/// Object-safe encoding so the table can hold different message types.
+mod erased {
+    pub trait Enc {
+        fn enc(&self, max: u32) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Enc for T {
+        fn enc(&self, max: u32) -> Vec<u8> {
+            super::encode_frame(self, max).unwrap()
+        }
+    }
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("v{PROTOCOL_VERSION}"))
+}
+
+#[test]
+fn golden_fixtures_match() {
+    let update = std::env::var_os("GATEHOUSE_UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for (name, bytes) in cases() {
+        let path = dir().join(format!("{name}.bin"));
+        if update {
+            std::fs::create_dir_all(dir()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+            continue;
+        }
+        match std::fs::read(&path) {
+            Ok(want) if want == bytes => {}
+            Ok(want) => failures.push(format!(
+                "{name}: encoding changed ({} bytes, fixture {} bytes)",
+                bytes.len(),
+                want.len()
+            )),
+            Err(e) => failures.push(format!("{name}: cannot read {}: {e}", path.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "golden mismatches (see file header):\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn golden_fixtures_decode_back() {
+    // Each fixture must decode to the value it was made from: the format is readable, not only
+    // writable. Decode through the frame reader, as a peer would.
+    use protocol::frame::read_frame;
+    let read = |name: &str| std::fs::read(dir().join(format!("{name}.bin"))).unwrap();
+    let hello: Hello = read_frame(&mut read("hello").as_slice(), 1024).unwrap();
+    assert_eq!(hello.magic, MAGIC);
+    let req: Request<HelperRequest> = read_frame(
+        &mut read("helper_analyze_file").as_slice(),
+        HELPER_MAX_FRAME,
+    )
+    .unwrap();
+    assert_eq!(req.id, u64::MAX);
+    assert!(matches!(
+        req.body,
+        HelperRequest::Analyze {
+            fd_attached: true,
+            ..
+        }
+    ));
+    let resp: Response<HelperResponse> =
+        read_frame(&mut read("helper_analysis").as_slice(), HELPER_MAX_FRAME).unwrap();
+    assert!(matches!(resp.body, HelperResponse::Analysis { .. }));
+    let resp: Response<ControlResponse> =
+        read_frame(&mut read("control_events").as_slice(), CONTROL_MAX_FRAME).unwrap();
+    let ControlResponse::Events(lines) = resp.body else {
+        panic!("not events")
+    };
+    let ev: Event = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(ev.process, process());
+    // Optional fields that are None must survive the positional binary encoding.
+    let mut bare = process().executable;
+    bare.identity = None;
+    let req = Request {
+        id: 1,
+        budget_us: 1,
+        body: HelperRequest::Analyze {
+            request: AnalysisRequest {
+                needs: Needs::default(),
+                file: Some(bare),
+                mount: None,
+            },
+            fd_attached: false,
+        },
+    };
+    let bytes = encode_frame(&req, HELPER_MAX_FRAME).unwrap();
+    let back: Request<HelperRequest> = read_frame(&mut bytes.as_slice(), HELPER_MAX_FRAME).unwrap();
+    assert_eq!(back, req);
+}
+
+#[test]
+fn every_fixture_file_has_a_case() {
+    // A stale fixture (message removed from the table) is a silent format change.
+    let names: Vec<_> = cases()
+        .into_iter()
+        .map(|(n, _)| format!("{n}.bin"))
+        .collect();
+    for entry in std::fs::read_dir(dir()).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            names.contains(&file),
+            "fixture {file} has no case in golden.rs"
+        );
+    }
+}
