@@ -28,7 +28,7 @@ macro_rules! digest_type {
             pub const LEN: usize = $len;
 
             /// Lower-case hex form, as written in policies and logs.
-            pub fn to_hex(&self) -> String {
+            pub fn to_hex(self) -> String {
                 hex::encode(self.0)
             }
         }
