@@ -1,5 +1,158 @@
-//! `gatehouse-helper`: parses arguments and runs the helper's listener.
+//! `gatehouse-helper`: parses arguments and runs the helper's listener (Linux: a Unix socket),
+//! or with `--probe SOCKET` connects to a running helper as a client and pings it.
+#![forbid(unsafe_code)]
 
-fn main() {
-    println!("gatehouse-helper: not built yet (see issue 5)");
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Gatehouse's analysis helper: hashing, package trust, volume metadata and code signing for the
+/// extension, over an authenticated socket with a bounded worker pool.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse-helper", version)]
+struct Args {
+    /// Unix socket to listen on (created with mode 0600; its directory is created).
+    #[arg(long, value_name = "PATH", required_unless_present = "probe")]
+    socket: Option<PathBuf>,
+    /// Analysis worker threads (fixed; the thread count never grows with load).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+    /// Requests queued for the workers beyond those running; a full queue answers Busy.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    queue: usize,
+    /// Concurrent connections (two threads each); more are refused.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_connections: usize,
+    /// Requests one connection may have queued or running at once; more are answered Busy.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_in_flight: usize,
+    /// Largest file the helper will hash or digest, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = analysis_helper::hash::DEFAULT_MAX_FILE_SIZE)]
+    max_file_size: u64,
+    /// Results remembered per kind (SHA-256, package trust), keyed by file identity.
+    #[arg(long, value_name = "N", default_value_t = analysis_helper::service::DEFAULT_CACHE_ENTRIES)]
+    cache_entries: usize,
+    /// Also accept peers running this executable (repeatable). Always accepted: the
+    /// `gatehouse-extension` and `gatehouse` binaries next to this one.
+    #[arg(long = "allowed-exe", value_name = "PATH")]
+    allowed_exe: Vec<PathBuf>,
+    /// Do not listen: connect to a running helper at SOCKET as a CLI client, ping it, print the
+    /// answer and exit 0 (or print why it failed and exit 1).
+    #[arg(long, value_name = "SOCKET", conflicts_with = "socket")]
+    probe: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match &args.probe {
+        Some(socket) => probe(socket),
+        None => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse-helper: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(socket: &std::path::Path) -> anyhow::Result<()> {
+    use protocol::{HelperRequest, HelperResponse, Role};
+    let mut client =
+        analysis_helper::client::Client::connect(socket, Role::Cli, Duration::from_secs(5))
+            .with_context(|| format!("connecting to the helper at {}", socket.display()))?;
+    match client.call(HelperRequest::Ping, Duration::from_secs(5), None)? {
+        HelperResponse::Pong {
+            agent,
+            pid,
+            uptime_ms,
+        } => {
+            println!("pong from {agent} (pid {pid}, up {uptime_ms} ms)");
+            Ok(())
+        }
+        other => anyhow::bail!("unexpected answer to ping: {other:?}"),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn serve(args: &Args) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use analysis_helper::linux::{self, auth::PeerPolicy, server};
+    use nix::sys::signal::{SigSet, Signal};
+
+    let socket = args.socket.clone().context("--socket is required")?;
+    // Block the stop signals before any thread exists, so every thread inherits the mask and
+    // only the signal thread below receives them (synchronously, with sigwait).
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
+
+    let mut allowed = default_peers();
+    allowed.extend(args.allowed_exe.iter().cloned());
+    let config = server::Config {
+        socket: socket.clone(),
+        workers: args.workers.into(),
+        queue: args.queue,
+        max_connections: args.max_connections.max(1),
+        max_in_flight: args.max_in_flight.max(1),
+        peers: PeerPolicy::new(allowed),
+    };
+    tracing::info!(peers = ?config.peers, "accepted peers");
+    let service = Arc::new(analysis_helper::service::Service::new(
+        linux::analyzers(args.max_file_size),
+        args.cache_entries,
+    ));
+    let listener = server::Listener::bind(config, service)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    tracing::info!(signal = ?sig, "stopping");
+                }
+                stop.store(true, Ordering::SeqCst);
+            })
+            .context("starting the signal thread")?;
+    }
+    listener.run(&stop)?;
+    tracing::info!(socket = %socket.display(), "stopped; socket removed");
+    Ok(())
+}
+
+/// The extension and the CLI installed next to this binary.
+#[cfg(target_os = "linux")]
+fn default_peers() -> Vec<PathBuf> {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.to_path_buf()))
+    else {
+        return Vec::new();
+    };
+    vec![dir.join("gatehouse-extension"), dir.join("gatehouse")]
+}
+
+/// On macOS the helper is the `dev.gatehouse.helper` XPC service (analysis_helper::macos); the
+/// Unix socket listener is Linux only.
+#[cfg(not(target_os = "linux"))]
+fn serve(_args: &Args) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--socket is supported on Linux only; on macOS the helper runs as the dev.gatehouse.helper XPC service"
+    )
 }

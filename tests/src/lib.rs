@@ -1,3 +1,149 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`: locating the built binaries,
 //! root and kernel-feature checks with clear skip reasons, and process cleanup by pid.
+//!
+//! The API is deliberately small:
+//! - [`binary`]: path of a workspace binary (`gatehouse`, `gatehouse-helper`, ...).
+//! - [`is_root`], [`have_command`], [`skip`]: checks and the skip message format.
+//! - [`ChildGuard`]: a spawned process killed (SIGKILL, by its own pid) and reaped on drop.
+//! - [`wait_until`]: poll a condition with a deadline.
+//! - [`MountGuard`] (Linux): a filesystem this test mounted, lazily unmounted on drop.
 #![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The built binary `name` in this workspace's target directory (the one holding the running
+/// test executable, `target/<profile>/deps/`). Panics with what to do when it is missing:
+/// cargo does not build other packages' binaries for a test, so `cargo build --workspace --bins`
+/// must run first (scripts/ and CI do).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("locating the running test executable");
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --workspace --bins` before the end-to-end tests",
+        path.display()
+    );
+    path
+}
+
+/// Whether this process runs as root (uid 0).
+#[cfg(unix)]
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether `name` is an executable on `PATH`.
+pub fn have_command(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+}
+
+/// Print why a test did not run. Tests call it and return early; CI runs as root, where the
+/// root-only tests do run.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIP {test}: {reason}");
+}
+
+/// Poll `cond` every 10 ms until it is true or `timeout` passes; returns its last value.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process that is killed by its own pid and reaped when the guard drops, so a failing
+/// test never leaves it running.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawn `cmd`; panics with the program name if it cannot start.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        Self { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself; returns its status if it did.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Child::kill signals exactly this pid (SIGKILL); wait reaps it so the pid is not
+            // reused while we still name it.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A filesystem mounted by a test, detached on drop even if the test fails.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct MountGuard {
+    target: PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+impl MountGuard {
+    /// Mount a `size`-limited tmpfs at `target` (root only).
+    pub fn tmpfs(target: &std::path::Path, size: &str) -> nix::Result<Self> {
+        use nix::mount::{MsFlags, mount};
+        let opts = format!("size={size},mode=0755");
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )?;
+        Ok(Self {
+            target: target.to_owned(),
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

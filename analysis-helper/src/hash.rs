@@ -1,0 +1,156 @@
+//! Streaming digests through a passed descriptor with positioned reads (`pread`), so the
+//! opener's shared file offset is never moved, under a size cap and the request's deadline.
+#![forbid(unsafe_code)]
+
+use std::os::fd::BorrowedFd;
+
+use sha2::Digest;
+
+use crate::analyzer::{AnalysisError, FileHasher, Input};
+
+/// Bytes read per `pread`; the deadline is checked between chunks.
+const CHUNK: usize = 256 * 1024;
+
+/// Default limit on the size of a file the helper will read (`--max-file-size`).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
+
+/// Digest the whole file behind `fd` from offset 0. Stops with `TooLarge` as soon as more than
+/// `max` bytes were seen (the file may grow while it is read), and with `DeadlineExceeded` when
+/// the input's deadline passes between chunks.
+pub fn digest_fd<D: Digest>(
+    input: &Input<'_>,
+    fd: BorrowedFd<'_>,
+    max: u64,
+) -> Result<D, AnalysisError> {
+    input.check_deadline()?;
+    let what = || format!("reading {} through its descriptor", input.file.path);
+    let st = nix::sys::stat::fstat(fd).map_err(|e| AnalysisError::io(what(), e.into()))?;
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    let too_large = |size| AnalysisError::TooLarge {
+        path: input.file.path.clone(),
+        size,
+        max,
+    };
+    if size > max {
+        return Err(too_large(size));
+    }
+    let mut hasher = D::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset: u64 = 0;
+    loop {
+        input.check_deadline()?;
+        let off = i64::try_from(offset).map_err(|_| too_large(offset))?;
+        let n = match nix::sys::uio::pread(fd, &mut buf, off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(AnalysisError::io(what(), e.into())),
+        };
+        offset += n as u64;
+        if offset > max {
+            return Err(too_large(offset));
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher)
+}
+
+/// SHA-256 through the passed descriptor (any Unix: `pread` works on both platforms).
+#[derive(Debug, Clone, Copy)]
+pub struct FdHasher {
+    pub max_size: u64,
+}
+
+impl FileHasher for FdHasher {
+    fn sha256(&self, input: &Input<'_>) -> Result<model::Sha256, AnalysisError> {
+        let fd = input.require_fd("hashing")?;
+        let d = digest_fd::<sha2::Sha256>(input, fd, self.max_size)?;
+        Ok(model::Sha256(d.finalize().into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::FileRef;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    fn file_with(bytes: &[u8]) -> std::fs::File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    #[test]
+    fn sha256_table_and_offset_untouched() {
+        let big = vec![7u8; CHUNK * 2 + 5];
+        let cases: &[(&[u8], u64, Option<&str>)] = &[
+            (
+                b"",
+                10,
+                Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            ),
+            (
+                b"abc",
+                10,
+                Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            ),
+            (b"abcd", 3, None),
+            (&big, big.len() as u64, Some("")),
+        ];
+        let file = FileRef::new("/t");
+        for (bytes, max, want) in cases {
+            let mut f = file_with(bytes);
+            f.seek(SeekFrom::Start(1)).ok();
+            let input = Input {
+                file: &file,
+                fd: Some(f.as_fd()),
+                deadline: Instant::now() + Duration::from_secs(30),
+            };
+            let got = FdHasher { max_size: *max }.sha256(&input);
+            match want {
+                Some("") => {
+                    let expect: [u8; 32] = sha2::Sha256::digest(bytes).into();
+                    assert_eq!(got.unwrap().0, expect);
+                }
+                Some(hex) => assert_eq!(got.unwrap().to_hex(), *hex),
+                None => assert!(
+                    matches!(got, Err(AnalysisError::TooLarge { .. })),
+                    "{got:?}"
+                ),
+            }
+            assert_eq!(
+                f.stream_position().unwrap(),
+                1,
+                "pread must not move the offset"
+            );
+        }
+    }
+
+    #[test]
+    fn spent_deadline_and_missing_fd() {
+        let file = FileRef::new("/t");
+        let f = file_with(b"x");
+        let spent = Input {
+            file: &file,
+            fd: Some(f.as_fd()),
+            deadline: Instant::now(),
+        };
+        let h = FdHasher { max_size: 10 };
+        assert!(matches!(
+            h.sha256(&spent),
+            Err(AnalysisError::DeadlineExceeded)
+        ));
+        let no_fd = Input {
+            fd: None,
+            deadline: Instant::now() + Duration::from_secs(5),
+            ..spent
+        };
+        assert!(matches!(
+            h.sha256(&no_fd),
+            Err(AnalysisError::BadRequest(_))
+        ));
+    }
+}

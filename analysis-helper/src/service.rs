@@ -1,0 +1,461 @@
+//! The transport-neutral core of the helper: turns one [`HelperRequest`] into one
+//! [`HelperResponse`], enforcing the request's deadline, catching analyzer panics, caching
+//! results by file identity, and counting everything. The Unix socket server (Linux) and the XPC
+//! listener (macOS) both call [`Service::handle`] from their worker threads.
+#![forbid(unsafe_code)]
+
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::MetadataExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use model::{FileIdentity, Sha256};
+use protocol::{AnalysisRequest, Facts, HelperErrorKind, HelperRequest, HelperResponse, Role};
+
+use crate::analyzer::{AnalysisError, Analyzers, Input};
+use crate::cache::BoundedCache;
+use crate::stats::Stats;
+
+/// Entries per result cache; each is a few dozen bytes.
+pub const DEFAULT_CACHE_ENTRIES: usize = 16 * 1024;
+
+type PackageKey = (FileIdentity, u64, String);
+
+/// Shared by every worker; all state inside is bounded and thread-safe.
+#[derive(Debug)]
+pub struct Service {
+    analyzers: Analyzers,
+    stats: Stats,
+    sha: BoundedCache<FileIdentity, Sha256>,
+    packages: BoundedCache<PackageKey, model::PackageTrust>,
+    started: Instant,
+    agent: String,
+}
+
+impl Service {
+    pub fn new(analyzers: Analyzers, cache_entries: usize) -> Self {
+        Self {
+            analyzers,
+            stats: Stats::default(),
+            sha: BoundedCache::new(cache_entries),
+            packages: BoundedCache::new(cache_entries),
+            started: Instant::now(),
+            agent: format!("gatehouse-helper {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The helper's name and version, sent in the handshake and in `Pong`.
+    pub fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    /// Count a request by kind on arrival (before it is queued, so refused ones count too).
+    pub fn count_arrival(&self, body: &HelperRequest) {
+        Stats::bump(match body {
+            HelperRequest::Ping => &self.stats.requests_ping,
+            HelperRequest::Stats => &self.stats.requests_stats,
+            HelperRequest::Analyze { .. } => &self.stats.requests_analyze,
+        });
+    }
+
+    /// An error answer, counted where the kind has a counter.
+    pub fn error(&self, kind: HelperErrorKind, message: impl Into<String>) -> HelperResponse {
+        match kind {
+            HelperErrorKind::DeadlineExceeded => Stats::bump(&self.stats.timeouts),
+            HelperErrorKind::Busy => Stats::bump(&self.stats.busy),
+            HelperErrorKind::BadRequest => Stats::bump(&self.stats.bad_requests),
+            _ => {}
+        }
+        HelperResponse::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Answer one request from a peer of `role`. `fd` is the descriptor that arrived with it;
+    /// `deadline` is the arrival time plus the request's budget. Never panics: an analyzer panic
+    /// is caught and answered `Internal`.
+    pub fn handle(
+        &self,
+        role: Role,
+        body: &HelperRequest,
+        fd: Option<BorrowedFd<'_>>,
+        deadline: Instant,
+    ) -> HelperResponse {
+        match catch_unwind(AssertUnwindSafe(|| self.dispatch(role, body, fd, deadline))) {
+            Ok(r) => r,
+            Err(_) => {
+                Stats::bump(&self.stats.panics);
+                self.error(
+                    HelperErrorKind::Internal,
+                    "an analyzer panicked on this request; it was abandoned (see the helper's log)",
+                )
+            }
+        }
+    }
+
+    fn dispatch(
+        &self,
+        role: Role,
+        body: &HelperRequest,
+        fd: Option<BorrowedFd<'_>>,
+        deadline: Instant,
+    ) -> HelperResponse {
+        match body {
+            HelperRequest::Ping => HelperResponse::Pong {
+                agent: self.agent.clone(),
+                pid: std::process::id(),
+                uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            },
+            HelperRequest::Stats => HelperResponse::Stats {
+                counters: self.stats.snapshot(),
+            },
+            HelperRequest::Analyze { .. } if role != Role::Extension => self.error(
+                HelperErrorKind::BadRequest,
+                format!(
+                    "role {role:?} may only ping and read stats; analysis is for the extension"
+                ),
+            ),
+            HelperRequest::Analyze {
+                request,
+                fd_attached,
+            } => {
+                if Instant::now() >= deadline {
+                    return self.error(
+                        HelperErrorKind::DeadlineExceeded,
+                        "the request's budget was spent before work started; dropped",
+                    );
+                }
+                if *fd_attached != fd.is_some() {
+                    return self.error(
+                        HelperErrorKind::BadRequest,
+                        format!(
+                            "fd_attached is {fd_attached} but {} descriptor arrived",
+                            if fd.is_some() { "a" } else { "no" }
+                        ),
+                    );
+                }
+                self.analyze(request, fd, deadline)
+            }
+        }
+    }
+
+    fn analyze(
+        &self,
+        request: &AnalysisRequest,
+        fd: Option<BorrowedFd<'_>>,
+        deadline: Instant,
+    ) -> HelperResponse {
+        let needs = request.needs;
+        let mut facts = Facts::default();
+        let mut errors: Vec<AnalysisError> = Vec::new();
+        if needs.sha256 || needs.package || needs.certificate {
+            match &request.file {
+                None => errors.push(AnalysisError::BadRequest(
+                    "file facts requested without a file".into(),
+                )),
+                Some(file) => {
+                    let input = Input { file, fd, deadline };
+                    // Identity from the descriptor the kernel gave, never from the request.
+                    let identity = fd.and_then(identity_of);
+                    if needs.sha256 {
+                        match self
+                            .cached(&self.sha, identity, || self.analyzers.hasher.sha256(&input))
+                        {
+                            Ok(d) => facts.sha256 = Some(d),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    if needs.package {
+                        let key = identity.map(|id| {
+                            (id, self.analyzers.packages.generation(), file.path.clone())
+                        });
+                        match self.cached(&self.packages, key, || {
+                            self.analyzers.packages.package_trust(&input)
+                        }) {
+                            Ok(p) => facts.package = Some(p),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    if needs.certificate {
+                        match input
+                            .check_deadline()
+                            .and_then(|()| self.analyzers.signing.certificate(&input))
+                        {
+                            Ok(c) => facts.certificate = Some(c),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                }
+            }
+        }
+        if needs.volume {
+            match &request.mount {
+                None => errors.push(AnalysisError::BadRequest(
+                    "volume facts requested without a mount".into(),
+                )),
+                Some(mount) => match self.analyzers.volumes.volume(mount, deadline) {
+                    Ok(v) => facts.volume = Some(v),
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        if errors
+            .iter()
+            .any(|e| matches!(e, AnalysisError::DeadlineExceeded))
+            || Instant::now() >= deadline
+        {
+            // The caller has stopped waiting: partial facts are of no use to it.
+            return self.error(
+                HelperErrorKind::DeadlineExceeded,
+                "the request's budget ran out during analysis; the work was abandoned",
+            );
+        }
+        for e in &errors {
+            if e.kind() == HelperErrorKind::BadRequest {
+                Stats::bump(&self.stats.bad_requests);
+            }
+        }
+        HelperResponse::Analysis {
+            facts,
+            errors: errors.iter().map(|e| (e.kind(), e.to_string())).collect(),
+        }
+    }
+
+    /// Look `key` up in `cache`, or compute and remember the result (errors are not cached).
+    fn cached<K, V>(
+        &self,
+        cache: &BoundedCache<K, V>,
+        key: Option<K>,
+        compute: impl FnOnce() -> Result<V, AnalysisError>,
+    ) -> Result<V, AnalysisError>
+    where
+        K: std::hash::Hash + Eq + Clone,
+        V: Clone,
+    {
+        if let Some(v) = key.as_ref().and_then(|k| cache.get(k)) {
+            Stats::bump(&self.stats.cache_hits);
+            return Ok(v);
+        }
+        Stats::bump(&self.stats.cache_misses);
+        let v = compute()?;
+        if let Some(k) = key {
+            cache.insert(k, v.clone());
+        }
+        Ok(v)
+    }
+}
+
+/// (dev, ino, size, mtime, ctime) from `fstat` of the passed descriptor. `None` when the
+/// descriptor cannot be duplicated or stat'ed: the request is then analysed but not cached.
+pub fn identity_of(fd: BorrowedFd<'_>) -> Option<FileIdentity> {
+    let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+    let m = file.metadata().ok()?;
+    Some(FileIdentity {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
+        ctime_ns: m
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.ctime_nsec()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyzer::{FileHasher, Unsupported};
+    use crate::hash::FdHasher;
+    use model::{FileRef, Needs};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    struct Panics;
+    impl FileHasher for Panics {
+        fn sha256(&self, _: &Input<'_>) -> Result<Sha256, AnalysisError> {
+            panic!("analyzer bug")
+        }
+    }
+
+    fn service(hasher: Box<dyn FileHasher>) -> Service {
+        Service::new(
+            Analyzers {
+                hasher,
+                packages: Box::new(Unsupported("package trust")),
+                volumes: Box::new(Unsupported("volume metadata")),
+                signing: Box::new(Unsupported("code signing")),
+            },
+            8,
+        )
+    }
+
+    fn analyze(needs: Needs, fd_attached: bool) -> HelperRequest {
+        HelperRequest::Analyze {
+            request: AnalysisRequest {
+                needs,
+                file: Some(FileRef::new("/t")),
+                mount: None,
+            },
+            fd_attached,
+        }
+    }
+
+    fn counter(s: &Service, name: &str) -> u64 {
+        s.stats()
+            .snapshot()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn request_table() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"abc").unwrap();
+        let sha = Needs {
+            sha256: true,
+            ..Needs::default()
+        };
+        let cert = Needs {
+            certificate: true,
+            ..Needs::default()
+        };
+        let later = Instant::now() + Duration::from_secs(30);
+        let now = Instant::now();
+        type Check = fn(&HelperResponse) -> bool;
+        let cases: Vec<(&str, Role, HelperRequest, bool, Instant, Check)> = vec![
+            (
+                "ping",
+                Role::Cli,
+                HelperRequest::Ping,
+                false,
+                later,
+                |r| matches!(r, HelperResponse::Pong { pid, .. } if *pid == std::process::id()),
+            ),
+            (
+                "stats",
+                Role::Cli,
+                HelperRequest::Stats,
+                false,
+                later,
+                |r| matches!(r, HelperResponse::Stats { .. }),
+            ),
+            (
+                "cli may not analyze",
+                Role::Cli,
+                analyze(sha, true),
+                true,
+                later,
+                |r| {
+                    matches!(
+                        r,
+                        HelperResponse::Error {
+                            kind: HelperErrorKind::BadRequest,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                "spent budget",
+                Role::Extension,
+                analyze(sha, true),
+                true,
+                now,
+                |r| {
+                    matches!(
+                        r,
+                        HelperResponse::Error {
+                            kind: HelperErrorKind::DeadlineExceeded,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                "fd claimed, none sent",
+                Role::Extension,
+                analyze(sha, true),
+                false,
+                later,
+                |r| {
+                    matches!(
+                        r,
+                        HelperResponse::Error {
+                            kind: HelperErrorKind::BadRequest,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                "hash",
+                Role::Extension,
+                analyze(sha, true),
+                true,
+                later,
+                |r| {
+                    matches!(r, HelperResponse::Analysis { facts, errors }
+                    if errors.is_empty() && facts.sha256.unwrap().to_hex().starts_with("ba7816bf"))
+                },
+            ),
+            (
+                "unsupported is a per-fact error",
+                Role::Extension,
+                analyze(cert, true),
+                true,
+                later,
+                |r| {
+                    matches!(r, HelperResponse::Analysis { facts, errors }
+                    if facts.certificate.is_none() && errors[0].0 == HelperErrorKind::Unsupported)
+                },
+            ),
+        ];
+        let s = service(Box::new(FdHasher { max_size: 100 }));
+        for (name, role, req, send_fd, deadline, check) in cases {
+            let fd = send_fd.then(|| f.as_fd());
+            let r = s.handle(role, &req, fd, deadline);
+            assert!(check(&r), "{name}: {r:?}");
+        }
+        assert_eq!(counter(&s, "timeouts"), 1);
+        // A second hash of the same file comes from the cache.
+        let before = counter(&s, "cache_hits");
+        let _ = s.handle(Role::Extension, &analyze(sha, true), Some(f.as_fd()), later);
+        assert_eq!(counter(&s, "cache_hits"), before + 1);
+    }
+
+    #[test]
+    fn panic_is_caught_and_counted() {
+        let s = service(Box::new(Panics));
+        let f = tempfile::tempfile().unwrap();
+        let sha = Needs {
+            sha256: true,
+            ..Needs::default()
+        };
+        let r = s.handle(
+            Role::Extension,
+            &analyze(sha, true),
+            Some(f.as_fd()),
+            Instant::now() + Duration::from_secs(5),
+        );
+        assert!(matches!(
+            r,
+            HelperResponse::Error {
+                kind: HelperErrorKind::Internal,
+                ..
+            }
+        ));
+        assert_eq!(counter(&s, "panics"), 1);
+    }
+}
