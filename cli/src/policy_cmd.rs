@@ -1,10 +1,14 @@
-//! Offline policy commands: `policy check`, `policy eval`, `policy import-santa`.
-//! PLACEHOLDER: issue 3 implements these.
+//! Offline policy commands: `policy check`, `policy eval`, `policy import-santa`. They read
+//! files only and never talk to a running extension.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
+use model::{Event, Facts, Outcome, Reason};
+use policy::{Policy, PolicyError};
+use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -19,6 +23,10 @@ pub struct EvalArgs {
     /// The event as the model's JSON form.
     #[arg(long)]
     pub event: PathBuf,
+    /// Facts the helper would supply (SHA-256, certificate, package, volume) as JSON, to see
+    /// the decision after analysis.
+    #[arg(long)]
+    pub facts: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -36,12 +44,195 @@ pub struct ImportSantaArgs {
     pub output: Option<PathBuf>,
 }
 
-pub fn check(_a: CheckArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet (issue 3)")
+const USAGE: u8 = 2;
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
-pub fn eval(_a: EvalArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet (issue 3)")
+
+fn error_json(e: &PolicyError) -> serde_json::Value {
+    json!({
+        "origin": e.origin,
+        "line": e.line,
+        "column": e.column,
+        "rule": e.rule,
+        "message": e.message,
+    })
 }
-pub fn import_santa(_a: ImportSantaArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet (issue 3)")
+
+/// Parses `file`, printing the error (`file:line:col: message (rule NAME)`) on failure.
+fn load(file: &Path, as_json: bool) -> anyhow::Result<Result<Policy, ExitCode>> {
+    let text = read(file)?;
+    match Policy::parse(&file.display().to_string(), &text) {
+        Ok(p) => Ok(Ok(p)),
+        Err(e) => {
+            if as_json {
+                println!("{}", json!({ "ok": false, "error": error_json(&e) }));
+            } else {
+                println!("{e}");
+            }
+            Ok(Err(ExitCode::FAILURE))
+        }
+    }
+}
+
+pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let p = match load(&a.file, a.json)? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "ok": true,
+                "origin": p.origin(),
+                "mode": p.mode(),
+                "rules": p.rule_count(),
+                "mutes": p.mutes().len(),
+                "warnings": p.warnings(),
+            })
+        );
+    } else {
+        println!(
+            "{}: ok ({} mode, {} rules, {} mutes)",
+            p.origin(),
+            match p.mode() {
+                policy::Mode::Monitor => "monitor",
+                policy::Mode::Enforce => "enforce",
+            },
+            p.rule_count(),
+            p.mutes().len()
+        );
+        for w in p.warnings() {
+            println!("note: {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    let p = match load(&a.file, a.json)? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let event: Event = serde_json::from_str(&read(&a.event)?).with_context(|| {
+        format!(
+            "{} is not an event in the model's JSON form",
+            a.event.display()
+        )
+    })?;
+    let facts: Facts = match &a.facts {
+        Some(f) => serde_json::from_str(&read(f)?)
+            .with_context(|| format!("{} is not a facts JSON object", f.display()))?,
+        None => Facts::NONE,
+    };
+    let outcome = p.decide(&event, &facts);
+    let (verdict, rule, slow) = match &outcome {
+        Outcome::Decided(d) => {
+            let rule = match &d.reason {
+                Reason::Rule { rule } => Some(rule.name.clone()),
+                _ => None,
+            };
+            (Some(d.verdict), rule, false)
+        }
+        Outcome::Analyze(_) => (None, None, true),
+    };
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "verdict": verdict,
+                "rule": rule,
+                "slow_path": slow,
+                "message": rule.as_ref().and_then(|r| p.rule_message(&model::RuleRef::new(r.as_str()))),
+                "result": outcome,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &outcome {
+        Outcome::Decided(d) => {
+            let verdict = match d.verdict {
+                model::Verdict::Allow => "allow",
+                model::Verdict::Deny => "deny",
+            };
+            let why = match &d.reason {
+                Reason::Rule { rule } => format!("rule {}", rule.name),
+                Reason::Default => "mode default".into(),
+                Reason::PlatformBinary => "platform binary".into(),
+                Reason::InvalidSignature => "bad-signature protection".into(),
+                Reason::Muted => "muted".into(),
+                Reason::Cached => "cached".into(),
+                Reason::Fallback { why } => format!("fallback ({})", why.as_str()),
+            };
+            let mut flags = Vec::new();
+            if d.would_deny {
+                flags.push("would deny in enforce mode");
+            }
+            if d.audit_only {
+                flags.push("audit only");
+            }
+            let cache = match d.cacheable {
+                model::Cacheability::Never => "never",
+                model::Cacheability::Identity => "identity",
+                model::Cacheability::Kernel => "kernel",
+            };
+            let extra = if flags.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", flags.join(", "))
+            };
+            println!("{verdict}: {why} (cache: {cache}{extra}; slow path: not needed)");
+        }
+        Outcome::Analyze(r) => {
+            let n = r.needs;
+            let needs: Vec<&str> = [
+                (n.sha256, "sha256"),
+                (n.certificate, "certificate"),
+                (n.package, "package"),
+                (n.volume, "volume"),
+            ]
+            .into_iter()
+            .filter_map(|(b, s)| b.then_some(s))
+            .collect();
+            println!(
+                "analyze: slow path needed for {} (pass --facts to decide with them)",
+                needs.join(", ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn import_santa(a: ImportSantaArgs) -> anyhow::Result<ExitCode> {
+    if a.rules.is_none() && a.file_access.is_none() {
+        println!("gatehouse: error: give --rules R.json, --file-access FAA.plist, or both");
+        return Ok(ExitCode::from(USAGE));
+    }
+    let rules = a.rules.as_deref().map(read).transpose()?;
+    let faa = a
+        .file_access
+        .as_deref()
+        .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+        .transpose()?;
+    let imported = policy::santa::import(rules.as_deref(), faa.as_deref())?;
+    for n in &imported.notes {
+        eprintln!("note: {n}");
+    }
+    // Never hand out a policy that Gatehouse itself would refuse.
+    let origin = a
+        .output
+        .as_ref()
+        .map_or("<imported>".to_owned(), |p| p.display().to_string());
+    if let Err(e) = Policy::parse(&origin, &imported.policy) {
+        println!("gatehouse: error: the imported policy is not valid: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    match &a.output {
+        Some(path) => std::fs::write(path, &imported.policy)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{}", imported.policy),
+    }
+    Ok(ExitCode::SUCCESS)
 }

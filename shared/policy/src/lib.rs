@@ -8,14 +8,25 @@
 //! - [`PolicyStore`]: atomically swapped snapshots with a version counter.
 //! - [`VerdictCache`] and [`CacheKey`]: bounded, reads never wait on a writer.
 //!
-//! THIS FILE IS A PLACEHOLDER written by the foundation so dependants compile; issue 3 replaces
-//! the bodies.
+//! The file format is documented in `FORMAT.md` beside this crate; the rule semantics follow
+//! DESIGN.md section 3a (Santa-compatible).
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod cache;
+mod compile;
+mod decide;
+mod format;
+pub mod santa;
+mod tables;
 
-use model::{Decision, Event, EventKind, Facts, FallbackReason, MuteSpec, Outcome, Verdict};
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::{
+    Event, EventKind, Facts, FallbackReason, MountFlags, MuteSpec, Outcome, RuleRef, Verdict,
+};
+
+pub use cache::{CacheKey, DENY_TTL, VerdictCache};
 
 /// Monitor never denies (except block rules and bad signatures) and records would-denies;
 /// enforce denies what no rule allows.
@@ -27,14 +38,32 @@ pub enum Mode {
 }
 
 /// A policy file that failed validation: which file, where, which rule, and what is wrong.
+/// Displays as `file:line:col: message (rule NAME)`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{origin}:{line}:{column}: {message}")]
+#[error("{origin}:{line}:{column}: {message}{}", rule_suffix(.rule))]
 pub struct PolicyError {
     pub origin: String,
+    /// 1-based.
     pub line: usize,
+    /// 1-based, in characters.
     pub column: usize,
+    /// The offending rule's name, when the error is inside one.
     pub rule: Option<String>,
     pub message: String,
+}
+
+fn rule_suffix(rule: &Option<String>) -> String {
+    rule.as_ref()
+        .map(|r| format!(" (rule {r})"))
+        .unwrap_or_default()
+}
+
+/// A path a watch item names, for backends that must mark what to watch (Linux fanotify).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct WatchedPath {
+    pub path: String,
+    /// A plain string prefix (everything under a directory when it ends in `/`).
+    pub prefix: bool,
 }
 
 /// A validated, compiled policy. Cheap to share behind an `Arc`.
@@ -42,53 +71,70 @@ pub struct PolicyError {
 pub struct Policy {
     origin: String,
     source: String,
+    compiled: compile::Compiled,
 }
 
-/// The policy used when no file is given: monitor mode, self-protection on.
-pub const EMBEDDED_DEFAULT_TOML: &str = "version = 1\nmode = \"monitor\"\n";
+/// The policy used when no file is given: monitor mode, self-protection on (see the file for
+/// the protected paths and the processes allowed to change them).
+pub const EMBEDDED_DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// The origin named in the embedded default's (impossible) errors and by [`Policy::origin`].
+pub const EMBEDDED_ORIGIN: &str = "<embedded default>";
 
 impl Policy {
     /// Parse and validate `text`; `origin` (a file path) appears in every error.
     pub fn parse(origin: &str, text: &str) -> Result<Policy, PolicyError> {
+        let compiled = compile::compile(origin, text)?;
         Ok(Policy {
             origin: origin.to_owned(),
             source: text.to_owned(),
+            compiled,
         })
     }
 
     pub fn embedded_default() -> Policy {
-        Policy {
-            origin: "<embedded default>".into(),
-            source: EMBEDDED_DEFAULT_TOML.into(),
-        }
+        Policy::parse(EMBEDDED_ORIGIN, EMBEDDED_DEFAULT_TOML)
+            .expect("the embedded default policy is valid (tested)")
     }
 
     pub fn mode(&self) -> Mode {
-        Mode::Monitor
+        self.compiled.mode
     }
 
     /// The fast-path decision for `event`, given what is already known (`facts`: from the
     /// helper or a cache; `Facts::NONE` on the delivery thread).
-    pub fn decide(&self, _event: &Event, _facts: &Facts) -> Outcome {
-        Outcome::Decided(Decision::allow(
-            model::Reason::Default,
-            model::Cacheability::Never,
-        ))
+    ///
+    /// Returns `Analyze` only when a fact missing from both the message and `facts` could
+    /// change the verdict. Called again with the helper's facts, it decides; if it still asks
+    /// for analysis the helper could not supply what was needed, and the caller answers with
+    /// [`Policy::fallback`] for [`FallbackReason::HelperError`].
+    pub fn decide(&self, event: &Event, facts: &Facts) -> Outcome {
+        self.compiled.decide(event, facts)
     }
 
-    /// The explicit fallback verdict for `kind` when the slow path cannot answer for `why`.
-    pub fn fallback(&self, _kind: EventKind, _why: FallbackReason) -> Verdict {
-        Verdict::Allow
+    /// The explicit fallback verdict for `kind` when the slow path cannot answer for `why`:
+    /// `fallback` for a late answer (watchdog), shutdown or a dropped responder;
+    /// `helper_unavailable` when the helper is down, the queue is full or the helper erred.
+    pub fn fallback(&self, kind: EventKind, why: FallbackReason) -> Verdict {
+        let k = &self.compiled.kinds[kind.index()];
+        match why {
+            FallbackReason::Deadline | FallbackReason::Shutdown | FallbackReason::Dropped => {
+                k.fallback
+            }
+            FallbackReason::QueueFull
+            | FallbackReason::HelperUnavailable
+            | FallbackReason::HelperError => k.helper_unavailable,
+        }
     }
 
     /// Our own deadline for a permission event of `kind` (Linux; ES gives its own).
-    pub fn deadline(&self, _kind: EventKind) -> Duration {
-        Duration::from_secs(5)
+    pub fn deadline(&self, kind: EventKind) -> Duration {
+        self.compiled.kinds[kind.index()].deadline
     }
 
     /// Paths never analysed.
     pub fn mutes(&self) -> &[MuteSpec] {
-        &[]
+        &self.compiled.mutes
     }
 
     /// The TOML text this policy came from (for `policy show`).
@@ -100,12 +146,77 @@ impl Policy {
     pub fn origin(&self) -> &str {
         &self.origin
     }
+
+    /// Every path any watch item names (exact or prefix). A Linux backend marks the
+    /// filesystems holding them for the file-access kinds [`Policy::watches_kind`] reports.
+    pub fn watched_paths(&self) -> &[WatchedPath] {
+        &self.compiled.watched
+    }
+
+    /// True when a `processes_with_allowed_paths` watch item exists: its processes are denied
+    /// everywhere outside its paths, so every file on every filesystem is in scope for them.
+    pub fn watches_all_paths(&self) -> bool {
+        self.compiled.process_watches.iter().any(|&i| {
+            self.compiled.watches[i as usize].rule_type
+                == format::RuleType::ProcessesWithAllowedPaths
+        })
+    }
+
+    /// Whether any rule can act on events of `kind`, so a backend can skip subscribing to (or
+    /// marking for) the rest. Exec is always in scope (the mode default applies to it).
+    pub fn watches_kind(&self, kind: EventKind) -> bool {
+        use format::Operation as Op;
+        let c = &self.compiled;
+        let op = match kind {
+            EventKind::Exec => return true,
+            EventKind::Mount | EventKind::Remount => return !c.mounts.is_empty(),
+            EventKind::Open => Op::Open,
+            EventKind::Rename => Op::Rename,
+            EventKind::Unlink => Op::Unlink,
+            EventKind::Truncate => Op::Truncate,
+            EventKind::Link => Op::Link,
+            EventKind::Create => Op::Create,
+        };
+        c.watches.iter().any(|w| w.ops.contains(op))
+    }
+
+    /// True when exec decisions may need the file's SHA-256 (a `sha256` rule exists) or
+    /// package trust (Linux: `package_trust`, which the helper checks by hashing). A Linux
+    /// backend can then expect first executions to go to the slow path.
+    pub fn exec_rules_need_hash(&self) -> bool {
+        !self.compiled.sha256.is_empty() || self.compiled.package_trust
+    }
+
+    /// The flags a `remount` mount rule requires (to add to the mount's existing flags), for
+    /// the decision whose reason names `rule`.
+    pub fn remount_flags(&self, rule: &RuleRef) -> Option<MountFlags> {
+        self.compiled.remount_flags.get(&rule.name).copied()
+    }
+
+    /// The rule's `message` (Santa's `custom_msg`), to show the user on a block.
+    pub fn rule_message(&self, rule: &RuleRef) -> Option<&str> {
+        let idx = *self.compiled.names.get(&rule.name)?;
+        self.compiled.rules[idx as usize].message.as_deref()
+    }
+
+    /// Notes about the policy that are not errors (for `policy check`), e.g. options a
+    /// platform cannot honour.
+    pub fn warnings(&self) -> &[String] {
+        &self.compiled.warnings
+    }
+
+    /// Number of named rules (exec, path scopes, watch items, mounts).
+    pub fn rule_count(&self) -> usize {
+        self.compiled.rules.len()
+    }
 }
 
 /// The current policy, swapped atomically; readers never wait.
 #[derive(Debug)]
 pub struct PolicyStore {
     current: arc_swap::ArcSwap<Snapshot>,
+    /// Serializes writers so versions are strictly increasing; readers never take it.
+    writer: std::sync::Mutex<()>,
 }
 
 /// One loaded policy and its version (1 for the first, +1 per successful load).
@@ -119,6 +230,7 @@ impl PolicyStore {
     pub fn new(policy: Policy) -> Self {
         Self {
             current: arc_swap::ArcSwap::from_pointee(Snapshot { version: 1, policy }),
+            writer: std::sync::Mutex::new(()),
         }
     }
 
@@ -127,41 +239,13 @@ impl PolicyStore {
         self.current.load_full()
     }
 
-    /// Replace the policy; returns the new version. Callers clear caches afterwards.
+    /// Replace the policy; returns the new version. Callers clear caches afterwards. Only a
+    /// parsed (hence valid) [`Policy`] can be passed, so a bad file never replaces a good one.
     pub fn replace(&self, policy: Policy) -> u64 {
+        // A poisoned lock only means another writer panicked; the snapshot itself is intact.
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let version = self.current.load().version + 1;
         self.current.store(Arc::new(Snapshot { version, policy }));
         version
-    }
-}
-
-/// What a cached verdict is keyed by: the kernel-vouched CDHash, else the file's identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CacheKey {
-    CdHash(EventKind, model::CdHash),
-    File(EventKind, model::FileIdentity),
-}
-
-/// Bounded verdict cache; `get` never waits on `insert`.
-#[derive(Debug, Default)]
-pub struct VerdictCache {}
-
-impl VerdictCache {
-    pub fn with_capacity(_entries: usize) -> Self {
-        Self {}
-    }
-    pub fn key_for(_event: &Event) -> Option<CacheKey> {
-        None
-    }
-    pub fn get(&self, _key: &CacheKey, _now: Instant) -> Option<Decision> {
-        None
-    }
-    pub fn insert(&self, _key: CacheKey, _decision: &Decision, _now: Instant) {}
-    pub fn clear(&self) {}
-    pub fn len(&self) -> usize {
-        0
-    }
-    pub fn is_empty(&self) -> bool {
-        true
     }
 }

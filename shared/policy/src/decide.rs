@@ -1,0 +1,616 @@
+//! The fast-path decision: exec rules in Santa's precedence, watch items, mount rules and
+//! mutes, evaluated on message data plus whatever `Facts` are already known. No I/O, no locks.
+//!
+//! Analysis is requested only when a missing fact could change the answer: each step whose
+//! input is unknown records which verdict classes its rules could produce; when a lower step
+//! decides, the decision stands only if every pending class equals its own class (for example,
+//! a team-id allow stands without the file hash when every SHA-256 rule is also an allow).
+
+use model::{
+    AccessFlags, AnalysisRequest, Cacheability, CodeSigning, Decision, Event, EventBody, EventKind,
+    Facts, FileRef, MountDisposition, MountInfo, Needs, Outcome, Process, Reason, RuleRef,
+    SigningStatus,
+};
+
+use crate::Mode;
+use crate::compile::{Compiled, CompiledMount, CompiledWatch, ProcMatcher, TeamMatch};
+use crate::format::{Action, MountAction, Operation, RuleType};
+use crate::tables::{SigTeam, team_key};
+
+/// What an exec decision amounts to, for comparing against pending unknowns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Allow,
+    /// Monitor mode's default: allowed, recorded as a would-deny.
+    AllowWouldDeny,
+    Deny,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    allow: bool,
+    deny: bool,
+    needs: Needs,
+}
+
+impl Pending {
+    fn add(&mut self, allow: bool, block: bool) {
+        self.allow |= allow;
+        self.deny |= block;
+    }
+
+    /// True when some pending step could produce a class other than `c`.
+    fn could_change(&self, c: Class) -> bool {
+        match c {
+            Class::Allow => self.deny,
+            Class::Deny => self.allow,
+            Class::AllowWouldDeny => self.allow || self.deny,
+        }
+    }
+}
+
+/// An exec decision before it is built, so that nothing allocates until it is final.
+#[derive(Debug, Clone, Copy)]
+enum Cand {
+    Rule(u32, Action),
+    BadSignature,
+    Platform,
+    PathBlock(u32),
+    PathAllow(u32),
+    Default,
+}
+
+impl Compiled {
+    fn rule_ref(&self, idx: u32) -> RuleRef {
+        RuleRef::new(self.rules[idx as usize].name.as_str())
+    }
+
+    fn rule_reason(&self, idx: u32) -> Reason {
+        Reason::Rule {
+            rule: self.rule_ref(idx),
+        }
+    }
+
+    pub(crate) fn decide(&self, event: &Event, facts: &Facts) -> Outcome {
+        if self.is_muted(event) {
+            return Outcome::Decided(Decision::allow(Reason::Muted, Cacheability::Never));
+        }
+        match &event.body {
+            EventBody::Exec { target } => self.decide_exec(target, facts),
+            EventBody::Mount { mount } | EventBody::Remount { mount } => {
+                self.decide_mount(mount, facts)
+            }
+            _ => self.decide_file(event, facts),
+        }
+    }
+
+    fn is_muted(&self, event: &Event) -> bool {
+        if !self.mute_process.is_empty()
+            && self
+                .mute_process
+                .longest(&event.process.executable.path)
+                .is_some()
+        {
+            return true;
+        }
+        if self.mute_target.is_empty() {
+            return false;
+        }
+        // Every target must be muted: a rename out of a muted tree into a guarded one is not.
+        let (targets, n) = targets(event);
+        targets[..n]
+            .iter()
+            .all(|p| self.mute_target.longest(p).is_some())
+    }
+
+    fn class(&self, c: Cand) -> Class {
+        match c {
+            Cand::Rule(_, Action::Allow) | Cand::Platform | Cand::PathAllow(_) => Class::Allow,
+            Cand::Rule(_, Action::Block) | Cand::BadSignature | Cand::PathBlock(_) => Class::Deny,
+            Cand::Default => match self.mode {
+                Mode::Monitor => Class::AllowWouldDeny,
+                Mode::Enforce => Class::Deny,
+            },
+        }
+    }
+
+    fn has_path_scopes(&self) -> bool {
+        !(self.path_block.is_empty()
+            && self.path_allow.is_empty()
+            && self.regex_block.is_none()
+            && self.regex_allow.is_none())
+    }
+
+    fn build(&self, c: Cand) -> Decision {
+        match c {
+            // Identifier rules depend only on the image: allows may be kernel-cached.
+            Cand::Rule(i, Action::Allow) => {
+                Decision::allow(self.rule_reason(i), Cacheability::Kernel)
+            }
+            Cand::Rule(i, Action::Block) => {
+                Decision::deny(self.rule_reason(i), Cacheability::Identity)
+            }
+            Cand::BadSignature => Decision::deny(Reason::InvalidSignature, Cacheability::Identity),
+            Cand::Platform => Decision::allow(Reason::PlatformBinary, Cacheability::Kernel),
+            // Path scopes depend on where the file is, which neither a CDHash key nor the
+            // kernel's caches track: never cached.
+            Cand::PathBlock(i) => Decision::deny(self.rule_reason(i), Cacheability::Never),
+            Cand::PathAllow(i) => Decision::allow(self.rule_reason(i), Cacheability::Never),
+            Cand::Default => match self.mode {
+                Mode::Monitor => {
+                    let mut d = Decision::allow(Reason::Default, Cacheability::Never);
+                    d.would_deny = true;
+                    d
+                }
+                Mode::Enforce => {
+                    // Without path scopes the default depends on the image alone.
+                    let cache = if self.has_path_scopes() {
+                        Cacheability::Never
+                    } else {
+                        Cacheability::Identity
+                    };
+                    Decision::deny(Reason::Default, cache)
+                }
+            },
+        }
+    }
+
+    fn finish(&self, c: Cand, pending: &Pending, file: &FileRef) -> Outcome {
+        if pending.could_change(self.class(c)) {
+            return Outcome::Analyze(AnalysisRequest {
+                needs: pending.needs,
+                file: Some(file.clone()),
+                mount: None,
+            });
+        }
+        Outcome::Decided(self.build(c))
+    }
+
+    fn decide_exec(&self, target: &Process, facts: &Facts) -> Outcome {
+        let cs = &target.signing;
+        let file = &target.executable;
+        // Which identifiers this signature may match (DESIGN.md 3a).
+        let (may_cdhash, may_team, may_cert) = match cs.status {
+            SigningStatus::Production => (true, true, true),
+            SigningStatus::Development => (true, false, true),
+            SigningStatus::AdHoc => (true, false, false),
+            SigningStatus::Unsigned | SigningStatus::Invalid => (false, false, false),
+        };
+        let mut pending = Pending::default();
+
+        // 1. CDHash, only when the kernel enforces it.
+        if may_cdhash && !self.cdhash.is_empty() {
+            if let Some(cd) = cs.trusted_cdhash() {
+                if let Some(&(i, a)) = self.cdhash.get(&cd.0) {
+                    return self.finish(Cand::Rule(i, a), &pending, file);
+                }
+            }
+        }
+        // 2. Binary SHA-256 (never in the message).
+        if !self.sha256.is_empty() {
+            match &facts.sha256 {
+                Some(h) => {
+                    if let Some(&(i, a)) = self.sha256.get(&h.0) {
+                        return self.finish(Cand::Rule(i, a), &pending, file);
+                    }
+                }
+                None => {
+                    pending.add(self.sha256_actions.allow, self.sha256_actions.block);
+                    pending.needs.sha256 = true;
+                }
+            }
+        }
+        // 3. Signing ID.
+        if may_team && !self.signing.is_empty() {
+            if let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref()) {
+                if let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id)) {
+                    return self.finish(Cand::Rule(i, a), &pending, file);
+                }
+            }
+        }
+        // 4. Certificate SHA-256 (from the helper on macOS).
+        if may_cert && !self.certificate.is_empty() {
+            match &facts.certificate {
+                Some(c) => {
+                    if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0) {
+                        return self.finish(Cand::Rule(i, a), &pending, file);
+                    }
+                }
+                None => {
+                    pending.add(
+                        self.certificate_actions.allow,
+                        self.certificate_actions.block,
+                    );
+                    pending.needs.certificate = true;
+                }
+            }
+        }
+        // 5. Team ID.
+        if may_team && !self.team.is_empty() {
+            if let Some(t) = cs.team_id.as_deref().and_then(team_key) {
+                if let Some(&(i, a)) = self.team.get(&t) {
+                    return self.finish(Cand::Rule(i, a), &pending, file);
+                }
+            }
+        }
+        // Bad-signature protection.
+        if cs.status == SigningStatus::Invalid && self.bad_signature_protection {
+            return self.finish(Cand::BadSignature, &pending, file);
+        }
+        // Platform binaries: the kernel's flag, or (Linux) package trust from the helper.
+        if is_platform(cs) {
+            return self.finish(Cand::Platform, &pending, file);
+        }
+        if self.package_trust && cs.status == SigningStatus::Unsigned {
+            match &facts.package {
+                Some(p) if p.trusted => return self.finish(Cand::Platform, &pending, file),
+                Some(_) => {}
+                None => {
+                    pending.add(true, false);
+                    pending.needs.package = true;
+                }
+            }
+        }
+        // Path scopes: block wins.
+        let path = file.path.as_str();
+        if let Some(i) = self.path_block.longest(path) {
+            return self.finish(Cand::PathBlock(i), &pending, file);
+        }
+        if let Some(r) = &self.regex_block {
+            if let Some(n) = first_match(r, path) {
+                return self.finish(Cand::PathBlock(r.rules[n]), &pending, file);
+            }
+        }
+        if let Some(i) = self.path_allow.longest(path) {
+            return self.finish(Cand::PathAllow(i), &pending, file);
+        }
+        if let Some(r) = &self.regex_allow {
+            if let Some(n) = first_match(r, path) {
+                return self.finish(Cand::PathAllow(r.rules[n]), &pending, file);
+            }
+        }
+        self.finish(Cand::Default, &pending, file)
+    }
+
+    fn decide_mount(&self, mount: &MountInfo, facts: &Facts) -> Outcome {
+        for m in &self.mounts {
+            match mount_matches(m, mount, facts) {
+                Tri::No => continue,
+                Tri::Unknown => {
+                    return Outcome::Analyze(AnalysisRequest {
+                        needs: Needs {
+                            volume: true,
+                            ..Needs::default()
+                        },
+                        file: None,
+                        mount: Some(mount.clone()),
+                    });
+                }
+                Tri::Yes => {
+                    let reason = self.rule_reason(m.rule);
+                    // Mount answers depend on the volume, never on a file: not cached.
+                    let d = match m.action {
+                        MountAction::Allow => Decision::allow(reason, Cacheability::Never),
+                        MountAction::Block => Decision::deny(reason, Cacheability::Never),
+                        MountAction::Remount if mount.flags.contains(&m.flags) => {
+                            Decision::allow(reason, Cacheability::Never)
+                        }
+                        MountAction::Remount => Decision::deny(reason, Cacheability::Never),
+                    };
+                    return Outcome::Decided(d);
+                }
+            }
+        }
+        Outcome::Decided(Decision::allow(Reason::Default, Cacheability::Never))
+    }
+
+    fn decide_file(&self, event: &Event, facts: &Facts) -> Outcome {
+        let (op, access) = match &event.body {
+            EventBody::Open { access, .. } => (Operation::Open, *access),
+            EventBody::Rename { .. } => (Operation::Rename, None),
+            EventBody::Unlink { .. } => (Operation::Unlink, None),
+            EventBody::Truncate { .. } => (Operation::Truncate, None),
+            EventBody::Link { .. } => (Operation::Link, None),
+            EventBody::Create { .. } => (Operation::Create, None),
+            EventBody::Exec { .. } | EventBody::Mount { .. } | EventBody::Remount { .. } => {
+                return Outcome::Decided(Decision::allow(Reason::Default, Cacheability::Never));
+            }
+        };
+        let (targets, n) = targets(event);
+        let mut acc = FileAcc::default();
+        for path in &targets[..n] {
+            if let Some(item) = self.watch_paths.longest(path) {
+                self.apply_watch(&mut acc, item, op, access, &event.process, facts, |_| true);
+            }
+            for &item in &self.process_watches {
+                self.apply_watch(&mut acc, item, op, access, &event.process, facts, |w| {
+                    w.paths.longest(path).is_some()
+                });
+            }
+        }
+        if let Some((item, audit)) = acc.deny {
+            // A hard deny stands whatever an unknown certificate would say elsewhere.
+            if !audit || !acc.unknown {
+                let reason = self.rule_reason(self.watches[item as usize].rule);
+                let mut d = if audit {
+                    let mut d = Decision::allow(reason, Cacheability::Never);
+                    d.audit_only = true;
+                    d
+                } else {
+                    Decision::deny(reason, Cacheability::Never)
+                };
+                d.would_deny = false;
+                return Outcome::Decided(d);
+            }
+        }
+        if acc.unknown {
+            return Outcome::Analyze(AnalysisRequest {
+                needs: Needs {
+                    certificate: true,
+                    ..Needs::default()
+                },
+                file: Some(event.process.executable.clone()),
+                mount: None,
+            });
+        }
+        if let Some(item) = acc.allow {
+            // Allowed because of who the caller is: never cached.
+            let reason = self.rule_reason(self.watches[item as usize].rule);
+            return Outcome::Decided(Decision::allow(reason, Cacheability::Never));
+        }
+        // No watch item covers this event. Opens, unlinks and truncates of the same file get
+        // the same answer from anyone; events with a destination path depend on that path.
+        let cache = match event.kind() {
+            EventKind::Open | EventKind::Unlink | EventKind::Truncate => Cacheability::Kernel,
+            _ => Cacheability::Never,
+        };
+        Outcome::Decided(Decision::allow(Reason::Default, cache))
+    }
+
+    /// Applies one watch item to one target; `covers` says whether a process-keyed item names
+    /// the path.
+    fn apply_watch(
+        &self,
+        acc: &mut FileAcc,
+        item: u32,
+        op: Operation,
+        access: Option<AccessFlags>,
+        process: &Process,
+        facts: &Facts,
+        covers: impl Fn(&CompiledWatch) -> bool,
+    ) {
+        let w = &self.watches[item as usize];
+        if !w.ops.contains(op) {
+            return;
+        }
+        // Opens without write, append or truncate are exempt when reads are allowed. Unknown
+        // flags (Linux) count as possibly modifying.
+        if op == Operation::Open && w.allow_read_access && access.is_some_and(|a| !a.modifies()) {
+            return;
+        }
+        let mut unknown = false;
+        let mut matched = false;
+        for p in &w.processes {
+            match proc_matches(p, process, facts) {
+                Tri::Yes => {
+                    matched = true;
+                    break;
+                }
+                Tri::Unknown => unknown = true,
+                Tri::No => {}
+            }
+        }
+        // Whether this item denies, given whether the caller matches one of its entries.
+        let denies = |is_match: bool| match w.rule_type {
+            RuleType::PathsWithAllowedProcesses => !is_match,
+            RuleType::PathsWithDeniedProcesses => is_match,
+            RuleType::ProcessesWithAllowedPaths => is_match && !covers(w),
+            RuleType::ProcessesWithDeniedPaths => is_match && covers(w),
+        };
+        // An entry that needs the certificate matters only if its match would change the answer.
+        if !matched && unknown && denies(true) != denies(false) {
+            acc.unknown = true;
+            return;
+        }
+        if denies(matched) {
+            acc.add_deny(item, w.audit_only);
+        } else if matched && w.rule_type == RuleType::PathsWithAllowedProcesses {
+            acc.allow.get_or_insert(item);
+        }
+    }
+}
+
+/// Accumulates watch results over targets and items: any deny wins, a hard deny over an
+/// audit-only one.
+#[derive(Debug, Default)]
+struct FileAcc {
+    deny: Option<(u32, bool)>,
+    allow: Option<u32>,
+    unknown: bool,
+}
+
+impl FileAcc {
+    fn add_deny(&mut self, item: u32, audit: bool) {
+        match self.deny {
+            Some((_, false)) => {}
+            Some((_, true)) if audit => {}
+            _ => self.deny = Some((item, audit)),
+        }
+    }
+}
+
+fn is_platform(cs: &CodeSigning) -> bool {
+    cs.is_platform_binary && cs.status != SigningStatus::Invalid
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tri {
+    Yes,
+    No,
+    Unknown,
+}
+
+fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts) -> Tri {
+    let cs = &process.signing;
+    let production = cs.status == SigningStatus::Production;
+    if let Some(bp) = &p.binary_path {
+        if process.executable.path != **bp {
+            return Tri::No;
+        }
+    }
+    if let Some(want) = p.platform_binary {
+        if is_platform(cs) != want {
+            return Tri::No;
+        }
+    }
+    if let Some(sig) = &p.signing_id {
+        let ok = production
+            && match (SigTeam::of(cs), cs.signing_id.as_deref()) {
+                (Some(team), Some(id)) => sig.matches(team, id),
+                _ => false,
+            };
+        if !ok {
+            return Tri::No;
+        }
+    }
+    if let Some(t) = &p.team_id {
+        let ok = match t {
+            TeamMatch::Platform => is_platform(cs),
+            TeamMatch::Team(k) => {
+                production && cs.team_id.as_deref().and_then(team_key).as_ref() == Some(k)
+            }
+        };
+        if !ok {
+            return Tri::No;
+        }
+    }
+    if let Some(cd) = &p.cdhash {
+        let ok = cs.status != SigningStatus::Invalid
+            && cs.status != SigningStatus::Unsigned
+            && cs.trusted_cdhash().is_some_and(|h| h.0 == *cd);
+        if !ok {
+            return Tri::No;
+        }
+    }
+    if let Some(cert) = &p.certificate {
+        if !matches!(
+            cs.status,
+            SigningStatus::Production | SigningStatus::Development
+        ) {
+            return Tri::No;
+        }
+        match &facts.certificate {
+            Some(c) if c.leaf_sha256.0 == *cert => {}
+            Some(_) => return Tri::No,
+            None => return Tri::Unknown,
+        }
+    }
+    Tri::Yes
+}
+
+/// The host of a network mount source: `//user@host/share`, `smb://host/x`, `host:/export`.
+fn network_host(source: &str) -> Option<&str> {
+    let rest = match source.split_once("://") {
+        Some((_, r)) => r,
+        None => match source.strip_prefix("//") {
+            Some(r) => r,
+            None => source.split_once(":/").map(|(h, _)| h)?,
+        },
+    };
+    let host = rest.split('/').next()?;
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = host.split(':').next()?;
+    (!host.is_empty()).then_some(host)
+}
+
+fn mount_matches(m: &CompiledMount, mount: &MountInfo, facts: &Facts) -> Tri {
+    // Without an explicit list, rules cover external, network and unknown volumes, not
+    // internal disks or disk images (DESIGN.md 3a).
+    let disposition_ok = match &m.disposition {
+        Some(list) => list.contains(&mount.disposition),
+        None => matches!(
+            mount.disposition,
+            MountDisposition::External | MountDisposition::Network | MountDisposition::Unknown
+        ),
+    };
+    if !disposition_ok {
+        return Tri::No;
+    }
+    if let Some(types) = &m.fs_type {
+        if !types.iter().any(|t| t.eq_ignore_ascii_case(&mount.fs_type)) {
+            return Tri::No;
+        }
+    }
+    if let Some(hosts) = &m.network_hosts {
+        let ok = mount.disposition == MountDisposition::Network
+            && network_host(&mount.source)
+                .is_some_and(|h| hosts.iter().any(|x| x.eq_ignore_ascii_case(h)));
+        if !ok {
+            return Tri::No;
+        }
+    }
+    if !m.needs_volume() {
+        return Tri::Yes;
+    }
+    let Some(v) = &facts.volume else {
+        return Tri::Unknown;
+    };
+    let ok = m.removable.is_none_or(|r| r == v.removable)
+        && m.encrypted.is_none_or(|e| e == v.encrypted)
+        && m.bus.as_ref().is_none_or(|b| b.contains(&v.bus))
+        && m.volume_uuid.as_ref().is_none_or(|u| {
+            v.uuid
+                .as_deref()
+                .is_some_and(|id| u.iter().any(|x| x.eq_ignore_ascii_case(id)))
+        });
+    if ok { Tri::Yes } else { Tri::No }
+}
+
+/// The first matching pattern's index; `is_match` first so a miss never allocates.
+fn first_match(r: &crate::compile::RegexScope, path: &str) -> Option<usize> {
+    if !r.set.is_match(path) {
+        return None;
+    }
+    r.set.matches(path).iter().next()
+}
+
+/// The event's target paths without allocating (at most two).
+fn targets(event: &Event) -> ([&str; 2], usize) {
+    match &event.body {
+        EventBody::Exec { target } => ([target.executable.path.as_str(), ""], 1),
+        EventBody::Open { file, .. }
+        | EventBody::Unlink { file }
+        | EventBody::Truncate { file } => ([file.path.as_str(), ""], 1),
+        EventBody::Rename {
+            source,
+            destination,
+        }
+        | EventBody::Link {
+            source,
+            destination,
+        } => ([source.path.as_str(), destination.as_str()], 2),
+        EventBody::Create { destination } => ([destination.as_str(), ""], 1),
+        EventBody::Mount { mount } | EventBody::Remount { mount } => {
+            ([mount.mount_point.as_str(), ""], 1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_host;
+
+    #[test]
+    fn network_host_table() {
+        let cases = [
+            ("//alice@nas.corp/share", Some("nas.corp")),
+            ("smb://nas.corp/share", Some("nas.corp")),
+            ("afp://bob@files:548/x", Some("files")),
+            ("nfs.corp:/export/home", Some("nfs.corp")),
+            ("/dev/disk4s1", None),
+        ];
+        for (src, want) in cases {
+            assert_eq!(network_host(src), want, "{src}");
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! File access (watch items), mounts, mutes, defaults and the embedded default policy.
+
+mod common;
+
+use common::*;
+use model::{
+    Cacheability, EventKind, Facts, FallbackReason, MountDisposition as D, MountFlags, Outcome,
+    SigningStatus::*, Verdict, VolumeBus,
+};
+use policy::{Mode, Policy};
+
+const WATCH: &str = r#"
+version = 1
+mode = "monitor"
+
+[[watch]]
+name = "ssh"
+paths = [{ path = "/etc/ssh/", prefix = true }]
+allow_read_access = true
+audit_only = false
+processes = [
+    { binary_path = "/usr/sbin/sshd" },
+    { signing_id = "ABCDE12345:com.example.*", team_id = "ABCDE12345" },
+]
+
+[[watch]]
+name = "ssh-keys"
+paths = [{ path = "/etc/ssh/keys/", prefix = true }]
+rule_type = "paths_with_denied_processes"
+audit_only = false
+operations = ["unlink", "rename"]
+processes = [{ team_id = "platform" }]
+
+[[watch]]
+name = "audit-log"
+paths = [{ path = "/var/audit/log" }]
+
+[[watch]]
+name = "browser-confined"
+rule_type = "processes_with_allowed_paths"
+audit_only = false
+allow_read_access = true
+paths = [{ path = "/Users/alice/Downloads/", prefix = true }]
+processes = [{ signing_id = "EQHXZ8M8AV:com.google.Chrome" }]
+
+[[watch]]
+name = "curl-no-secrets"
+rule_type = "processes_with_denied_paths"
+audit_only = false
+paths = [{ path = "/secrets/", prefix = true }]
+processes = [{ binary_path = "/usr/bin/curl" }]
+
+[[watch]]
+name = "vault"
+paths = [{ path = "/vault/", prefix = true }]
+audit_only = false
+processes = [{ certificate = "3333333333333333333333333333333333333333333333333333333333333333" }]
+
+[mute]
+processes = [{ path = "/usr/sbin/backupd", prefix = false }]
+targets = [{ path = "/var/log/", prefix = true }]
+"#;
+
+fn vim() -> model::Process {
+    process("/usr/bin/vim", sig(Unsigned, None, None, None, 0, false))
+}
+fn sshd() -> model::Process {
+    process("/usr/sbin/sshd", sig(Unsigned, None, None, None, 0, false))
+}
+fn example_app() -> model::Process {
+    process(
+        "/Applications/X.app/x",
+        sig(
+            Production,
+            Some("ABCDE12345"),
+            Some("com.example.tool"),
+            None,
+            0,
+            false,
+        ),
+    )
+}
+fn apple_rm() -> model::Process {
+    process(
+        "/bin/rm",
+        sig(Production, None, Some("com.apple.rm"), None, 0, true),
+    )
+}
+fn chrome() -> model::Process {
+    process(
+        "/Applications/Chrome.app/chrome",
+        sig(
+            Production,
+            Some("EQHXZ8M8AV"),
+            Some("com.google.Chrome"),
+            None,
+            0,
+            false,
+        ),
+    )
+}
+fn curl() -> model::Process {
+    process("/usr/bin/curl", sig(Unsigned, None, None, None, 0, false))
+}
+fn signed_dev() -> model::Process {
+    process(
+        "/opt/dev",
+        sig(Development, Some("ZZZZZ00000"), None, None, 0, false),
+    )
+}
+
+#[test]
+fn watch_table() {
+    let p = Policy::parse("watch.toml", WATCH).unwrap();
+    #[rustfmt::skip]
+    let cases: Vec<(&str, model::Event, Facts, &str)> = vec![
+        // paths_with_allowed_processes, each operation.
+        ("open write by other", open(vim(), "/etc/ssh/sshd_config", WRITE), Facts::NONE, "deny:ssh"),
+        ("open read exempt", open(vim(), "/etc/ssh/sshd_config", READ), Facts::NONE, "allow:default"),
+        ("open unknown flags (linux)", open(vim(), "/etc/ssh/sshd_config", None), Facts::NONE, "deny:ssh"),
+        ("open write by allowed path", open(sshd(), "/etc/ssh/sshd_config", WRITE), Facts::NONE, "allow:ssh"),
+        ("open write by signing id wildcard", open(example_app(), "/etc/ssh/x", WRITE), Facts::NONE, "allow:ssh"),
+        ("rename out of watched", file_event(vim(), "rename", "/etc/ssh/a", "/tmp/a"), Facts::NONE, "deny:ssh"),
+        ("rename into watched", file_event(vim(), "rename", "/tmp/a", "/etc/ssh/a"), Facts::NONE, "deny:ssh"),
+        ("unlink", file_event(vim(), "unlink", "/etc/ssh/a", ""), Facts::NONE, "deny:ssh"),
+        ("truncate", file_event(vim(), "truncate", "/etc/ssh/a", ""), Facts::NONE, "deny:ssh"),
+        ("link", file_event(vim(), "link", "/etc/ssh/a", "/tmp/b"), Facts::NONE, "deny:ssh"),
+        ("create", file_event(vim(), "create", "/etc/ssh/new", ""), Facts::NONE, "deny:ssh"),
+        ("create by allowed", file_event(sshd(), "create", "/etc/ssh/new", ""), Facts::NONE, "allow:ssh"),
+        ("unwatched path", open(vim(), "/etc/hosts", WRITE), Facts::NONE, "allow:default"),
+        // Longest match: ssh-keys (paths_with_denied_processes, unlink+rename only).
+        ("denied process unlink", file_event(apple_rm(), "unlink", "/etc/ssh/keys/k", ""), Facts::NONE, "deny:ssh-keys"),
+        ("other process unlink", file_event(vim(), "unlink", "/etc/ssh/keys/k", ""), Facts::NONE, "allow:default"),
+        ("op not covered", open(apple_rm(), "/etc/ssh/keys/k", WRITE), Facts::NONE, "allow:default"),
+        ("rename: any deny wins", file_event(sshd(), "rename", "/etc/ssh/a", "/var/audit/log"), Facts::NONE, "audit:audit-log"),
+        ("rename: hard deny over audit", file_event(vim(), "rename", "/etc/ssh/a", "/var/audit/log"), Facts::NONE, "deny:ssh"),
+        // Audit only (default): a deny becomes a logged allow; exact paths only.
+        ("audit only", open(vim(), "/var/audit/log", WRITE), Facts::NONE, "audit:audit-log"),
+        ("exact path only", open(vim(), "/var/audit/log2", WRITE), Facts::NONE, "allow:default"),
+        ("no read exemption by default", open(vim(), "/var/audit/log", READ), Facts::NONE, "audit:audit-log"),
+        // processes_with_allowed_paths.
+        ("confined inside", file_event(chrome(), "create", "/Users/alice/Downloads/x.zip", ""), Facts::NONE, "allow:default"),
+        ("confined outside", file_event(chrome(), "create", "/Users/alice/Documents/x", ""), Facts::NONE, "deny:browser-confined"),
+        ("confined read outside", open(chrome(), "/usr/lib/libx.dylib", READ), Facts::NONE, "allow:default"),
+        ("confined write outside", open(chrome(), "/Users/alice/.zshrc", WRITE), Facts::NONE, "deny:browser-confined"),
+        ("not confined", file_event(vim(), "create", "/Users/alice/Documents/x", ""), Facts::NONE, "allow:default"),
+        // processes_with_denied_paths.
+        ("curl into secrets", open(curl(), "/secrets/key", READ), Facts::NONE, "deny:curl-no-secrets"),
+        ("curl elsewhere", open(curl(), "/tmp/x", WRITE), Facts::NONE, "allow:default"),
+        ("vim into secrets", open(vim(), "/secrets/key", WRITE), Facts::NONE, "allow:default"),
+        // Certificate process keys need the helper, unless the signature cannot have one.
+        ("cert unknown", open(signed_dev(), "/vault/x", WRITE), Facts::NONE, "analyze:certificate"),
+        ("cert match", open(signed_dev(), "/vault/x", WRITE), facts_cert("33"), "allow:vault"),
+        ("cert mismatch", open(signed_dev(), "/vault/x", WRITE), facts_cert("44"), "deny:vault"),
+        ("unsigned has no cert", open(vim(), "/vault/x", WRITE), Facts::NONE, "deny:vault"),
+        // Mutes: process literal, target prefix; every target must be muted.
+        ("muted process", open(process("/usr/sbin/backupd", sig(Unsigned, None, None, None, 0, false)), "/etc/ssh/x", WRITE), Facts::NONE, "allow:muted"),
+        ("muted target", open(vim(), "/var/log/syslog", WRITE), Facts::NONE, "allow:muted"),
+        ("half-muted rename", file_event(vim(), "rename", "/var/log/a", "/etc/ssh/a"), Facts::NONE, "deny:ssh"),
+        ("muted exec caller", {
+            let mut e = exec("/tmp/x", sig(Unsigned, None, None, None, 0, false));
+            e.process = process("/usr/sbin/backupd", sig(Unsigned, None, None, None, 0, false));
+            e
+        }, Facts::NONE, "allow:muted"),
+    ];
+    for (what, ev, facts, want) in cases {
+        assert_eq!(summary(&p.decide(&ev, &facts)), want, "{what}");
+    }
+    // Watch decisions for a watched path depend on the caller: never cached.
+    for ev in [
+        open(vim(), "/etc/ssh/x", WRITE),
+        open(sshd(), "/etc/ssh/x", WRITE),
+    ] {
+        let Outcome::Decided(d) = p.decide(&ev, &Facts::NONE) else {
+            panic!()
+        };
+        assert_eq!(d.cacheable, Cacheability::Never);
+    }
+    let Outcome::Decided(d) = p.decide(&open(vim(), "/etc/hosts", READ), &Facts::NONE) else {
+        panic!()
+    };
+    assert_eq!(
+        d.cacheable,
+        Cacheability::Kernel,
+        "unwatched open: file only"
+    );
+    // Analysis for a process certificate names the acting process's executable.
+    let Outcome::Analyze(r) = p.decide(&open(signed_dev(), "/vault/x", WRITE), &Facts::NONE) else {
+        panic!()
+    };
+    assert_eq!(r.file.unwrap().path, "/opt/dev");
+}
+
+const MOUNTS: &str = r#"
+version = 1
+mode = "monitor"
+
+[[mount]]
+name = "corp-nas"
+action = "allow"
+network_hosts = ["NAS.corp"]
+
+[[mount]]
+name = "other-network"
+action = "block"
+disposition = ["network"]
+
+[[mount]]
+name = "encrypted-usb"
+action = "allow"
+removable = true
+encrypted = true
+
+[[mount]]
+name = "usb-read-only"
+action = "remount"
+removable = true
+remount_flags = { read_only = true, noexec = true }
+
+[[mount]]
+name = "no-exfat"
+action = "block"
+fs_type = ["exfat"]
+
+[[mount]]
+name = "images-noexec"
+action = "remount"
+disposition = ["virtual"]
+remount_flags = { noexec = true }
+"#;
+
+#[test]
+fn mount_table() {
+    let p = Policy::parse("mounts.toml", MOUNTS).unwrap();
+    let none = MountFlags::default();
+    let ro_noexec = MountFlags {
+        read_only: true,
+        noexec: true,
+        ..Default::default()
+    };
+    let noexec = MountFlags {
+        noexec: true,
+        ..Default::default()
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, model::Event, Facts, &str)> = vec![
+        ("allowed host", mount("//alice@nas.corp/share", "smbfs", D::Network, none), Facts::NONE, "allow:corp-nas"),
+        ("nfs allowed host", mount("nas.corp:/export", "nfs", D::Network, none), Facts::NONE, "allow:corp-nas"),
+        ("other host", mount("//evil.example/share", "smbfs", D::Network, none), Facts::NONE, "deny:other-network"),
+        ("external needs volume", mount("/dev/disk4s1", "apfs", D::External, none), Facts::NONE, "analyze:volume"),
+        ("encrypted usb", mount("/dev/disk4s1", "apfs", D::External, none), facts_volume(true, true, VolumeBus::Usb), "allow:encrypted-usb"),
+        ("plain usb remount", mount("/dev/disk4s1", "msdos", D::External, none), facts_volume(true, false, VolumeBus::Usb), "deny:usb-read-only"),
+        ("usb with flags", mount("/dev/disk4s1", "msdos", D::External, ro_noexec), facts_volume(true, false, VolumeBus::Usb), "allow:usb-read-only"),
+        ("fixed exfat", mount("/dev/disk5s1", "ExFAT", D::External, none), facts_volume(false, false, VolumeBus::Thunderbolt), "deny:no-exfat"),
+        ("fixed apfs", mount("/dev/disk5s1", "apfs", D::External, none), facts_volume(false, false, VolumeBus::Thunderbolt), "allow:default"),
+        ("internal out of scope", mount("/dev/disk1s1", "apfs", D::Internal, none), Facts::NONE, "allow:default"),
+        ("image explicit", mount("/dev/disk9s1", "hfs", D::Virtual, none), Facts::NONE, "deny:images-noexec"),
+        ("image has flags", mount("/dev/disk9s1", "hfs", D::Virtual, noexec), Facts::NONE, "allow:images-noexec"),
+    ];
+    for (what, ev, facts, want) in cases {
+        assert_eq!(summary(&p.decide(&ev, &facts)), want, "{what}");
+    }
+    // Remount events follow the same rules.
+    let mut ev = mount("/dev/disk4s1", "msdos", D::External, none);
+    if let model::EventBody::Mount { mount } = ev.body {
+        ev.body = model::EventBody::Remount { mount };
+    }
+    let out = p.decide(&ev, &facts_volume(true, false, VolumeBus::Usb));
+    assert_eq!(summary(&out), "deny:usb-read-only");
+    let Outcome::Decided(d) = out else { panic!() };
+    let model::Reason::Rule { rule } = &d.reason else {
+        panic!()
+    };
+    assert_eq!(p.remount_flags(rule), Some(ro_noexec));
+    // Volume analysis carries the mount.
+    let Outcome::Analyze(r) = p.decide(
+        &mount("/dev/disk4s1", "apfs", D::External, none),
+        &Facts::NONE,
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.mount.unwrap().source, "/dev/disk4s1");
+    assert!(r.file.is_none());
+}
+
+#[test]
+fn defaults_fallbacks_and_deadlines() {
+    let text = r#"
+version = 1
+mode = "enforce"
+[defaults]
+fallback = "allow"
+helper_unavailable = "deny"
+deadline_ms = 1500
+[defaults.kind.exec]
+fallback = "deny"
+helper_unavailable = "allow"
+deadline_ms = 2500
+[defaults.kind.open]
+deadline_ms = 500
+"#;
+    let p = Policy::parse("d.toml", text).unwrap();
+    assert_eq!(p.mode(), Mode::Enforce);
+    #[rustfmt::skip]
+    let cases = [
+        (EventKind::Exec, FallbackReason::Deadline, Verdict::Deny),
+        (EventKind::Exec, FallbackReason::Shutdown, Verdict::Deny),
+        (EventKind::Exec, FallbackReason::QueueFull, Verdict::Allow),
+        (EventKind::Exec, FallbackReason::HelperUnavailable, Verdict::Allow),
+        (EventKind::Exec, FallbackReason::HelperError, Verdict::Allow),
+        (EventKind::Open, FallbackReason::Deadline, Verdict::Allow),
+        (EventKind::Open, FallbackReason::HelperUnavailable, Verdict::Deny),
+        (EventKind::Mount, FallbackReason::QueueFull, Verdict::Deny),
+    ];
+    for (kind, why, want) in cases {
+        assert_eq!(p.fallback(kind, why), want, "{kind:?} {why:?}");
+    }
+    let ms = |k| p.deadline(k).as_millis();
+    assert_eq!(
+        (
+            ms(EventKind::Exec),
+            ms(EventKind::Open),
+            ms(EventKind::Unlink)
+        ),
+        (2500, 500, 1500)
+    );
+    // Unset: allow, allow, 3 s, bad-signature protection on.
+    let min = Policy::parse("m.toml", "version = 1\nmode = \"monitor\"\n").unwrap();
+    for kind in EventKind::ALL {
+        for why in FallbackReason::ALL {
+            assert_eq!(min.fallback(kind, why), Verdict::Allow);
+        }
+        assert_eq!(min.deadline(kind).as_millis(), 3000);
+    }
+}
+
+#[test]
+fn embedded_default_is_monitor_with_self_protection() {
+    let p = Policy::embedded_default();
+    assert_eq!(p.mode(), Mode::Monitor);
+    assert_eq!(p.origin(), "<embedded default>");
+    assert!(
+        p.watched_paths()
+            .iter()
+            .any(|w| w.path == "/etc/gatehouse/" && w.prefix)
+    );
+    let gatehouse = process(
+        "/usr/local/bin/gatehouse-extension",
+        sig(Unsigned, None, None, None, 0, false),
+    );
+    #[rustfmt::skip]
+    let cases: Vec<(&str, model::Event, &str)> = vec![
+        ("other writes policy", open(vim(), "/etc/gatehouse/policy.toml", WRITE), "deny:gatehouse-self-protection"),
+        ("other reads policy (macOS)", open(vim(), "/etc/gatehouse/policy.toml", READ), "allow:default"),
+        ("other deletes log", file_event(vim(), "unlink", "/var/log/gatehouse/events.jsonl", ""), "deny:gatehouse-self-protection"),
+        ("other replaces binary", file_event(vim(), "rename", "/tmp/x", "/usr/local/bin/gatehouse-helper"), "deny:gatehouse-self-protection"),
+        ("gatehouse writes log", open(gatehouse, "/var/log/gatehouse/events.jsonl", WRITE), "allow:gatehouse-self-protection"),
+        ("unrelated write", open(vim(), "/home/u/notes", WRITE), "allow:default"),
+        ("exec unknown: would-deny", exec("/usr/local/bin/x", sig(Production, Some("ABCDE12345"), None, None, 0, false)), "would_deny"),
+    ];
+    for (what, ev, want) in cases {
+        assert_eq!(summary(&p.decide(&ev, &Facts::NONE)), want, "{what}");
+    }
+}
+
+#[test]
+fn backend_hints() {
+    let p = Policy::parse("watch.toml", WATCH).unwrap();
+    assert!(p.watches_all_paths(), "processes_with_allowed_paths item");
+    assert!(p.watches_kind(EventKind::Open) && p.watches_kind(EventKind::Exec));
+    assert!(!p.watches_kind(EventKind::Mount));
+    assert_eq!(p.mutes().len(), 2);
+    assert!(
+        !p.warnings().is_empty(),
+        "allow_read_access on Linux is noted"
+    );
+    let m = Policy::parse("m.toml", MOUNTS).unwrap();
+    assert!(m.watches_kind(EventKind::Mount) && !m.watches_kind(EventKind::Open));
+    assert!(!m.watches_all_paths());
+    let h = Policy::parse(
+        "h.toml",
+        &format!("version = 1\nmode = \"enforce\"\n[defaults]\npackage_trust = false\n[[exec]]\naction = \"allow\"\nsha256 = \"{}\"\n", hex("ab", 32)),
+    )
+    .unwrap();
+    assert!(h.exec_rules_need_hash());
+    let n = Policy::parse(
+        "n.toml",
+        "version = 1\nmode = \"enforce\"\n[defaults]\npackage_trust = false\n",
+    )
+    .unwrap();
+    assert!(!n.exec_rules_need_hash());
+}
