@@ -20,6 +20,8 @@ pub mod client;
 pub mod hash;
 #[cfg(target_os = "linux")]
 pub mod linux;
+#[cfg(target_os = "macos")]
+pub mod macos;
 pub mod pool;
 pub mod service;
 pub mod stats;

@@ -1,5 +1,98 @@
-//! `gatehouse-extension`: parses arguments and runs the core on this OS's backend.
+//! `gatehouse-extension`: parses arguments, loads the policy, and runs the core on this OS's
+//! backend (fanotify on Linux, Endpoint Security on macOS).
 
-fn main() {
-    println!("gatehouse-extension: not built yet (see issues 4, 6 and 7)");
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse-extension",
+    version,
+    about = "Gatehouse's never-blocking authorization client"
+)]
+struct Args {
+    /// Policy file (TOML); without it the embedded default (monitor mode) applies.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The analysis helper's Unix socket (Linux; macOS reaches the helper over XPC).
+    #[arg(long, default_value = "/run/gatehouse/helper.sock")]
+    helper_socket: PathBuf,
+    /// The control socket the `gatehouse` CLI talks to (created root-only).
+    #[arg(long, default_value = "/run/gatehouse/control.sock")]
+    control_socket: PathBuf,
+    /// JSON-lines log of denies, fallbacks and would-denies (rotated by size).
+    #[arg(long, default_value = "/var/log/gatehouse/events.jsonl")]
+    events_log: PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<policy::Policy> {
+    use anyhow::Context;
+    let Some(path) = path else {
+        return Ok(policy::Policy::embedded_default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+    policy::Policy::parse(&path.display().to_string(), &text).map_err(|e| {
+        anyhow::anyhow!("policy file is invalid: {e}; check it with `gatehouse policy check`")
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn run(args: Args) -> anyhow::Result<()> {
+    use es_extension::core::CoreConfig;
+    let policy = load_policy(args.policy.as_deref())?;
+    let config = CoreConfig {
+        helper_socket: Some(args.helper_socket),
+        control_socket: Some(args.control_socket),
+        events_log: Some(args.events_log),
+        ..CoreConfig::fanotify()
+    };
+    // The Linux backend (issue 6) owns the delivery thread, signals and shutdown.
+    es_extension::sys::linux::run(
+        config,
+        policy,
+        es_extension::sys::linux::LinuxOptions::default(),
+    )
+}
+
+#[cfg(target_os = "macos")]
+fn run(args: Args) -> anyhow::Result<()> {
+    // The macOS backend (issue 7) subscribes with the embedded policy first, then loads the
+    // file (NSEndpointSecurityEarlyBoot), so the file is passed through rather than read here.
+    let opts = es_extension::sys::macos::MacOptions {
+        policy: args.policy,
+        events_log: Some(args.events_log),
+        control_socket: Some(args.control_socket),
+        ..es_extension::sys::macos::MacOptions::default()
+    };
+    let _ = args.helper_socket;
+    es_extension::sys::macos::run(opts).map_err(anyhow::Error::from)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "no kernel backend for this operating system (Linux fanotify or macOS Endpoint Security)"
+    )
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse-extension: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,24 @@
-//! The Linux fanotify backend. PLACEHOLDER: issue 6 fills it.
+//! The Linux fanotify backend: one `FAN_CLASS_CONTENT` permission group, exec authorization on
+//! whole filesystems, open authorization on protected paths only, the kernel allow cache as
+//! evictable inode ignore marks, and a liveness guard that releases the machine if the
+//! delivery thread ever stops answering.
+//!
+//! - `fanotify`: the safe wrapper (init, marks, reads, answers).
+//! - `convert`: a record into a `model::Event` (procfs reads only).
+//! - `marks`: what to mark from the policy; cache invalidation.
+//! - `responder`: the `Responder` (one write, then the optional ignore mark) and counters.
+//! - `selfmute`: our own and the helper's (pidfd-verified) events, allowed at once.
+//! - `delivery`: the delivery thread's loop.
+//! - `liveness`: the guard.
+//! - `run`: the extension's Linux entry point (core + backend + signals).
+
+pub mod convert;
+pub mod delivery;
+pub mod fanotify;
+pub mod liveness;
+pub mod marks;
+pub mod responder;
+pub mod run;
+pub mod selfmute;
+
+pub use run::{LinuxOptions, run};

@@ -1,0 +1,146 @@
+//! Core latency: `deliver()` on the fast path (decided on the delivery thread, including while
+//! every slow-path worker is stuck on a helper that never reads), a verdict-cache hit, and
+//! event-to-answer through a fake helper over a real Unix socket.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{ALLOWED, Behaviour, FakeHelper, test_config, test_policy};
+use divan::Bencher;
+use es_extension::backend::Delivery;
+use es_extension::core::Core;
+use es_extension::test_backend::{CountingResponder, TestControl, events};
+use model::Event;
+
+fn main() {
+    divan::main();
+}
+
+struct Rig {
+    core: Core<CountingResponder>,
+    answered: Arc<AtomicU64>,
+    next_ino: AtomicU64,
+    _helper: Option<FakeHelper>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(helper: Option<Behaviour>) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let helper = helper.map(|b| FakeHelper::start(&path, b));
+        let mut cfg = test_config(helper.as_ref().map(|h| h.path.as_path()));
+        cfg.helper_write_timeout = Duration::from_secs(3600);
+        cfg.queue_capacity = 16;
+        let core = Core::start(cfg, test_policy(), Arc::new(TestControl::default())).unwrap();
+        if helper.is_some() {
+            while !core.helper_connected() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Rig {
+            core,
+            answered: Arc::new(AtomicU64::new(0)),
+            next_ino: AtomicU64::new(1),
+            _helper: helper,
+            _dir: dir,
+        }
+    }
+
+    fn delivery(&self, event: Event) -> Delivery<CountingResponder> {
+        let now = std::time::Instant::now();
+        Delivery {
+            event,
+            deadline: now + Duration::from_secs(5),
+            received: now,
+            file: None,
+            responder: CountingResponder {
+                counter: Arc::clone(&self.answered),
+            },
+        }
+    }
+
+    fn ino(&self) -> u64 {
+        self.next_ino.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Deliver and spin until the answer arrives (from whichever thread gives it).
+    fn round_trip(&self, d: Delivery<CountingResponder>) {
+        let before = self.answered.load(Ordering::Acquire);
+        self.core.deliver(d);
+        while self.answered.load(Ordering::Acquire) == before {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn open_event(ino: u64) -> Event {
+    events::open(3_000_000, "/usr/bin/cat", "/srv/data/file", ino)
+}
+
+fn exec_event(ino: u64) -> Event {
+    events::exec(3_000_000, "/usr/local/bin/tool", ino)
+}
+
+/// An open decided on the delivery thread (mute check, cache miss, policy).
+#[divan::bench]
+fn fast_path_deliver(b: Bencher<'_, '_>) {
+    let rig = Rig::new(None);
+    b.with_inputs(|| rig.delivery(open_event(rig.ino())))
+        .bench_local_values(|d| rig.core.deliver(d));
+}
+
+/// The same, while both workers are blocked writing to a helper that never reads and the
+/// slow-path queue is full.
+#[divan::bench]
+fn fast_path_deliver_workers_stuck(b: Bencher<'_, '_>) {
+    let rig = Rig::new(Some(Behaviour::StallNoRead));
+    let long = format!("/opt/{}/tool", "x".repeat(3000));
+    while rig.core.queue_depth() < 16 {
+        rig.core
+            .deliver(rig.delivery(events::exec(3_000_000, &long, rig.ino())));
+    }
+    b.with_inputs(|| rig.delivery(open_event(rig.ino())))
+        .bench_local_values(|d| rig.core.deliver(d));
+    assert_eq!(rig.core.queue_depth(), 16, "workers stayed stuck");
+}
+
+/// An exec answered from the verdict cache.
+#[divan::bench]
+fn cache_hit_deliver(b: Bencher<'_, '_>) {
+    let rig = Rig::new(Some(Behaviour::Answer {
+        sha256: ALLOWED,
+        delay: Duration::ZERO,
+    }));
+    rig.round_trip(rig.delivery(exec_event(1)));
+    while rig.core.metrics().helper_decided.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    b.with_inputs(|| rig.delivery(exec_event(1)))
+        .bench_local_values(|d| rig.core.deliver(d));
+    assert!(rig.core.metrics().cache_hits.load(Ordering::Relaxed) > 0);
+}
+
+/// Event to answer for an exec that needs the helper: queue, worker, Unix socket round trip,
+/// policy with the facts, answer.
+#[divan::bench(sample_size = 20, sample_count = 200)]
+fn event_to_answer_via_helper(b: Bencher<'_, '_>) {
+    let rig = Rig::new(Some(Behaviour::Answer {
+        sha256: ALLOWED,
+        delay: Duration::ZERO,
+    }));
+    b.with_inputs(|| rig.delivery(exec_event(rig.ino() + 1_000_000)))
+        .bench_local_values(|d| rig.round_trip(d));
+    assert_eq!(
+        rig.core
+            .metrics()
+            .fallbacks
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>(),
+        0
+    );
+}

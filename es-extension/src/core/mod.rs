@@ -1,0 +1,601 @@
+//! The platform-neutral core: the delivery path every backend calls, the slow-path workers and
+//! helper connection, the watchdog, metrics, the events log and the control channel.
+//!
+//! # Threads (fixed at start, whatever the load)
+//! - the backend's delivery thread calls [`Core::deliver`], which never blocks: mute check ->
+//!   verdict cache -> policy on the message's own data -> answer now; or `try_send` to the
+//!   bounded slow-path queue (full, or helper down: the policy's fallback now);
+//! - `workers` slow-path workers send analysis requests to the helper over one pipelined
+//!   connection;
+//! - one helper reader (also the connector, with backoff) matches answers by request id;
+//! - one watchdog answers the fallback at `deadline - headroom`;
+//! - one events-log writer, and one control server (when a control socket is configured).
+
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod eventlog;
+pub mod helper_client;
+pub mod metrics;
+pub mod pending;
+pub mod watchdog;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use model::{Cacheability, Decision, Event, FallbackReason, MuteScope, MuteSpec, Outcome, Reason};
+use policy::{Policy, PolicyStore, Snapshot, VerdictCache};
+
+use crate::backend::{Delivery, KernelControl, Responder};
+use helper_client::{HelperClient, WorkItem};
+use metrics::Metrics;
+use pending::Slot;
+use watchdog::WatchdogHandle;
+
+/// How the core is sized and wired. Start from [`CoreConfig::endpoint_security`] or
+/// [`CoreConfig::fanotify`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Slow-path worker threads (default 2).
+    pub workers: usize,
+    /// Slow-path queue capacity; a full queue answers the fallback at once.
+    pub queue_capacity: usize,
+    /// Headroom clamp: the watchdog answers at `deadline - clamp(20% of time left, min, max)`.
+    pub headroom_min: Duration,
+    pub headroom_max: Duration,
+    /// The helper's Unix socket; `None` runs without a helper (every analysis: fallback).
+    pub helper_socket: Option<PathBuf>,
+    /// The events log; `None` keeps notable decisions in memory only (`events tail`).
+    pub events_log: Option<PathBuf>,
+    /// Rotate the events log past this size.
+    pub events_log_max_bytes: u64,
+    /// Log records waiting for the writer; beyond this they are dropped and counted.
+    pub log_channel_capacity: usize,
+    /// Lines kept in memory for `events tail`.
+    pub recent_lines: usize,
+    /// The control socket (root only, mode 0600); `None` runs no control server.
+    pub control_socket: Option<PathBuf>,
+    /// Verdict cache entries.
+    pub cache_capacity: usize,
+    /// Requests outstanding at the helper at once.
+    pub max_in_flight: usize,
+    /// A helper that does not take a request within this long is treated as dead.
+    pub helper_write_timeout: Duration,
+    /// How long past its deadline a late helper answer is still awaited to fill the cache.
+    pub late_answer_grace: Duration,
+    /// Longest wait between helper reconnection attempts.
+    pub reconnect_backoff_max: Duration,
+    /// Named in `gatehouse status` ("endpoint-security", "fanotify", "test").
+    pub backend_name: String,
+}
+
+impl CoreConfig {
+    /// Endpoint Security: the kernel's deadlines are seconds long; headroom 1..5 s.
+    pub fn endpoint_security() -> Self {
+        Self {
+            workers: 2,
+            queue_capacity: 1024,
+            headroom_min: Duration::from_secs(1),
+            headroom_max: Duration::from_secs(5),
+            helper_socket: None,
+            events_log: None,
+            events_log_max_bytes: 16 * 1024 * 1024,
+            log_channel_capacity: 4096,
+            recent_lines: 1000,
+            control_socket: None,
+            cache_capacity: 16_384,
+            max_in_flight: 1024,
+            helper_write_timeout: Duration::from_millis(250),
+            late_answer_grace: Duration::from_secs(2),
+            reconnect_backoff_max: Duration::from_secs(1),
+            backend_name: "endpoint-security".to_owned(),
+        }
+    }
+
+    /// fanotify: our own deadlines (the policy's per-kind `deadline_ms`); headroom 50..500 ms.
+    pub fn fanotify() -> Self {
+        Self {
+            headroom_min: Duration::from_millis(50),
+            headroom_max: Duration::from_millis(500),
+            backend_name: "fanotify".to_owned(),
+            ..Self::endpoint_security()
+        }
+    }
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self::endpoint_security()
+    }
+}
+
+/// Start-up failures: only local resources (threads, the control socket), never the helper.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("cannot start core thread {name}: {source}")]
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen on control socket {path}: {source}; is another gatehouse-extension running, or is the directory missing?"
+    )]
+    ControlSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid core configuration: {0}")]
+    Config(String),
+}
+
+/// Muted paths, mirrored in-process: the policy's `[mute]` lists plus runtime `mute add`s.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MuteSet {
+    pub process: Vec<MuteSpec>,
+    pub target: Vec<MuteSpec>,
+}
+
+impl MuteSet {
+    pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a MuteSpec>) -> Self {
+        let mut s = MuteSet::default();
+        for m in specs {
+            let list = match m.scope {
+                MuteScope::Process => &mut s.process,
+                MuteScope::Target => &mut s.target,
+            };
+            if !list.contains(m) {
+                list.push(m.clone());
+            }
+        }
+        s
+    }
+
+    pub fn all(&self) -> Vec<MuteSpec> {
+        self.process.iter().chain(&self.target).cloned().collect()
+    }
+
+    /// Muted when the acting process's executable is muted, or when every path the event
+    /// touches is target-muted (a rename into a guarded directory is not muted by its source).
+    pub fn matches(&self, event: &Event) -> bool {
+        let exe = &event.process.executable.path;
+        if self.process.iter().any(|m| m.matches(exe)) {
+            return true;
+        }
+        !self.target.is_empty()
+            && event
+                .target_paths()
+                .iter()
+                .all(|p| self.target.iter().any(|m| m.matches(p)))
+    }
+}
+
+/// State shared by every core thread. Nothing the delivery thread reads here is behind a lock.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: CoreConfig,
+    pub store: PolicyStore,
+    pub cache: VerdictCache,
+    pub metrics: Metrics,
+    pub log: eventlog::LogSender,
+    pub recent: Arc<eventlog::RecentLines>,
+    pub mutes: ArcSwap<MuteSet>,
+    /// Runtime mutes added over the control channel (control thread only).
+    pub runtime_mutes: Mutex<Vec<MuteSpec>>,
+    pub pids: ArcSwap<Vec<u32>>,
+    /// Serialises pid-mute updates (never held by the delivery thread, which only loads).
+    pub pids_update: Mutex<()>,
+    pub shutting_down: AtomicBool,
+    pub started: Instant,
+    pub kernel: Arc<dyn KernelControl>,
+}
+
+impl std::fmt::Debug for dyn KernelControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelControl")
+    }
+}
+
+impl Shared {
+    /// Recompute the in-process mute mirror from the current policy and the runtime mutes.
+    pub fn refresh_mutes(&self) {
+        let snap = self.store.load();
+        let runtime = self
+            .runtime_mutes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.mutes.store(Arc::new(MuteSet::from_specs(
+            snap.policy.mutes().iter().chain(&runtime),
+        )));
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_shared(policy: Policy) -> Arc<Shared> {
+    let (log, _rx, recent) = eventlog::channel(16, 16);
+    Arc::new(Shared {
+        config: CoreConfig::fanotify(),
+        store: PolicyStore::new(policy),
+        cache: VerdictCache::with_capacity(16),
+        metrics: Metrics::default(),
+        log,
+        recent,
+        mutes: ArcSwap::from_pointee(MuteSet::default()),
+        runtime_mutes: Mutex::new(Vec::new()),
+        pids: ArcSwap::from_pointee(vec![]),
+        pids_update: Mutex::new(()),
+        shutting_down: AtomicBool::new(false),
+        started: Instant::now(),
+        kernel: Arc::new(crate::test_backend::TestControl::default()),
+    })
+}
+
+/// The running core for backend responder type `R`.
+pub struct Core<R: Responder> {
+    shared: Arc<Shared>,
+    queue_tx: Sender<WorkItem<R>>,
+    queue_rx: Receiver<WorkItem<R>>,
+    watchdog: WatchdogHandle<R>,
+    helper: Arc<HelperClient<R>>,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    log_stop_tx: Mutex<Option<Sender<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    log_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<R: Responder> std::fmt::Debug for Core<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("backend", &self.shared.config.backend_name)
+            .field("queue_depth", &self.queue_tx.len())
+            .field("helper", &self.helper)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, CoreError> {
+    std::thread::Builder::new()
+        .name(format!("gh-{name}"))
+        .spawn(f)
+        .map_err(|source| CoreError::Spawn { name, source })
+}
+
+impl<R: Responder> Core<R> {
+    /// Start the core's threads and return at once: nothing here waits for the helper (it is
+    /// connected lazily, with backoff, by the reader thread).
+    pub fn start(
+        config: CoreConfig,
+        policy: Policy,
+        control: Arc<dyn KernelControl>,
+    ) -> Result<Core<R>, CoreError> {
+        if config.workers == 0 || config.queue_capacity == 0 {
+            return Err(CoreError::Config(
+                "workers and queue_capacity must be at least 1".to_owned(),
+            ));
+        }
+        let (log, log_rx, recent) =
+            eventlog::channel(config.log_channel_capacity.max(1), config.recent_lines);
+        let control_listener = match &config.control_socket {
+            Some(path) => Some(control::bind(path)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            store: PolicyStore::new(policy),
+            cache: VerdictCache::with_capacity(config.cache_capacity),
+            metrics: Metrics::default(),
+            log,
+            recent: Arc::clone(&recent),
+            mutes: ArcSwap::from_pointee(MuteSet::default()),
+            runtime_mutes: Mutex::new(Vec::new()),
+            pids: ArcSwap::from_pointee(vec![std::process::id()]),
+            pids_update: Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+            started: Instant::now(),
+            kernel: control,
+            config,
+        });
+        shared.refresh_mutes();
+        let cfg = &shared.config;
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded::<WorkItem<R>>(cfg.queue_capacity);
+        let (watchdog, watchdog_rx) =
+            watchdog::channel::<R>(cfg.queue_capacity + cfg.max_in_flight + 64);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (log_stop_tx, log_stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let helper = Arc::new(HelperClient::<R>::new(Arc::clone(&shared)));
+
+        let mut threads = Vec::new();
+        let log_thread = {
+            let (s, path, max) = (
+                Arc::clone(&shared),
+                cfg.events_log.clone(),
+                cfg.events_log_max_bytes,
+            );
+            spawn("eventlog", move || {
+                eventlog::run_writer(log_rx, log_stop_rx, s, recent, path, max);
+            })?
+        };
+        {
+            let prune_at = 4 * (cfg.queue_capacity + cfg.max_in_flight);
+            let stop = stop_rx.clone();
+            threads.push(spawn("watchdog", move || {
+                watchdog::run(watchdog_rx, stop, prune_at);
+            })?);
+        }
+        {
+            let (h, stop) = (Arc::clone(&helper), stop_rx.clone());
+            threads.push(spawn("helper", move || h.run_reader(stop))?);
+        }
+        for _ in 0..cfg.workers {
+            let (h, rx, stop) = (Arc::clone(&helper), queue_rx.clone(), stop_rx.clone());
+            threads.push(spawn("worker", move || {
+                loop {
+                    crossbeam_channel::select! {
+                        recv(rx) -> item => match item {
+                            Ok(item) => h.process(item),
+                            Err(_) => break,
+                        },
+                        recv(stop) -> _ => break,
+                    }
+                }
+                for item in rx.try_iter() {
+                    item.slot.answer_fallback(FallbackReason::Shutdown);
+                }
+            })?);
+        }
+        if let Some(listener) = control_listener {
+            let server = control::Server {
+                shared: Arc::clone(&shared),
+                helper: Arc::clone(&helper),
+                queue: queue_tx.clone(),
+            };
+            let stop = stop_rx.clone();
+            threads.push(spawn("control", move || server.run(listener, stop))?);
+        } else {
+            // Without a control thread, policy mutes still reach the kernel; off this thread.
+            let s = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("gh-mute-push".into())
+                .spawn(move || control::push_mutes(&s, &[], &s.mutes.load().all()))
+                .map_err(|source| CoreError::Spawn {
+                    name: "mute-push",
+                    source,
+                })?;
+        }
+        Ok(Core {
+            shared,
+            queue_tx,
+            queue_rx,
+            watchdog,
+            helper,
+            stop_tx: Mutex::new(Some(stop_tx)),
+            log_stop_tx: Mutex::new(Some(log_stop_tx)),
+            threads: Mutex::new(threads),
+            log_thread: Mutex::new(Some(log_thread)),
+        })
+    }
+
+    /// Decide or hand off one event. Called on the backend's delivery thread; never blocks,
+    /// never does I/O, never logs synchronously. Every path ends in exactly one answer.
+    pub fn deliver(&self, d: Delivery<R>) {
+        let start = Instant::now();
+        let Delivery {
+            event,
+            deadline,
+            received,
+            file,
+            responder,
+        } = d;
+        let s = &*self.shared;
+        let m = &s.metrics;
+        let kind = event.kind();
+        m.events[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let snapshot = s.store.load();
+        let now_answer = |decision: Decision, responder: R, snapshot: &Snapshot| {
+            pending::respond(
+                s,
+                responder,
+                &decision,
+                &event,
+                received,
+                deadline,
+                snapshot.version,
+            );
+            m.fast_path.record(start.elapsed());
+        };
+        let fallback =
+            |why: FallbackReason| Decision::fallback(snapshot.policy.fallback(kind, why), why);
+
+        if s.shutting_down.load(Ordering::Acquire) {
+            return now_answer(fallback(FallbackReason::Shutdown), responder, &snapshot);
+        }
+        if s.pids.load().contains(&event.process.pid) || s.mutes.load().matches(&event) {
+            Metrics::inc(&m.muted);
+            return now_answer(
+                Decision::allow(Reason::Muted, Cacheability::Never),
+                responder,
+                &snapshot,
+            );
+        }
+        if let Some(key) = VerdictCache::key_for(&event) {
+            if let Some(d) = s.cache.get(&key, start) {
+                Metrics::inc(&m.cache_hits);
+                return now_answer(d, responder, &snapshot);
+            }
+            Metrics::inc(&m.cache_misses);
+        }
+        let request = match snapshot.policy.decide(&event, &model::Facts::NONE) {
+            Outcome::Decided(d) => {
+                Metrics::inc(&m.fast_path_decided);
+                return now_answer(d, responder, &snapshot);
+            }
+            Outcome::Analyze(req) => req,
+        };
+        if !self.helper.connected() {
+            return now_answer(
+                fallback(FallbackReason::HelperUnavailable),
+                responder,
+                &snapshot,
+            );
+        }
+        let budget = watchdog::slow_path_budget(
+            deadline.saturating_duration_since(start),
+            s.config.headroom_min,
+            s.config.headroom_max,
+        );
+        if budget.is_zero() {
+            return now_answer(fallback(FallbackReason::Deadline), responder, &snapshot);
+        }
+        let fire_at = start + budget;
+        let slot = Arc::new(Slot::new(
+            Arc::clone(&self.shared),
+            responder,
+            event,
+            received,
+            deadline,
+            Arc::clone(&snapshot),
+        ));
+        if !self.watchdog.register(fire_at, Arc::downgrade(&slot)) {
+            Metrics::inc(&m.queue_full);
+            slot.answer_fallback(FallbackReason::QueueFull);
+            m.fast_path.record(start.elapsed());
+            return;
+        }
+        let item = WorkItem {
+            slot,
+            request,
+            file,
+            fire_at,
+        };
+        match self.queue_tx.try_send(item) {
+            Ok(()) => Metrics::inc(&m.analysed),
+            Err(TrySendError::Full(item) | TrySendError::Disconnected(item)) => {
+                Metrics::inc(&m.queue_full);
+                item.slot.answer_fallback(FallbackReason::QueueFull);
+            }
+        }
+        m.fast_path.record(start.elapsed());
+    }
+
+    /// The current policy snapshot (lock-free).
+    pub fn policy(&self) -> Arc<Snapshot> {
+        self.shared.store.load()
+    }
+
+    /// Allow every event whose acting pid is `pid` at once, without analysis (our own pid is
+    /// always muted; the Linux backend adds the helper's).
+    pub fn mute_pid(&self, pid: u32) {
+        let _g = self.shared.pids_update.lock();
+        let cur = self.shared.pids.load_full();
+        if !cur.contains(&pid) {
+            let mut next = (*cur).clone();
+            next.push(pid);
+            self.shared.pids.store(Arc::new(next));
+        }
+    }
+
+    /// Undo [`Core::mute_pid`]. Our own pid stays muted.
+    pub fn unmute_pid(&self, pid: u32) {
+        if pid == std::process::id() {
+            return;
+        }
+        let _g = self.shared.pids_update.lock();
+        let cur = self.shared.pids.load_full();
+        if cur.contains(&pid) {
+            let next: Vec<u32> = cur.iter().copied().filter(|p| *p != pid).collect();
+            self.shared.pids.store(Arc::new(next));
+        }
+    }
+
+    /// Muted pids and paths in force now.
+    pub fn muted_pids(&self) -> Vec<u32> {
+        (**self.shared.pids.load()).clone()
+    }
+
+    pub fn mutes(&self) -> MuteSet {
+        (**self.shared.mutes.load()).clone()
+    }
+
+    /// Replace the policy as `gatehouse policy load` does: parse errors change nothing; success
+    /// swaps the snapshot, clears the verdict cache, re-mirrors mutes and clears the kernel
+    /// cache. Call off the delivery thread.
+    pub fn load_policy(&self, origin: &str, text: &str) -> Result<u64, policy::PolicyError> {
+        control::load_policy(&self.shared, origin, text)
+    }
+
+    pub fn helper_connected(&self) -> bool {
+        self.helper.connected()
+    }
+
+    /// Counters and latency percentiles, as `gatehouse stats` shows them.
+    pub fn stats(&self) -> protocol::StatsReport {
+        control::stats_report(&self.shared, &self.helper, &self.queue_tx)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Notable decisions the events-log writer has processed, oldest first.
+    pub fn recent_events(&self, max: usize) -> Vec<String> {
+        self.shared.recent.tail(max)
+    }
+
+    /// Slow-path items waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.queue_tx.len()
+    }
+
+    /// Stop: every pending event is answered with its fallback before this returns. New
+    /// deliveries after this point get the `Shutdown` fallback at once. Idempotent.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        drop(
+            self.stop_tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        self.helper.close();
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        // A delivery that raced the flag may have queued after the workers left.
+        for item in self.queue_rx.try_iter() {
+            item.slot.answer_fallback(FallbackReason::Shutdown);
+        }
+        drop(
+            self.log_stop_tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        if let Some(t) = self
+            .log_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<R: Responder> Drop for Core<R> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,196 @@
+//! Answering one fanotify permission event from any thread: one `write` of a
+//! `fanotify_response` on the group fd, an optional evictable inode ignore mark (the kernel's
+//! allow cache, bounded by a budget), then the event fd closes.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use model::Verdict;
+
+use super::fanotify::{Group, PermKind};
+use super::liveness::Progress;
+use crate::backend::{Answer, BackendError, Responder};
+
+/// Backend counters, all lock-free.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub perm_events: AtomicU64,
+    pub exec_events: AtomicU64,
+    pub open_events: AtomicU64,
+    /// Events from our own pid, allowed on the delivery thread before any conversion.
+    pub self_allowed: AtomicU64,
+    /// Events from the helper (pidfd-verified), allowed the same way.
+    pub helper_allowed: AtomicU64,
+    /// `FAN_Q_OVERFLOW` records: the kernel dropped events. A security event.
+    pub overflows: AtomicU64,
+    pub ignore_marks_added: AtomicU64,
+    /// Cacheable allows not kernel-cached because the budget was spent.
+    pub ignore_budget_exhausted: AtomicU64,
+    pub ignore_mark_errors: AtomicU64,
+    pub respond_errors: AtomicU64,
+    /// Responders dropped unanswered (a core bug); answered allow by our drop guard.
+    pub dropped_unanswered: AtomicU64,
+    /// Times the ignore marks were removed (policy change).
+    pub cache_clears: AtomicU64,
+}
+
+impl Counters {
+    /// Name/value pairs for stats output.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("fanotify.perm_events".into(), g(&self.perm_events)),
+            ("fanotify.exec_events".into(), g(&self.exec_events)),
+            ("fanotify.open_events".into(), g(&self.open_events)),
+            ("fanotify.self_allowed".into(), g(&self.self_allowed)),
+            ("fanotify.helper_allowed".into(), g(&self.helper_allowed)),
+            ("fanotify.queue_overflows".into(), g(&self.overflows)),
+            (
+                "fanotify.ignore_marks_added".into(),
+                g(&self.ignore_marks_added),
+            ),
+            (
+                "fanotify.ignore_budget_exhausted".into(),
+                g(&self.ignore_budget_exhausted),
+            ),
+            (
+                "fanotify.ignore_mark_errors".into(),
+                g(&self.ignore_mark_errors),
+            ),
+            ("fanotify.respond_errors".into(), g(&self.respond_errors)),
+            (
+                "fanotify.dropped_unanswered".into(),
+                g(&self.dropped_unanswered),
+            ),
+            ("fanotify.cache_clears".into(), g(&self.cache_clears)),
+        ]
+    }
+}
+
+/// State every responder shares with the backend.
+#[derive(Debug)]
+pub struct Shared {
+    pub group: Arc<Group>,
+    pub progress: Arc<Progress>,
+    pub counters: Counters,
+    /// Ignore marks added since the last clear; bounded by `ignore_budget`. Evictable marks
+    /// may already be gone (inode reclaimed), so this over-counts, which is the safe side.
+    pub ignore_marks: AtomicU64,
+    pub ignore_budget: u64,
+}
+
+impl Shared {
+    pub fn new(group: Arc<Group>, progress: Arc<Progress>, ignore_budget: u64) -> Shared {
+        Shared {
+            group,
+            progress,
+            counters: Counters::default(),
+            ignore_marks: AtomicU64::new(0),
+            ignore_budget,
+        }
+    }
+
+    /// Reserve one ignore mark from the budget; false when it is spent.
+    fn take_ignore_slot(&self) -> bool {
+        self.ignore_marks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.ignore_budget).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Answer `fd` now: used by the delivery thread for muted pids and by the responder.
+    pub fn answer(&self, fd: &OwnedFd, allow: bool) -> Result<(), nix::errno::Errno> {
+        let r = self.group.respond(fd.as_fd(), allow);
+        self.progress.answered.fetch_add(1, Ordering::AcqRel);
+        if r.is_err() {
+            self.counters.respond_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Answers one event. Owns the event fd; it closes when the responder is consumed or dropped.
+#[derive(Debug)]
+pub struct FanotifyResponder {
+    shared: Arc<Shared>,
+    /// `None` once answered.
+    fd: Option<OwnedFd>,
+    kind: PermKind,
+    pid: i32,
+}
+
+impl FanotifyResponder {
+    pub fn new(shared: Arc<Shared>, fd: OwnedFd, kind: PermKind, pid: i32) -> Self {
+        Self {
+            shared,
+            fd: Some(fd),
+            kind,
+            pid,
+        }
+    }
+}
+
+impl Responder for FanotifyResponder {
+    fn respond(mut self, answer: Answer) -> Result<(), BackendError> {
+        let Some(fd) = self.fd.take() else {
+            return Ok(());
+        };
+        let allow = answer.verdict == Verdict::Allow;
+        let r = self.shared.answer(&fd, allow);
+        // The kernel cache is added after the answer so the opener is released first; a
+        // failure only costs a later event.
+        if allow && answer.cache {
+            if self.shared.take_ignore_slot() {
+                match self.shared.group.add_ignore(fd.as_fd(), self.kind) {
+                    Ok(()) => {
+                        self.shared
+                            .counters
+                            .ignore_marks_added
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        self.shared.ignore_marks.fetch_sub(1, Ordering::AcqRel);
+                        self.shared
+                            .counters
+                            .ignore_mark_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            } else {
+                self.shared
+                    .counters
+                    .ignore_budget_exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(fd);
+        r.map_err(|e| BackendError::Respond {
+            what: self.describe(),
+            source: e.into(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let kind = match self.kind {
+            PermKind::Exec => "exec",
+            PermKind::Open => "open",
+        };
+        format!("fanotify {kind} pid {}", self.pid)
+    }
+}
+
+impl Drop for FanotifyResponder {
+    /// Defence in depth: the core answers every responder, but an event fd closed without an
+    /// answer would leave its opener blocked until the group dies. Allow, count, move on.
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            self.shared
+                .counters
+                .dropped_unanswered
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = self.shared.answer(&fd, true);
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! `gatehouse-extension` on Linux: wires the fanotify backend into the core and runs until
+//! SIGINT/SIGTERM, then stops cleanly (marks removed, every pending event answered, group
+//! closed).
+//!
+//! Start-up order matters: signals are blocked before any thread exists (so `sigwait` on the
+//! main thread sees them); the group is created after the helper exists (the helper is spawned
+//! by systemd or `gatehouse run`, never by us, and the group fd is `FAN_CLOEXEC` anyway); the
+//! delivery thread runs before the first mark, so no event ever waits for a reader to start.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use model::EventKind;
+use nix::sys::signal::{SigSet, Signal};
+use policy::Policy;
+
+use super::delivery::{DeliveryLoop, Sink, StallKnob, Waker};
+use super::fanotify::Group;
+use super::liveness::{Liveness, LivenessConfig, Progress, kill_self};
+use super::marks::{self, MarkPlan};
+use super::responder::{FanotifyResponder, Shared};
+use super::selfmute::Muted;
+use crate::backend::{BackendError, Delivery, KernelControl};
+use crate::core::{Core, CoreConfig};
+
+/// Linux-only settings on top of [`CoreConfig`].
+#[derive(Debug, Clone)]
+pub struct LinuxOptions {
+    /// Filesystems (any path on each) whose execs are authorized. Protected paths of the policy
+    /// are marked only when they live on one of these filesystems. Production: `/` (and any
+    /// other local filesystem holding executables).
+    pub scope: Vec<PathBuf>,
+    /// Most evictable inode ignore marks (kernel-cached allows) at once.
+    pub ignore_budget: u64,
+    /// Liveness guard limit; `None`: twice the policy's largest deadline (at least 2 s).
+    pub liveness_limit: Option<Duration>,
+    /// Test knob: stop reading after this many permission events (the guard must then fire).
+    pub test_stall_after: Option<u64>,
+    /// Print a one-line status on start and counters on exit (stdout).
+    pub status_line: bool,
+}
+
+impl Default for LinuxOptions {
+    fn default() -> Self {
+        Self {
+            scope: vec![PathBuf::from("/")],
+            ignore_budget: 10_000,
+            liveness_limit: None,
+            test_stall_after: None,
+            status_line: true,
+        }
+    }
+}
+
+type LinuxCore = Core<FanotifyResponder>;
+
+impl Sink for Arc<LinuxCore> {
+    fn deliver(&self, d: Delivery<FanotifyResponder>) {
+        LinuxCore::deliver(self, d);
+    }
+}
+
+/// The kernel side the core drives: cache clears (ignore marks) on policy change.
+struct FanotifyControl {
+    shared: Arc<Shared>,
+    scope: Vec<PathBuf>,
+    core: OnceLock<Weak<LinuxCore>>,
+    /// Serialises mark rebuilds (control thread only; never the delivery thread).
+    rebuild: Mutex<()>,
+}
+
+impl KernelControl for FanotifyControl {
+    fn mute_path(&self, _spec: &model::MuteSpec) -> Result<(), BackendError> {
+        // fanotify has no path mutes; the core's in-process mirror applies them.
+        Err(BackendError::Unsupported("fanotify path mutes"))
+    }
+
+    fn unmute_path(&self, _spec: &model::MuteSpec) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("fanotify path mutes"))
+    }
+
+    fn clear_cache(&self) -> Result<(), BackendError> {
+        let _g = self
+            .rebuild
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(core) = self.core.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let plan = plan_for(&core.policy().policy, &self.scope);
+        marks::clear_cache(&self.shared.group, &plan).map_err(|e| BackendError::Control {
+            call: "fanotify_mark(FAN_MARK_FLUSH)",
+            detail: e.to_string(),
+        })?;
+        self.shared.ignore_marks.store(0, Ordering::Release);
+        self.shared
+            .counters
+            .cache_clears
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn device_of(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.dev())
+}
+
+/// The nearest existing ancestor's device (a protected path may not exist yet).
+fn device_of_nearest(p: &Path) -> Option<u64> {
+    p.ancestors().find_map(device_of)
+}
+
+/// What to mark for `policy` within `scope`: exec on each scope filesystem; open on the
+/// watched paths that live on a scope filesystem (others are out of scope and not marked).
+pub fn plan_for(policy: &Policy, scope: &[PathBuf]) -> MarkPlan {
+    let devs: Vec<u64> = scope.iter().filter_map(|p| device_of(p)).collect();
+    let mut protected = Vec::new();
+    if policy.watches_kind(EventKind::Open) {
+        for w in policy.watched_paths() {
+            let p = PathBuf::from(&w.path);
+            if !device_of_nearest(&p).is_some_and(|d| devs.contains(&d)) {
+                continue;
+            }
+            // A string prefix that is not a directory ("/usr/local/bin/gatehouse" matching
+            // "gatehouse-helper") is covered by marking its parent's children.
+            let is_dir_prefix = w.path.ends_with('/') || p.is_dir();
+            let target = if w.prefix && !is_dir_prefix {
+                p.parent().map(Path::to_owned).unwrap_or(p)
+            } else {
+                p
+            };
+            if !protected.contains(&target) {
+                protected.push(target);
+            }
+        }
+    }
+    MarkPlan {
+        exec_filesystems: scope.to_vec(),
+        protected,
+    }
+}
+
+/// Find the pid of the process listening on the Unix socket at `socket` (the helper), from
+/// `/proc/net/unix` and the `/proc/<pid>/fd` links. Off the delivery thread only.
+pub fn listener_pid(socket: &Path) -> Option<i32> {
+    let want = socket.to_string_lossy();
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    // Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON (0x10000) = listening.
+    let inode = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+        (f.get(7).copied() == Some(&*want) && flags & 0x10000 != 0).then(|| f[6].to_owned())
+    })?;
+    let link = format!("socket:[{inode}]");
+    let me = std::process::id() as i32;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// Raise the soft descriptor limit to the hard one: every pending event holds an fd.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct through a valid, exclusive pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads one rlimit struct through a valid pointer.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// Run the fanotify backend under the core until SIGINT, SIGTERM or SIGHUP.
+pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Result<()> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    // Before any thread exists, so every thread inherits the mask and only sigwait sees them.
+    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
+    raise_nofile();
+
+    let max_deadline = EventKind::ALL
+        .iter()
+        .map(|k| policy.deadline(*k))
+        .max()
+        .unwrap_or(Duration::from_secs(5));
+    let liveness_limit = opts
+        .liveness_limit
+        .unwrap_or((max_deadline * 2).max(Duration::from_secs(2)));
+    let helper_socket = config.helper_socket.clone();
+
+    let group = Arc::new(Group::new().context(
+        "fanotify_init(FAN_CLASS_CONTENT) failed: needs root (CAP_SYS_ADMIN) and a kernel with fanotify permission events",
+    )?);
+    let progress = Arc::new(Progress::default());
+    let shared = Arc::new(Shared::new(
+        Arc::clone(&group),
+        Arc::clone(&progress),
+        opts.ignore_budget,
+    ));
+    let muted = Arc::new(Muted::new());
+    let control = Arc::new(FanotifyControl {
+        shared: Arc::clone(&shared),
+        scope: opts.scope.clone(),
+        core: OnceLock::new(),
+        rebuild: Mutex::new(()),
+    });
+    let core = Arc::new(
+        Core::<FanotifyResponder>::start(
+            config,
+            policy,
+            Arc::clone(&control) as Arc<dyn KernelControl>,
+        )
+        .context("starting the core")?,
+    );
+    let _ = control.core.set(Arc::downgrade(&core));
+
+    let waker = Waker::new().context("eventfd")?;
+    let stall = Arc::new(StallKnob::default());
+    if let Some(n) = opts.test_stall_after {
+        stall.0.store(n, Ordering::Relaxed);
+    }
+    let delivery = {
+        let dl = DeliveryLoop {
+            shared: Arc::clone(&shared),
+            muted: Arc::clone(&muted),
+            sink: Arc::clone(&core),
+            deadline: {
+                let core = Arc::clone(&core);
+                Box::new(move |k| core.policy().policy.deadline(k))
+            },
+            waker: waker.clone(),
+            stall,
+        };
+        std::thread::Builder::new()
+            .name("gh-delivery".into())
+            .spawn(move || dl.run())
+            .context("spawning the delivery thread")?
+    };
+    let guard = Liveness::start(
+        Arc::clone(&group),
+        Arc::clone(&progress),
+        LivenessConfig {
+            limit: liveness_limit,
+            tick: Duration::from_millis(100),
+        },
+        Box::new(kill_self),
+    )
+    .context("spawning the liveness guard")?;
+
+    // The helper's pid, re-resolved whenever it is unknown or gone (restarts).
+    let resolver_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(sock) = helper_socket {
+        let (m, stop) = (Arc::clone(&muted), Arc::clone(&resolver_stop));
+        std::thread::Builder::new()
+            .name("gh-helper-pid".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if m.helper_pid().is_none()
+                        && let Some(pid) = listener_pid(&sock)
+                    {
+                        let _ = m.set_helper(pid);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .context("spawning the helper-pid resolver")?;
+    }
+
+    let plan = plan_for(&core.policy().policy, &opts.scope);
+    let report = match marks::apply(&group, &plan) {
+        Ok(r) => r,
+        Err(e) => {
+            marks::remove_all(&group);
+            waker.stop();
+            let _ = delivery.join();
+            core.shutdown();
+            return Err(e).context("marking the filesystems in scope");
+        }
+    };
+    if opts.status_line {
+        let snap = core.policy();
+        println!(
+            "gatehouse-extension: fanotify on {} filesystem(s) ({}), {} protected file(s), {} directory mark(s); policy {} v{} ({:?} mode); liveness {:?}; pid {}",
+            report.filesystems,
+            opts.scope
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            report.files,
+            report.directories,
+            snap.policy.origin(),
+            snap.version,
+            snap.policy.mode(),
+            liveness_limit,
+            std::process::id(),
+        );
+    }
+
+    let sig = signals.wait().context("sigwait")?;
+
+    // Clean stop: no new events, stop reading, answer everything pending, close the group.
+    marks::remove_all(&group);
+    waker.stop();
+    let delivered = delivery.join();
+    core.shutdown();
+    resolver_stop.store(true, Ordering::Release);
+    drop(guard);
+    if opts.status_line {
+        let c = shared.counters.snapshot();
+        let line: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "gatehouse-extension: stopped on {sig:?}; pending={} {}",
+            progress.pending(),
+            line.join(" ")
+        );
+    }
+    match delivered {
+        Ok(r) => r.context("the fanotify delivery loop failed")?,
+        Err(_) => anyhow::bail!("the delivery thread panicked"),
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Recognising events from ourselves and from the helper before any conversion work.
+//!
+//! The helper is identified by a pidfd, not by a bare pid: a pid matches only while its pidfd
+//! says the process is still alive, so after the helper exits a stranger that reuses its pid is
+//! not muted. When the helper restarts, the new one is registered with [`Muted::set_helper`].
+
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// Who an event's pid belongs to, if it is one of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ours {
+    SelfProcess,
+    Helper,
+}
+
+#[derive(Debug)]
+struct HelperPid {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+/// The muted pids. Reads are lock-free (one atomic load and, on a helper match, one poll with a
+/// zero timeout), so the delivery thread never waits.
+#[derive(Debug)]
+pub struct Muted {
+    own: i32,
+    helper: ArcSwapOption<HelperPid>,
+}
+
+impl Default for Muted {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `pidfd_open(2)`; nix 0.30 has no wrapper.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1; it
+    // touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(r).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// True while the process behind `pidfd` has not exited (a pidfd polls readable on exit).
+pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+}
+
+impl Muted {
+    pub fn new() -> Muted {
+        Muted {
+            own: std::process::id() as i32,
+            helper: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Register the (new) helper process. Fails if it is already gone.
+    pub fn set_helper(&self, pid: i32) -> io::Result<()> {
+        if let Some(h) = self.helper.load().as_ref()
+            && h.pid == pid
+            && pidfd_alive(&h.pidfd)
+        {
+            return Ok(());
+        }
+        let pidfd = pidfd_open(pid)?;
+        self.helper.store(Some(Arc::new(HelperPid { pid, pidfd })));
+        Ok(())
+    }
+
+    pub fn clear_helper(&self) {
+        self.helper.store(None);
+    }
+
+    /// The helper's pid while it is alive.
+    pub fn helper_pid(&self) -> Option<i32> {
+        let h = self.helper.load();
+        h.as_ref().filter(|h| pidfd_alive(&h.pidfd)).map(|h| h.pid)
+    }
+
+    /// Is `pid` ours? Called on the delivery thread before any conversion.
+    pub fn check(&self, pid: i32) -> Option<Ours> {
+        if pid == self.own {
+            return Some(Ours::SelfProcess);
+        }
+        let h = self.helper.load();
+        match h.as_ref() {
+            Some(h) if h.pid == pid && pidfd_alive(&h.pidfd) => Some(Ours::Helper),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_is_muted_only_while_alive() {
+        let m = Muted::new();
+        assert_eq!(m.check(std::process::id() as i32), Some(Ours::SelfProcess));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(m.check(pid), None, "not registered yet");
+        m.set_helper(pid).unwrap();
+        assert_eq!(m.check(pid), Some(Ours::Helper));
+        assert_eq!(m.helper_pid(), Some(pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: the pid may be reused by anyone now; it must no longer match.
+        assert_eq!(m.check(pid), None);
+        assert_eq!(m.helper_pid(), None);
+    }
+}

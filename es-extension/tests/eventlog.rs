@@ -1,0 +1,109 @@
+//! The events log: notable decisions only, written after the answer, and a loss under
+//! pressure is recorded as a `{"gap": N}` line rather than silently (DESIGN.md 5, 6).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use es_extension::test_backend::events;
+
+fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn notable_decisions_are_logged_and_losses_leave_a_gap_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let mut cfg = test_config(Some(&dir.path().join("absent.sock")));
+    cfg.events_log = Some(log.clone());
+    // A tiny channel, so a burst overflows it.
+    cfg.log_channel_capacity = 4;
+    let rig = start(cfg);
+    // No helper: every exec is a helper-unavailable fallback (notable); opens are plain allows
+    // (not logged).
+    const N: u64 = 5_000;
+    for i in 0..N {
+        let (_, d) = rig.backend.delivery(
+            events::exec(3_000_000, "/usr/local/bin/tool", 100 + i),
+            Duration::from_secs(1),
+        );
+        rig.core.deliver(d);
+        let (_, d) = rig.backend.delivery(
+            events::open(3_000_000, "/usr/bin/cat", "/srv/f", 1_000_000 + i),
+            Duration::from_secs(1),
+        );
+        rig.core.deliver(d);
+    }
+    settle(&rig.core, 2 * N);
+    rig.core.shutdown();
+    assert_clean(&rig.backend);
+    let lines = read_lines(&log);
+    let mut logged = 0u64;
+    let mut gaps = 0u64;
+    for l in &lines {
+        if let Some(n) = l.get("gap") {
+            gaps += n.as_u64().unwrap();
+        } else {
+            logged += 1;
+            assert_eq!(l["kind"], "exec", "{l}");
+            assert_eq!(l["verdict"], "deny", "{l}");
+            assert_eq!(l["reason"], "fallback", "{l}");
+            assert_eq!(l["why"], "helper_unavailable", "{l}");
+        }
+    }
+    assert!(gaps > 0, "a 4-slot channel absorbed a 5,000-event burst?");
+    assert_eq!(
+        logged + gaps,
+        N,
+        "every notable decision is a line or part of a gap"
+    );
+    assert_eq!(counter(&rig.core, "log_dropped"), gaps);
+    // The in-memory tail mirrors the file's last lines.
+    let tail = rig.core.recent_events(3);
+    let last: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .rev()
+        .take(3)
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(tail, last);
+}
+
+#[test]
+fn events_log_rotates_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let mut cfg = test_config(None);
+    cfg.events_log = Some(log.clone());
+    cfg.events_log_max_bytes = 4096;
+    let rig = start(cfg);
+    for i in 0..200 {
+        let (_, d) = rig.backend.delivery(
+            events::exec(3_000_000, "/usr/local/bin/tool", 100 + i),
+            Duration::from_secs(1),
+        );
+        rig.core.deliver(d);
+        // Pace the burst so nothing is dropped.
+        if i % 8 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    settle(&rig.core, 200);
+    rig.core.shutdown();
+    let rotated = dir.path().join("events.jsonl.1");
+    assert!(rotated.exists(), "no rotation happened");
+    for p in [&log, &rotated] {
+        let len = std::fs::metadata(p).unwrap().len();
+        assert!(len <= 4096, "{} is {len} bytes", p.display());
+        assert!(!read_lines(p).is_empty());
+    }
+}

@@ -1,0 +1,92 @@
+//! The core's thread count is fixed at start and does not grow under a flood (DESIGN.md 7:
+//! "Threads fixed regardless of load"). Its own test binary, so no other test's threads are
+//! counted in /proc/self/task.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use es_extension::test_backend::events;
+
+fn task_count() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/task").ok()?.count())
+}
+
+#[test]
+fn thread_count_is_fixed_under_a_flood() {
+    if task_count().is_none() {
+        println!("SKIP: /proc/self/task is not available on this platform");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let helper = FakeHelper::start(
+        &dir.path().join("h.sock"),
+        Behaviour::Answer {
+            sha256: ALLOWED,
+            delay: Duration::from_millis(1),
+        },
+    );
+    let before_core = task_count().unwrap();
+    let mut cfg = test_config(Some(&helper.path));
+    cfg.queue_capacity = 64;
+    cfg.control_socket = Some(dir.path().join("control.sock"));
+    let rig = start(cfg);
+    wait_connected(&rig.core, true);
+    // The sampler runs before the baseline, so it is part of it.
+    let (max, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let sampler = {
+        let (max, stop) = (Arc::clone(&max), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                max.fetch_max(task_count().unwrap(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let baseline = task_count().unwrap();
+    // 2 workers, helper reader, watchdog, events-log writer, control server; plus the fake
+    // helper's per-connection reader and writer, plus the sampler.
+    assert_eq!(baseline, before_core + 6 + 2 + 1, "threads at start");
+    max.store(0, Ordering::Relaxed);
+    const N: u64 = 50_000;
+    for i in 0..N {
+        let ev = if i % 2 == 0 {
+            events::exec(
+                3_000_000 + (i % 1000) as u32,
+                "/usr/local/bin/tool",
+                100 + i,
+            )
+        } else {
+            events::open(3_000_001, "/usr/bin/cat", "/srv/f", 10_000_000 + i)
+        };
+        let (_, d) = rig.backend.delivery(ev, Duration::from_secs(2));
+        rig.core.deliver(d);
+    }
+    assert_eq!(
+        rig.backend.wait_for(N as usize, Duration::from_secs(30)),
+        N as usize
+    );
+    stop.store(true, Ordering::Release);
+    sampler.join().unwrap();
+    assert!(
+        counter(&rig.core, "analysed") > 0,
+        "the slow path was exercised"
+    );
+    assert!(
+        counter(&rig.core, "queue_full") > 0,
+        "the queue was full at times"
+    );
+    assert_eq!(
+        max.load(Ordering::Relaxed),
+        baseline,
+        "threads grew under load"
+    );
+    assert_clean(&rig.backend);
+}
