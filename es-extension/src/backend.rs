@@ -78,4 +78,11 @@ pub trait KernelControl: Send + Sync + 'static {
     /// Drop every kernel-cached answer (ES `es_clear_cache`; fanotify: remove ignore marks).
     /// Called on policy change; a throttled call is retried later by the caller.
     fn clear_cache(&self) -> Result<(), BackendError>;
+
+    /// The backend's own counters (kernel queue overflows, ignore marks set, unconvertible
+    /// messages, ...), named `backend.<name>`, merged into `gatehouse stats`. Must be cheap:
+    /// atomic loads only.
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
