@@ -163,8 +163,10 @@ pub enum MountDisposition {
     Unknown,
 }
 
-/// Platform-neutral mount flags (MNT_* on macOS, MS_* on Linux).
+/// Platform-neutral mount flags (MNT_* on macOS, MS_* on Linux). Unknown keys are refused so
+/// a policy's `remount_flags = { readonly = true }` typo is an error, not a silent no-op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MountFlags {
     #[serde(default)]
     pub read_only: bool,
@@ -335,13 +337,14 @@ impl Event {
         }
     }
 
-    /// Every path the event touches, for file-access rules (several targets: any deny wins).
-    pub fn target_paths(&self) -> Vec<&str> {
-        match &self.body {
-            EventBody::Exec { target } => vec![target.executable.path.as_str()],
+    /// Every path the event touches, for file-access rules and target mutes (several targets:
+    /// any deny wins). Borrowed and allocation-free, because the delivery thread calls it.
+    pub fn target_paths(&self) -> TargetPaths<'_> {
+        let (paths, len) = match &self.body {
+            EventBody::Exec { target } => ([target.executable.path.as_str(), ""], 1),
             EventBody::Open { file, .. }
             | EventBody::Unlink { file }
-            | EventBody::Truncate { file } => vec![file.path.as_str()],
+            | EventBody::Truncate { file } => ([file.path.as_str(), ""], 1),
             EventBody::Rename {
                 source,
                 destination,
@@ -349,14 +352,27 @@ impl Event {
             | EventBody::Link {
                 source,
                 destination,
-            } => {
-                vec![source.path.as_str(), destination.as_str()]
-            }
-            EventBody::Create { destination } => vec![destination.as_str()],
+            } => ([source.path.as_str(), destination.as_str()], 2),
+            EventBody::Create { destination } => ([destination.as_str(), ""], 1),
             EventBody::Mount { mount } | EventBody::Remount { mount } => {
-                vec![mount.mount_point.as_str()]
+                ([mount.mount_point.as_str(), ""], 1)
             }
-        }
+        };
+        TargetPaths { paths, len }
+    }
+}
+
+/// The one or two paths an event touches; derefs to a slice.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetPaths<'a> {
+    paths: [&'a str; 2],
+    len: usize,
+}
+
+impl<'a> std::ops::Deref for TargetPaths<'a> {
+    type Target = [&'a str];
+    fn deref(&self) -> &[&'a str] {
+        &self.paths[..self.len]
     }
 }
 
@@ -470,7 +486,7 @@ mod tests {
                 process: p.clone(),
                 body,
             };
-            assert_eq!(ev.target_paths(), want);
+            assert_eq!(*ev.target_paths(), *want);
         }
     }
 }

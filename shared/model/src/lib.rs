@@ -18,7 +18,7 @@ mod verdict;
 pub use digest::{CdHash, DigestError, Sha256};
 pub use event::{
     AccessFlags, CodeSigning, Event, EventBody, EventKind, FileIdentity, FileRef, MountDisposition,
-    MountFlags, MountInfo, Process, SigningStatus, cs_flags,
+    MountFlags, MountInfo, Process, SigningStatus, TargetPaths, cs_flags,
 };
 pub use mute::{MuteScope, MuteSpec};
 pub use verdict::{

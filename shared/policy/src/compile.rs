@@ -1028,12 +1028,7 @@ fn compile_mount(
     let name = r.name.get_ref().clone();
     let idx = b.add_rule(Some(&r.name), String::new, r.message.clone())?;
     let action = *r.action.get_ref();
-    let flags = r.remount_flags.map(|f| MountFlags {
-        read_only: f.read_only,
-        noexec: f.noexec,
-        nosuid: f.nosuid,
-        nodev: f.nodev,
-    });
+    let flags = r.remount_flags;
     match (action, flags) {
         (MountAction::Remount, None) => {
             return Err(b.ctx.err(

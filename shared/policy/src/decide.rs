@@ -97,8 +97,8 @@ impl Compiled {
             return false;
         }
         // Every target must be muted: a rename out of a muted tree into a guarded one is not.
-        let (targets, n) = targets(event);
-        targets[..n]
+        let targets = event.target_paths();
+        targets
             .iter()
             .all(|p| self.mute_target.longest(p).is_some())
     }
@@ -316,9 +316,9 @@ impl Compiled {
                 return Outcome::Decided(Decision::allow(Reason::Default, Cacheability::Never));
             }
         };
-        let (targets, n) = targets(event);
+        let targets = event.target_paths();
         let mut acc = FileAcc::default();
-        for path in &targets[..n] {
+        for path in targets.iter() {
             if let Some(item) = self.watch_paths.longest(path) {
                 self.apply_watch(&mut acc, item, op, access, &event.process, facts, |_| true);
             }
@@ -572,28 +572,6 @@ fn first_match(r: &crate::compile::RegexScope, path: &str) -> Option<usize> {
         return None;
     }
     r.set.matches(path).iter().next()
-}
-
-/// The event's target paths without allocating (at most two).
-fn targets(event: &Event) -> ([&str; 2], usize) {
-    match &event.body {
-        EventBody::Exec { target } => ([target.executable.path.as_str(), ""], 1),
-        EventBody::Open { file, .. }
-        | EventBody::Unlink { file }
-        | EventBody::Truncate { file } => ([file.path.as_str(), ""], 1),
-        EventBody::Rename {
-            source,
-            destination,
-        }
-        | EventBody::Link {
-            source,
-            destination,
-        } => ([source.path.as_str(), destination.as_str()], 2),
-        EventBody::Create { destination } => ([destination.as_str(), ""], 1),
-        EventBody::Mount { mount } | EventBody::Remount { mount } => {
-            ([mount.mount_point.as_str(), ""], 1)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -174,7 +174,8 @@ pub(crate) enum MountAction {
 pub(crate) struct MountRule {
     pub name: Spanned<String>,
     pub action: Spanned<MountAction>,
-    pub remount_flags: Option<RemountFlags>,
+    /// Flags a `remount` rule requires; a mount that already has them is allowed.
+    pub remount_flags: Option<model::MountFlags>,
     pub removable: Option<bool>,
     pub encrypted: Option<bool>,
     pub bus: Option<Vec<model::VolumeBus>>,
@@ -183,20 +184,6 @@ pub(crate) struct MountRule {
     pub network_hosts: Option<Vec<String>>,
     pub volume_uuid: Option<Vec<String>>,
     pub message: Option<String>,
-}
-
-/// Flags a `remount` rule requires; a mount that already has them is allowed.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RemountFlags {
-    #[serde(default)]
-    pub read_only: bool,
-    #[serde(default)]
-    pub noexec: bool,
-    #[serde(default)]
-    pub nosuid: bool,
-    #[serde(default)]
-    pub nodev: bool,
 }
 
 #[derive(Debug, Deserialize)]

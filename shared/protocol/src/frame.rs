@@ -43,14 +43,7 @@ pub fn read_frame_body<R: Read>(r: &mut R, max: u32) -> Result<Vec<u8>, Protocol
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ProtocolError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_le_bytes(len);
-    if len > max {
-        return Err(ProtocolError::FrameTooLarge {
-            len: len.into(),
-            max,
-        });
-    }
-    let mut body = vec![0u8; len as usize];
+    let mut body = vec![0u8; body_len(len, max)?];
     r.read_exact(&mut body)?;
     Ok(body)
 }
@@ -60,20 +53,26 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<T
     codec::decode(&read_frame_body(r, max)?)
 }
 
-/// Split complete frames off the front of a buffer (for non-blocking readers). Returns the body
-/// range of the first complete frame, `Ok(None)` if more bytes are needed.
-pub fn split_frame(buf: &[u8], max: u32) -> Result<Option<std::ops::Range<usize>>, ProtocolError> {
-    let Some(len) = buf.get(..4) else {
-        return Ok(None);
-    };
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+/// The body length a frame's prefix announces, refused above `max` before anything is
+/// allocated for it. Every frame reader goes through here.
+pub(crate) fn body_len(prefix: [u8; 4], max: u32) -> Result<usize, ProtocolError> {
+    let len = u32::from_le_bytes(prefix);
     if len > max {
         return Err(ProtocolError::FrameTooLarge {
             len: len.into(),
             max,
         });
     }
-    let end = 4 + len as usize;
+    Ok(len as usize)
+}
+
+/// Split complete frames off the front of a buffer (for non-blocking readers). Returns the body
+/// range of the first complete frame, `Ok(None)` if more bytes are needed.
+pub fn split_frame(buf: &[u8], max: u32) -> Result<Option<std::ops::Range<usize>>, ProtocolError> {
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let end = 4 + body_len(*prefix, max)?;
     Ok((buf.len() >= end).then_some(4..end))
 }
 

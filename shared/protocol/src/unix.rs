@@ -101,14 +101,7 @@ pub fn recv_frame<T: DeserializeOwned>(
     if !recv_exact(s.as_fd(), &mut len, &mut fds)? {
         return Err(ProtocolError::Closed);
     }
-    let len = u32::from_le_bytes(len);
-    if len > max {
-        return Err(ProtocolError::FrameTooLarge {
-            len: len.into(),
-            max,
-        });
-    }
-    let mut body = vec![0u8; len as usize];
+    let mut body = vec![0u8; crate::frame::body_len(len, max)?];
     if !recv_exact(s.as_fd(), &mut body, &mut fds)? {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
     }
