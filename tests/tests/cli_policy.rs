@@ -1,0 +1,182 @@
+//! The offline policy commands through the real `gatehouse` binary: `policy check` on the
+//! shipped examples and on malformed files (exact position, rule and exit code), `policy eval`
+//! before and after the helper's facts, and `policy import-santa` producing a policy that
+//! `policy check` accepts. Needs no root and no kernel feature.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tests::binary;
+
+fn gatehouse(args: &[&str]) -> Output {
+    Command::new(binary("gatehouse"))
+        .args(args)
+        .output()
+        .expect("run gatehouse")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+const HASH: &str = "9999999999999999999999999999999999999999999999999999999999999999";
+
+#[test]
+fn check_accepts_every_example() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let o = gatehouse(&["policy", "check", path.to_str().unwrap()]);
+            assert!(o.status.success(), "{}: {}", path.display(), text(&o));
+            assert!(text(&o).contains(": ok"), "{}", text(&o));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 3,
+        "expected the three shipped examples, found {seen}"
+    );
+}
+
+#[test]
+fn check_rejects_malformed_files_with_position_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    // (file body, expected "line:col", expected fragment of the message)
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "version = 1\nmode = \"enforce\"\n[[exec]]\nname = \"bad\"\naction = \"allow\"\nsha256 = \"xyz\"\n",
+            ":6:10:",
+            "(rule bad)",
+        ),
+        ("version = 1\nmode = \"lockdown!\"\n", ":2:8:", "expected `monitor` or `enforce`"),
+        (
+            "version = 1\nmode = \"monitor\"\nsurprise = true\n",
+            ":3:",
+            "surprise",
+        ),
+        (
+            "version = 1\nmode = \"enforce\"\n[[exec]]\nname = \"a\"\naction = \"allow\"\nteam_id = \"ABCDE12345\"\n\
+             [[exec]]\nname = \"b\"\naction = \"block\"\nteam_id = \"ABCDE12345\"\n",
+            ":",
+            "(rule b)",
+        ),
+    ];
+    for (i, (body, pos, fragment)) in cases.iter().enumerate() {
+        let file = write(dir.path(), &format!("bad{i}.toml"), body);
+        let o = gatehouse(&["policy", "check", &file]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "case {i}: {out}");
+        assert!(
+            out.contains(&format!("{file}{pos}")),
+            "case {i}: no {file}{pos} in {out}"
+        );
+        assert!(out.contains(fragment), "case {i}: no {fragment:?} in {out}");
+    }
+    // A missing file is a failure (1); a missing argument is a usage error (2).
+    assert_eq!(
+        gatehouse(&["policy", "check", "/nonexistent.toml"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(gatehouse(&["policy", "check"]).status.code(), Some(2));
+}
+
+#[test]
+fn eval_needs_the_slow_path_until_facts_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "version = 1\nmode = \"enforce\"\n[defaults]\npackage_trust = false\n\
+             [[exec]]\nname = \"allow-tool\"\naction = \"allow\"\nsha256 = \"{HASH}\"\n"
+        ),
+    );
+    let event = write(
+        dir.path(),
+        "e.json",
+        r#"{"process":{"pid":10,"uid":0,"executable":{"path":"/bin/sh"},"signing":{"status":"unsigned"}},
+            "kind":"exec","target":{"pid":11,"uid":0,"executable":{"path":"/usr/local/bin/tool"},
+            "signing":{"status":"unsigned"}}}"#,
+    );
+    let matching = write(dir.path(), "f1.json", &format!(r#"{{"sha256":"{HASH}"}}"#));
+    let other = write(
+        dir.path(),
+        "f2.json",
+        &format!(r#"{{"sha256":"{}"}}"#, "1".repeat(64)),
+    );
+    // (extra args, expected slow_path, expected verdict, expected rule)
+    let cases: &[(&[&str], bool, Option<&str>, Option<&str>)] = &[
+        (&[], true, None, None),
+        (
+            &["--facts", &matching],
+            false,
+            Some("allow"),
+            Some("allow-tool"),
+        ),
+        (&["--facts", &other], false, Some("deny"), None),
+    ];
+    for (extra, slow, verdict, rule) in cases {
+        let mut args = vec!["policy", "eval", &policy, "--event", &event, "--json"];
+        args.extend_from_slice(extra);
+        let o = gatehouse(&args);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
+        assert_eq!(v["slow_path"], *slow, "{extra:?}: {v}");
+        if let Some(verdict) = verdict {
+            assert_eq!(v["verdict"], *verdict, "{extra:?}: {v}");
+        }
+        if let Some(rule) = rule {
+            assert_eq!(v["rule"], *rule, "{extra:?}: {v}");
+        }
+    }
+}
+
+#[test]
+fn import_santa_output_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("shared/policy/tests/fixtures");
+    let out = dir.path().join("imported.toml");
+    let o = gatehouse(&[
+        "policy",
+        "import-santa",
+        "--rules",
+        fixtures.join("santa-rules.json").to_str().unwrap(),
+        "--file-access",
+        fixtures.join("santa-faa.plist").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let imported = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        imported.contains("[[exec]]") && imported.contains("[[watch]]"),
+        "{imported}"
+    );
+    let check = gatehouse(&["policy", "check", out.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    // Neither input is a usage error.
+    assert_eq!(
+        gatehouse(&["policy", "import-santa"]).status.code(),
+        Some(2)
+    );
+}
