@@ -66,7 +66,11 @@ fn check_rejects_malformed_files_with_position_and_rule() {
             ":6:10:",
             "(rule bad)",
         ),
-        ("version = 1\nmode = \"lockdown!\"\n", ":2:8:", "expected `monitor` or `enforce`"),
+        (
+            "version = 1\nmode = \"lockdown!\"\n",
+            ":2:8:",
+            "expected `monitor` or `enforce`",
+        ),
         (
             "version = 1\nmode = \"monitor\"\nsurprise = true\n",
             ":3:",
