@@ -128,18 +128,17 @@ fn eval_needs_the_slow_path_until_facts_are_given() {
         "f2.json",
         &format!(r#"{{"sha256":"{}"}}"#, "1".repeat(64)),
     );
-    // (extra args, expected slow_path, expected verdict, expected rule)
-    let cases: &[(&[&str], bool, Option<&str>, Option<&str>)] = &[
-        (&[], true, None, None),
+    /// Extra arguments, then what `eval --json` must say.
+    type Expect<'a> = (bool, Option<&'a str>, Option<&'a str>);
+    let cases: [(&[&str], Expect<'_>); 3] = [
+        (&[], (true, None, None)),
         (
             &["--facts", &matching],
-            false,
-            Some("allow"),
-            Some("allow-tool"),
+            (false, Some("allow"), Some("allow-tool")),
         ),
-        (&["--facts", &other], false, Some("deny"), None),
+        (&["--facts", &other], (false, Some("deny"), None)),
     ];
-    for (extra, slow, verdict, rule) in cases {
+    for (extra, (slow, verdict, rule)) in &cases {
         let mut args = vec!["policy", "eval", &policy, "--event", &event, "--json"];
         args.extend_from_slice(extra);
         let o = gatehouse(&args);
