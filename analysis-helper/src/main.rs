@@ -1,5 +1,6 @@
-//! `gatehouse-helper`: parses arguments and runs the helper's listener (Linux: a Unix socket),
-//! or with `--probe SOCKET` connects to a running helper as a client and pings it.
+//! `gatehouse-helper`: parses arguments and runs the helper's listener (Linux: a Unix socket;
+//! macOS: the `dev.gatehouse.helper` XPC mach service), or with `--probe SOCKET` connects to a
+//! running helper as a client and pings it.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -10,13 +11,36 @@ use anyhow::Context;
 use clap::Parser;
 
 /// Gatehouse's analysis helper: hashing, package trust, volume metadata and code signing for the
-/// extension, over an authenticated socket with a bounded worker pool.
+/// extension, over an authenticated socket (Linux) or XPC service (macOS) with a bounded worker
+/// pool.
 #[derive(Debug, Parser)]
 #[command(name = "gatehouse-helper", version)]
 struct Args {
-    /// Unix socket to listen on (created with mode 0600; its directory is created).
-    #[arg(long, value_name = "PATH", required_unless_present = "probe")]
+    /// Unix socket to listen on (created with mode 0600; its directory is created). Linux only.
+    #[cfg_attr(
+        target_os = "linux",
+        arg(long, value_name = "PATH", required_unless_present = "probe")
+    )]
+    #[cfg_attr(not(target_os = "linux"), arg(long, value_name = "PATH"))]
     socket: Option<PathBuf>,
+    /// Listen on the XPC mach service (macOS; the default there, so the flag is optional).
+    #[arg(long, conflicts_with_all = ["socket", "probe"])]
+    xpc: bool,
+    /// The mach service to listen on (macOS, with launchd's `MachServices` entry).
+    #[cfg(target_os = "macos")]
+    #[arg(long, value_name = "NAME", default_value = "dev.gatehouse.helper")]
+    service: String,
+    /// Code-signing requirement every XPC peer must satisfy, e.g. `anchor apple generic and
+    /// certificate leaf[subject.OU] = "TEAMID" and identifier "dev.gatehouse.extension"`
+    /// (macOS). Without it peers get ping and stats only, never analysis.
+    #[cfg(target_os = "macos")]
+    #[arg(long, value_name = "REQ")]
+    peer_requirement: Option<String>,
+    /// A requirement a binary must satisfy for its certificate to count as valid (macOS;
+    /// default: any signature that validates).
+    #[cfg(target_os = "macos")]
+    #[arg(long, value_name = "REQ")]
+    certificate_requirement: Option<String>,
     /// Analysis worker threads (fixed; the thread count never grows with load).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
@@ -87,6 +111,9 @@ fn probe(socket: &std::path::Path) -> anyhow::Result<()> {
 
 #[cfg(target_os = "linux")]
 fn serve(args: &Args) -> anyhow::Result<()> {
+    if args.xpc {
+        anyhow::bail!("--xpc is macOS only; on Linux listen on a Unix socket with --socket PATH");
+    }
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -148,11 +175,44 @@ fn default_peers() -> Vec<PathBuf> {
     vec![dir.join("gatehouse-extension"), dir.join("gatehouse")]
 }
 
-/// On macOS the helper is the `dev.gatehouse.helper` XPC service (analysis_helper::macos); the
-/// Unix socket listener is Linux only.
-#[cfg(not(target_os = "linux"))]
+/// macOS: the XPC mach-service listener (`analysis_helper::macos::server`). launchd starts the
+/// helper on demand and stops it with SIGTERM, whose default action ends the process; work in
+/// flight is budget-bounded, so dropping it with the process is what the extension expects.
+#[cfg(target_os = "macos")]
+fn serve(args: &Args) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use analysis_helper::macos::{self, server};
+
+    // XPC is the only listener on macOS: `--xpc` is accepted for launchd plists and scripts.
+    let _ = args.xpc;
+    if args.socket.is_some() {
+        anyhow::bail!(
+            "--socket is supported on Linux only; on macOS the helper listens on the {} XPC service (--xpc, the default)",
+            args.service
+        );
+    }
+    if !args.allowed_exe.is_empty() {
+        tracing::warn!(
+            "--allowed-exe applies to the Linux socket only; XPC peers are checked with --peer-requirement"
+        );
+    }
+    let service = Arc::new(analysis_helper::service::Service::new(
+        macos::analyzers(args.max_file_size, args.certificate_requirement.clone()),
+        args.cache_entries,
+    ));
+    let pool = Arc::new(
+        analysis_helper::pool::Pool::new(args.workers.into(), args.queue)
+            .context("starting the analysis workers")?,
+    );
+    let config = server::Config {
+        service: args.service.clone(),
+        peer_requirement: args.peer_requirement.clone(),
+    };
+    match server::run(config, service, pool)? {}
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 fn serve(_args: &Args) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "--socket is supported on Linux only; on macOS the helper runs as the dev.gatehouse.helper XPC service"
-    )
+    anyhow::bail!("gatehouse-helper listens on Linux (Unix socket) or macOS (XPC) only")
 }

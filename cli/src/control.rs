@@ -233,6 +233,25 @@ pub fn format_stats(s: &StatsReport) -> String {
             );
         }
     }
+    if c("cache_clear_failures") > 0 {
+        out += &format!(
+            "kernel cache:      {} failed clears, {} retries, {} given up\n",
+            c("cache_clear_failures"),
+            c("cache_clear_retries"),
+            c("cache_clear_abandoned")
+        );
+    }
+    let backend: Vec<_> = s
+        .counters
+        .iter()
+        .filter_map(|(n, v)| n.strip_prefix("backend.").map(|n| (n, *v)))
+        .collect();
+    if !backend.is_empty() {
+        out += "backend:\n";
+        for (name, v) in backend {
+            out += &format!("  {name:<22} {v}\n");
+        }
+    }
     out += &format!(
         "latency:\n  {:<18} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
         "", "count", "p50", "p90", "p99", "max"
@@ -509,6 +528,10 @@ mod tests {
                 ("fallbacks".into(), 2),
                 ("fallbacks.deadline".into(), 2),
                 ("fallbacks.queue_full".into(), 0),
+                ("cache_clear_failures".into(), 2),
+                ("cache_clear_retries".into(), 2),
+                ("cache_clear_abandoned".into(), 0),
+                ("backend.clear_cache_throttled".into(), 2),
             ],
             latencies: vec![LatencySummary {
                 name: "fast_path".into(),
@@ -529,6 +552,8 @@ mod tests {
             "exec               10 (allowed 7, denied 3)",
             "fast_path",
             "5us",
+            "2 failed clears, 2 retries, 0 given up",
+            "backend:\n  clear_cache_throttled  2\n",
         ] {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }
@@ -536,6 +561,16 @@ mod tests {
             !out.contains("queue_full  "),
             "zero fallbacks are not listed:\n{out}"
         );
+        let quiet = format_stats(&StatsReport {
+            counters: vec![("events".into(), 1)],
+            ..s
+        });
+        for absent in ["kernel cache:", "backend:"] {
+            assert!(
+                !quiet.contains(absent),
+                "{absent} shown with nothing to say:\n{quiet}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,12 @@ struct Args {
     /// The analysis helper's Unix socket (Linux; macOS reaches the helper over XPC).
     #[arg(long, default_value = "/run/gatehouse/helper.sock")]
     helper_socket: PathBuf,
+    /// Code-signing requirement the helper's XPC service must satisfy (macOS), e.g.
+    /// `anchor apple generic and certificate leaf[subject.OU] = "TEAMID" and identifier
+    /// "dev.gatehouse.helper"`. Without it launchd's system bootstrap alone is trusted.
+    #[cfg(target_os = "macos")]
+    #[arg(long, value_name = "REQ")]
+    helper_requirement: Option<String>,
     /// The control socket the `gatehouse` CLI talks to (created root-only).
     #[arg(long, default_value = "/run/gatehouse/control.sock")]
     control_socket: PathBuf,
@@ -66,8 +72,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         policy: args.policy,
         events_log: Some(args.events_log),
         control_socket: Some(args.control_socket),
+        helper_requirement: args.helper_requirement,
         ..es_extension::sys::macos::MacOptions::default()
     };
+    // The helper is the XPC service on macOS (`sys::macos::helper_xpc::XpcTransport`).
     let _ = args.helper_socket;
     es_extension::sys::macos::run(opts).map_err(anyhow::Error::from)
 }

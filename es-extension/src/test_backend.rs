@@ -216,13 +216,22 @@ impl TestBackend {
     }
 }
 
-/// A [`KernelControl`] that records its calls.
+/// A [`KernelControl`] that records its calls, and can be told to fail cache clears.
 #[derive(Debug, Default)]
 pub struct TestControl {
     pub calls: Mutex<Vec<String>>,
+    /// The next this-many `clear_cache` calls fail (as a throttled ES call does).
+    pub fail_clears: AtomicU64,
+    /// `clear_cache` calls that failed; reported as the backend counter `clear_cache_failed`.
+    pub clears_failed: AtomicU64,
 }
 
 impl TestControl {
+    /// Make the next `n` cache clears fail.
+    pub fn fail_next_clears(&self, n: u64) {
+        self.fail_clears.store(n, Ordering::Release);
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -248,7 +257,25 @@ impl KernelControl for TestControl {
     }
     fn clear_cache(&self) -> Result<(), BackendError> {
         self.note("clear_cache".to_owned());
+        let failing = self
+            .fail_clears
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            self.clears_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(BackendError::Control {
+                call: "clear_cache",
+                detail: "throttled (test)".to_owned(),
+            });
+        }
         Ok(())
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![(
+            "clear_cache_failed".to_owned(),
+            self.clears_failed.load(Ordering::Relaxed),
+        )]
     }
 }
 

@@ -299,7 +299,7 @@ fn helper_absent_at_start_then_appearing() {
         // Denied by the block rule (cached in-process only: denies are never kernel-cached).
         assert_eq!(v, (Verdict::Deny, false));
     }
-    assert_eq!(counter(&rig.core, "helper_decided"), 20);
+    wait_counter(&rig.core, "helper_decided", 20);
 }
 
 #[test]

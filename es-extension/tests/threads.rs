@@ -51,9 +51,9 @@ fn thread_count_is_fixed_under_a_flood() {
     };
     std::thread::sleep(Duration::from_millis(20));
     let baseline = task_count().unwrap();
-    // 2 workers, helper reader, watchdog, events-log writer, control server; plus the fake
-    // helper's per-connection reader and writer, plus the sampler.
-    assert_eq!(baseline, before_core + 6 + 2 + 1, "threads at start");
+    // 2 workers, helper reader, watchdog, kernel maintenance, events-log writer, control
+    // server; plus the fake helper's per-connection reader and writer, plus the sampler.
+    assert_eq!(baseline, before_core + 7 + 2 + 1, "threads at start");
     max.store(0, Ordering::Relaxed);
     const N: u64 = 50_000;
     for i in 0..N {

@@ -196,8 +196,9 @@ pub fn run(
     service: Arc<Service>,
     pool: Arc<Pool>,
 ) -> Result<std::convert::Infallible, ServerError> {
+    let name = config.service.clone();
     let _listener = listen(config, service, pool)?;
-    tracing::info!("gatehouse-helper listening on XPC service {SERVICE_NAME}");
+    tracing::info!("gatehouse-helper listening on XPC service {name}");
     loop {
         std::thread::park();
     }

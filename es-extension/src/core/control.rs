@@ -59,10 +59,8 @@ pub(crate) fn load_policy(
     shared.cache.clear();
     shared.refresh_mutes();
     push_mutes(shared, &before, &shared.mutes.load().all());
-    if let Err(e) = shared.kernel.clear_cache() {
-        Metrics::inc(&shared.metrics.kernel_control_errors);
-        tracing::warn!(error = %e, "kernel cache clear failed after a policy load; kernel-cached allows may persist until the files change");
-    }
+    super::kernel_retry::clear_kernel_cache(shared);
+    shared.notify_policy(version);
     Ok(version)
 }
 
@@ -89,12 +87,25 @@ pub(crate) fn stats_report<R: Responder>(
     _helper: &HelperClient<R>,
     queue: &Sender<WorkItem<R>>,
 ) -> StatsReport {
+    let mut counters = shared.metrics.counters();
+    counters.extend(backend_counters(shared.kernel.counters()));
     StatsReport {
-        counters: shared.metrics.counters(),
+        counters,
         latencies: shared.metrics.latencies(),
         queue_depth: queue.len() as u64,
         queue_capacity: queue.capacity().unwrap_or(0) as u64,
     }
+}
+
+/// The backend's counters under `backend.` (a name that already has the prefix keeps it).
+pub(crate) fn backend_counters(raw: Vec<(String, u64)>) -> impl Iterator<Item = (String, u64)> {
+    raw.into_iter().map(|(name, v)| {
+        if name.starts_with("backend.") {
+            (name, v)
+        } else {
+            (format!("backend.{name}"), v)
+        }
+    })
 }
 
 pub(crate) fn status_report<R: Responder>(

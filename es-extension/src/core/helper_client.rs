@@ -1,5 +1,6 @@
-//! The helper connection: one pipelined Unix-socket connection with request ids, fed by the
-//! slow-path workers and read by one reader thread that also (re)connects with backoff.
+//! The helper connection: request ids, in-flight matching and fallbacks over one pipelined
+//! [`HelperTransport`] (a Unix socket, XPC on macOS, or a test's own), fed by the slow-path
+//! workers; the transport's `run` owns the helper thread and (re)connects with backoff.
 //!
 //! Nothing here runs on the delivery thread, and start-up never waits for it: while there is no
 //! connection, `connected()` is false and the delivery thread answers the fallback at once.
@@ -7,25 +8,21 @@
 //! watchdog already answered still fill the verdict cache but do not answer twice.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use model::{AnalysisRequest, FallbackReason, Outcome};
-use protocol::{HELPER_MAX_FRAME, HelperRequest, HelperResponse, Request, Response, Role};
+use protocol::{HelperRequest, HelperResponse, Request, Response};
 
 use super::Shared;
+use super::helper_link::{HelperEndpoint, HelperTransport, LinkEvents, LinkSink};
+use super::helper_unix::UnixTransport;
 use super::metrics::Metrics;
 use super::pending::Slot;
 use crate::backend::Responder;
-
-/// Handshake and connect must not hang the connector on a wedged helper.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
-const BACKOFF_START: Duration = Duration::from_millis(25);
 
 /// One handed-off event on its way to a worker.
 pub struct WorkItem<R: Responder> {
@@ -59,18 +56,10 @@ enum InFlight<R: Responder> {
 /// The shared state of the helper connection.
 pub struct HelperClient<R: Responder> {
     shared: Arc<Shared>,
-    path: Option<PathBuf>,
-    write_timeout: Duration,
-    backoff_max: Duration,
+    /// `None`: no helper configured; every analysis gets the fallback.
+    transport: Option<Arc<dyn HelperTransport>>,
     max_in_flight: usize,
     late_grace: Duration,
-    connected: AtomicBool,
-    /// The current connection. Locked only to clone or replace the `Arc` (never across a
-    /// system call), so `close` can always reach a socket a worker is blocked writing to.
-    conn: Mutex<Option<Arc<UnixStream>>>,
-    /// Held by a worker across one `sendmsg` so frames never interleave. The delivery thread
-    /// never touches it.
-    write_lock: Mutex<()>,
     in_flight: Mutex<HashMap<u64, InFlight<R>>>,
     next_id: AtomicU64,
 }
@@ -78,7 +67,7 @@ pub struct HelperClient<R: Responder> {
 impl<R: Responder> std::fmt::Debug for HelperClient<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HelperClient")
-            .field("path", &self.path)
+            .field("transport", &self.transport)
             .field("connected", &self.connected())
             .finish_non_exhaustive()
     }
@@ -89,26 +78,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<R: Responder> HelperClient<R> {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, endpoint: HelperEndpoint) -> Self {
         let c = &shared.config;
+        let transport: Option<Arc<dyn HelperTransport>> = match endpoint {
+            HelperEndpoint::None => None,
+            HelperEndpoint::Unix(path) => Some(Arc::new(UnixTransport::new(
+                path,
+                c.helper_write_timeout,
+                c.reconnect_backoff_max,
+            ))),
+            HelperEndpoint::Custom(t) => Some(t),
+        };
         Self {
-            path: c.helper_socket.clone(),
-            write_timeout: c.helper_write_timeout,
-            backoff_max: c.reconnect_backoff_max,
+            transport,
             max_in_flight: c.max_in_flight,
             late_grace: c.late_answer_grace,
             shared,
-            connected: AtomicBool::new(false),
-            conn: Mutex::new(None),
-            write_lock: Mutex::new(()),
             in_flight: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
     }
 
-    /// Lock-free: read on the delivery thread.
+    /// Lock-free (the transport's atomic): read on the delivery thread.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.transport.as_ref().is_some_and(|t| t.connected())
+    }
+
+    /// The helper's pid on the current connection, when the transport knows it.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.transport.as_ref().and_then(|t| t.peer_pid())
     }
 
     pub fn in_flight(&self) -> usize {
@@ -125,30 +123,12 @@ impl<R: Responder> HelperClient<R> {
         });
     }
 
-    /// Send one request on the current connection. On failure the connection is torn down (a
-    /// partial frame would desynchronise it) and the caller gets the error.
-    fn send(&self, req: &Request<HelperRequest>, fd: Option<&OwnedFd>) -> Result<(), ()> {
-        let _w = lock(&self.write_lock);
-        let Some(stream) = lock(&self.conn).clone() else {
-            return Err(());
+    /// Hand one request to the transport; `Err` means it was not sent.
+    fn send(&self, req: &Request<HelperRequest>, fd: Option<&OwnedFd>) -> Result<(), String> {
+        let Some(t) = &self.transport else {
+            return Err("no helper configured".to_owned());
         };
-        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
-        match protocol::unix::send_frame(&stream, req, &fds, HELPER_MAX_FRAME) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if !self.shared.shutting_down.load(Ordering::Acquire) {
-                    tracing::warn!(error = %e, "sending to the helper failed; reconnecting");
-                }
-                // Wakes the reader, which fails everything in flight and reconnects.
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-                let mut c = lock(&self.conn);
-                if c.as_ref().is_some_and(|s| Arc::ptr_eq(s, &stream)) {
-                    *c = None;
-                    self.connected.store(false, Ordering::Release);
-                }
-                Err(())
-            }
-        }
+        t.send(req, fd).map_err(|e| e.to_string())
     }
 
     /// A worker's handling of one item: send it to the helper, or answer the fallback.
@@ -219,9 +199,9 @@ impl<R: Responder> HelperClient<R> {
     /// `gatehouse helper ping`: round trip of one Ping, from the control thread.
     pub fn ping(&self, timeout: Duration) -> Result<(HelperResponse, Duration), String> {
         if !self.connected() {
-            return Err(match &self.path {
-                Some(p) => format!("not connected to the helper at {}", p.display()),
-                None => "no helper socket configured".to_owned(),
+            return Err(match &self.transport {
+                Some(t) => format!("not connected to the helper at {}", t.describe()),
+                None => "no helper configured".to_owned(),
             });
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -233,9 +213,11 @@ impl<R: Responder> HelperClient<R> {
             budget_us: timeout.as_micros() as u64,
             body: HelperRequest::Ping,
         };
-        if self.send(&req, None).is_err() {
+        if let Err(e) = self.send(&req, None) {
             lock(&self.in_flight).remove(&id);
-            return Err("sending the ping failed; the helper connection was reset".to_owned());
+            return Err(format!(
+                "sending the ping failed ({e}); the helper connection was reset"
+            ));
         }
         match rx.recv_timeout(timeout) {
             Ok(resp) => Ok((resp, sent.elapsed())),
@@ -246,8 +228,8 @@ impl<R: Responder> HelperClient<R> {
         }
     }
 
-    /// Handle one response from the helper (reader thread).
-    fn on_response(&self, resp: Response<HelperResponse>) {
+    /// Handle one response from the helper (the transport's thread or queue).
+    fn response(&self, resp: Response<HelperResponse>) {
         let entry = lock(&self.in_flight).remove(&resp.id);
         let m = &self.shared.metrics;
         match entry {
@@ -298,116 +280,65 @@ impl<R: Responder> HelperClient<R> {
         }
     }
 
-    fn connect(&self, path: &PathBuf) -> Result<UnixStream, String> {
-        let mut s = UnixStream::connect(path).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .and_then(|()| s.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .map_err(|e| e.to_string())?;
-        let agent = format!("gatehouse-extension/{}", env!("CARGO_PKG_VERSION"));
-        protocol::handshake::client(&mut s, Role::Extension, &agent).map_err(|e| e.to_string())?;
-        s.set_read_timeout(None)
-            .and_then(|()| s.set_write_timeout(Some(self.write_timeout)))
-            .map_err(|e| e.to_string())?;
-        Ok(s)
-    }
-
-    /// Wake a reader blocked on the current connection (shutdown).
+    /// Wake the transport (shutdown).
     pub fn close(&self) {
-        let current = lock(&self.conn).take();
-        if let Some(s) = current {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = &self.transport {
+            t.close();
         }
-        self.connected.store(false, Ordering::Release);
     }
 
-    /// The connector/reader thread's body.
-    pub fn run_reader(&self, stop: Receiver<()>) {
-        let Some(path) = self.path.clone() else {
+    /// The helper thread's body: the transport connects, reads and reconnects until `stop`.
+    pub fn run_reader(self: &Arc<Self>, stop: Receiver<()>) {
+        match &self.transport {
+            Some(t) => {
+                let events: Arc<dyn LinkEvents> = Arc::clone(self) as Arc<dyn LinkEvents>;
+                let weak: Weak<dyn LinkEvents> = Arc::downgrade(&events);
+                drop(events);
+                t.run(LinkSink::new(weak), &stop);
+                t.close();
+            }
             // No helper configured: stay disconnected, every analysis gets the fallback.
-            let _ = stop.recv();
-            return;
-        };
-        let stopped = || {
-            matches!(
-                stop.try_recv(),
-                Err(crossbeam_channel::TryRecvError::Disconnected)
-            )
-        };
-        let mut backoff = BACKOFF_START;
-        let mut logged = false;
-        while !stopped() {
-            let stream = match self.connect(&path) {
-                Ok(s) => Arc::new(s),
-                Err(e) => {
-                    if !logged {
-                        tracing::info!(path = %path.display(), error = %e, "helper not reachable; retrying with backoff");
-                        logged = true;
-                    }
-                    if stop
-                        .recv_timeout(backoff)
-                        .is_err_and(|e| e.is_disconnected())
-                    {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(self.backoff_max);
-                    continue;
-                }
-            };
-            logged = false;
-            *lock(&self.conn) = Some(Arc::clone(&stream));
-            self.connected.store(true, Ordering::Release);
-            Metrics::inc(&self.shared.metrics.helper_connects);
-            if stopped() {
-                self.close();
-                break;
+            None => {
+                let _ = stop.recv();
             }
-            let why = loop {
-                match protocol::unix::recv_frame::<Response<HelperResponse>>(
-                    &stream,
-                    HELPER_MAX_FRAME,
-                ) {
-                    Ok((resp, _fds)) => {
-                        // A helper that answers is healthy: reconnect quickly next time.
-                        backoff = BACKOFF_START;
-                        self.on_response(resp);
-                    }
-                    Err(protocol::ProtocolError::Decode(e)) => {
-                        tracing::warn!(error = %e, "malformed frame from the helper; reconnecting");
-                        Metrics::inc(&self.shared.metrics.helper_protocol_errors);
-                        break FallbackReason::HelperError;
-                    }
-                    Err(protocol::ProtocolError::FrameTooLarge { .. }) => {
-                        Metrics::inc(&self.shared.metrics.helper_protocol_errors);
-                        break FallbackReason::HelperError;
-                    }
-                    Err(_) => break FallbackReason::HelperUnavailable,
-                }
-            };
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            {
-                let mut w = lock(&self.conn);
-                if w.as_ref().is_some_and(|s| Arc::ptr_eq(s, &stream)) {
-                    *w = None;
-                }
-            }
-            self.connected.store(false, Ordering::Release);
-            Metrics::inc(&self.shared.metrics.helper_disconnects);
-            let why = if self.shared.shutting_down.load(Ordering::Acquire) {
-                FallbackReason::Shutdown
-            } else {
-                why
-            };
-            self.fail_in_flight(why);
-            // A helper that dies on every connection must not make us spin.
-            if stop
-                .recv_timeout(backoff)
-                .is_err_and(|e| e.is_disconnected())
-            {
-                break;
-            }
-            backoff = (backoff * 2).min(self.backoff_max);
         }
-        self.close();
         self.fail_in_flight(FallbackReason::Shutdown);
+    }
+}
+
+impl<R: Responder> LinkEvents for HelperClient<R> {
+    fn on_connected(&self) {
+        Metrics::inc(&self.shared.metrics.helper_connects);
+    }
+
+    fn on_response(&self, resp: Response<HelperResponse>) {
+        self.response(resp);
+    }
+
+    fn on_failed(&self, id: u64, why: FallbackReason) {
+        let entry = lock(&self.in_flight).remove(&id);
+        if let Some(InFlight::Analyze { slot, .. }) = entry {
+            slot.answer_fallback(self.why(why));
+        }
+    }
+
+    fn on_disconnected(&self, why: FallbackReason) {
+        Metrics::inc(&self.shared.metrics.helper_disconnects);
+        self.fail_in_flight(self.why(why));
+    }
+
+    fn on_protocol_error(&self) {
+        Metrics::inc(&self.shared.metrics.helper_protocol_errors);
+    }
+}
+
+impl<R: Responder> HelperClient<R> {
+    /// During shutdown every failure is reported as `Shutdown`.
+    fn why(&self, why: FallbackReason) -> FallbackReason {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            FallbackReason::Shutdown
+        } else {
+            why
+        }
     }
 }

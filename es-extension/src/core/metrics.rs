@@ -107,6 +107,12 @@ pub struct Metrics {
     pub helper_protocol_errors: AtomicU64,
     pub helper_unmatched: AtomicU64,
     pub kernel_control_errors: AtomicU64,
+    /// Failed kernel cache clears (the first call after a policy load, and each retry).
+    pub cache_clear_failures: AtomicU64,
+    /// Retry attempts of a failed kernel cache clear (maintenance thread).
+    pub cache_clear_retries: AtomicU64,
+    /// Retry runs that used every attempt without clearing.
+    pub cache_clear_abandoned: AtomicU64,
     pub fast_path: AtomicHistogram,
     pub helper_round_trip: AtomicHistogram,
     pub event_to_answer: AtomicHistogram,
@@ -176,7 +182,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 19] = [
+        let named: [(&str, &AtomicU64); 22] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -194,6 +200,9 @@ impl Metrics {
             ("helper_protocol_errors", &self.helper_protocol_errors),
             ("helper_unmatched", &self.helper_unmatched),
             ("kernel_control_errors", &self.kernel_control_errors),
+            ("cache_clear_failures", &self.cache_clear_failures),
+            ("cache_clear_retries", &self.cache_clear_retries),
+            ("cache_clear_abandoned", &self.cache_clear_abandoned),
             ("answers", &AtomicU64::new(self.answers_total())),
             (
                 "fallbacks",

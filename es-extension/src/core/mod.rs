@@ -6,8 +6,10 @@
 //!   verdict cache -> policy on the message's own data -> answer now; or `try_send` to the
 //!   bounded slow-path queue (full, or helper down: the policy's fallback now);
 //! - `workers` slow-path workers send analysis requests to the helper over one pipelined
-//!   connection;
-//! - one helper reader (also the connector, with backoff) matches answers by request id;
+//!   connection, through a [`HelperTransport`] (Unix socket, macOS XPC, or a test's own);
+//! - one helper thread runs the transport (connector with backoff, and reader where the
+//!   transport has one); answers are matched by request id;
+//! - one kernel-maintenance thread retries a failed kernel cache clear with backoff;
 //! - one watchdog answers the fallback at `deadline - headroom`;
 //! - one events-log writer, and one control server (when a control socket is configured).
 
@@ -16,6 +18,9 @@
 pub mod control;
 pub mod eventlog;
 pub mod helper_client;
+pub mod helper_link;
+pub mod helper_unix;
+pub mod kernel_retry;
 pub mod metrics;
 pub mod pending;
 pub mod watchdog;
@@ -33,6 +38,8 @@ use policy::{Policy, PolicyStore, Snapshot, VerdictCache};
 
 use crate::backend::{Delivery, KernelControl, Responder};
 use helper_client::{HelperClient, WorkItem};
+pub use helper_link::{HelperEndpoint, HelperTransport, LinkSink, TransportError};
+pub use helper_unix::UnixTransport;
 use metrics::Metrics;
 use pending::Slot;
 use watchdog::WatchdogHandle;
@@ -48,8 +55,12 @@ pub struct CoreConfig {
     /// Headroom clamp: the watchdog answers at `deadline - clamp(20% of time left, min, max)`.
     pub headroom_min: Duration,
     pub headroom_max: Duration,
-    /// The helper's Unix socket; `None` runs without a helper (every analysis: fallback).
+    /// The helper's Unix socket; `None` (and no `helper_transport`) runs without a helper
+    /// (every analysis: fallback).
     pub helper_socket: Option<PathBuf>,
+    /// A transport the backend built (macOS: XPC), used instead of a Unix socket. Setting both
+    /// this and `helper_socket` is a configuration error.
+    pub helper_transport: Option<Arc<dyn HelperTransport>>,
     /// The events log; `None` keeps notable decisions in memory only (`events tail`).
     pub events_log: Option<PathBuf>,
     /// Rotate the events log past this size.
@@ -72,6 +83,11 @@ pub struct CoreConfig {
     pub reconnect_backoff_max: Duration,
     /// Named in `gatehouse status` ("endpoint-security", "fanotify", "test").
     pub backend_name: String,
+    /// A failed kernel cache clear is retried after this long, then twice as long each time
+    /// (at most 8 s between attempts)...
+    pub kernel_retry_backoff: Duration,
+    /// ... for at most this many attempts.
+    pub kernel_retry_attempts: u32,
 }
 
 impl CoreConfig {
@@ -83,6 +99,7 @@ impl CoreConfig {
             headroom_min: Duration::from_secs(1),
             headroom_max: Duration::from_secs(5),
             helper_socket: None,
+            helper_transport: None,
             events_log: None,
             events_log_max_bytes: 16 * 1024 * 1024,
             log_channel_capacity: 4096,
@@ -94,6 +111,9 @@ impl CoreConfig {
             late_answer_grace: Duration::from_secs(2),
             reconnect_backoff_max: Duration::from_secs(1),
             backend_name: "endpoint-security".to_owned(),
+            // es_clear_cache is rate-limited machine-wide: start near its one-second window.
+            kernel_retry_backoff: Duration::from_millis(500),
+            kernel_retry_attempts: 8,
         }
     }
 
@@ -105,6 +125,28 @@ impl CoreConfig {
             backend_name: "fanotify".to_owned(),
             ..Self::endpoint_security()
         }
+    }
+
+    /// How the helper is reached. Errors when both a socket and a transport are set.
+    pub fn helper_endpoint(&self) -> Result<HelperEndpoint, CoreError> {
+        match (&self.helper_socket, &self.helper_transport) {
+            (Some(_), Some(_)) => Err(CoreError::Config(
+                "set either helper_socket or helper_transport, not both".to_owned(),
+            )),
+            (Some(p), None) => Ok(HelperEndpoint::Unix(p.clone())),
+            (None, Some(t)) => Ok(HelperEndpoint::Custom(Arc::clone(t))),
+            (None, None) => Ok(HelperEndpoint::None),
+        }
+    }
+
+    /// Set the helper endpoint (the inverse of [`Self::helper_endpoint`]).
+    pub fn with_helper(mut self, endpoint: HelperEndpoint) -> Self {
+        (self.helper_socket, self.helper_transport) = match endpoint {
+            HelperEndpoint::None => (None, None),
+            HelperEndpoint::Unix(p) => (Some(p), None),
+            HelperEndpoint::Custom(t) => (None, Some(t)),
+        };
+        self
     }
 }
 
@@ -192,6 +234,10 @@ pub(crate) struct Shared {
     pub shutting_down: AtomicBool,
     pub started: Instant,
     pub kernel: Arc<dyn KernelControl>,
+    /// Failed kernel cache clears waiting for the maintenance thread (capacity one).
+    pub clear_retry: Sender<()>,
+    /// Told the new version after each policy load (capacity one each; never blocks).
+    pub policy_watchers: Mutex<Vec<Sender<u64>>>,
 }
 
 impl std::fmt::Debug for dyn KernelControl {
@@ -201,6 +247,21 @@ impl std::fmt::Debug for dyn KernelControl {
 }
 
 impl Shared {
+    /// Tell every [`Core::policy_changes`] receiver about `version`, dropping closed ones.
+    pub fn notify_policy(&self, version: u64) {
+        let mut w = self
+            .policy_watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Full: an earlier notice is unread; the reader loads the newest policy anyway.
+        w.retain(|tx| {
+            !matches!(
+                tx.try_send(version),
+                Err(crossbeam_channel::TrySendError::Disconnected(_))
+            )
+        });
+    }
+
     /// Recompute the in-process mute mirror from the current policy and the runtime mutes.
     pub fn refresh_mutes(&self) {
         let snap = self.store.load();
@@ -232,6 +293,8 @@ pub(crate) fn test_shared(policy: Policy) -> Arc<Shared> {
         shutting_down: AtomicBool::new(false),
         started: Instant::now(),
         kernel: Arc::new(crate::test_backend::TestControl::default()),
+        clear_retry: kernel_retry::channel().0,
+        policy_watchers: Mutex::new(Vec::new()),
     })
 }
 
@@ -281,8 +344,10 @@ impl<R: Responder> Core<R> {
                 "workers and queue_capacity must be at least 1".to_owned(),
             ));
         }
+        let endpoint = config.helper_endpoint()?;
         let (log, log_rx, recent) =
             eventlog::channel(config.log_channel_capacity.max(1), config.recent_lines);
+        let (clear_retry, clear_retry_rx) = kernel_retry::channel();
         let control_listener = match &config.control_socket {
             Some(path) => Some(control::bind(path)?),
             None => None,
@@ -300,6 +365,8 @@ impl<R: Responder> Core<R> {
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
             kernel: control,
+            clear_retry,
+            policy_watchers: Mutex::new(Vec::new()),
             config,
         });
         shared.refresh_mutes();
@@ -309,7 +376,7 @@ impl<R: Responder> Core<R> {
             watchdog::channel::<R>(cfg.queue_capacity + cfg.max_in_flight + 64);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (log_stop_tx, log_stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let helper = Arc::new(HelperClient::<R>::new(Arc::clone(&shared)));
+        let helper = Arc::new(HelperClient::<R>::new(Arc::clone(&shared), endpoint));
 
         let mut threads = Vec::new();
         let log_thread = {
@@ -332,6 +399,12 @@ impl<R: Responder> Core<R> {
         {
             let (h, stop) = (Arc::clone(&helper), stop_rx.clone());
             threads.push(spawn("helper", move || h.run_reader(stop))?);
+        }
+        {
+            let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
+            threads.push(spawn("kernel", move || {
+                kernel_retry::run(s, clear_retry_rx, stop);
+            })?);
         }
         for _ in 0..cfg.workers {
             let (h, rx, stop) = (Arc::clone(&helper), queue_rx.clone(), stop_rx.clone());
@@ -489,6 +562,25 @@ impl<R: Responder> Core<R> {
         self.shared.store.load()
     }
 
+    /// The current policy's version (lock-free; 1 for the policy the core started with).
+    pub fn policy_version(&self) -> u64 {
+        self.shared.store.load().version
+    }
+
+    /// A receiver told the new version after every successful policy load, for backends that
+    /// follow the policy (macOS: event subscriptions). Holds at most one unread notice: a
+    /// reader that falls behind sees one notice and then loads the newest policy. Dropping the
+    /// receiver unregisters it.
+    pub fn policy_changes(&self) -> Receiver<u64> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.shared
+            .policy_watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+
     /// Allow every event whose acting pid is `pid` at once, without analysis (our own pid is
     /// always muted; the Linux backend adds the helper's).
     pub fn mute_pid(&self, pid: u32) {
@@ -532,6 +624,16 @@ impl<R: Responder> Core<R> {
 
     pub fn helper_connected(&self) -> bool {
         self.helper.connected()
+    }
+
+    /// The helper's pid on the current connection, when the transport knows it: the kernel's
+    /// peer credentials at connect on a Unix socket, the helper's `Pong` over XPC. `None` while
+    /// disconnected. Backends mute it ([`Core::mute_pid`] plus their kernel mute); a pid can be
+    /// reused once the helper exits, so on Linux the backend still pins the helper with a pidfd
+    /// (`sys::linux::selfmute`), and on macOS it mutes the audit token, which names one process
+    /// incarnation.
+    pub fn helper_pid(&self) -> Option<u32> {
+        self.helper.peer_pid()
     }
 
     /// Counters and latency percentiles, as `gatehouse stats` shows them.

@@ -301,6 +301,21 @@ pub fn counter(core: &Core<TestResponder>, name: &str) -> u64 {
         .1
 }
 
+/// Wait (bounded) until counter `name` reaches `want` (counters bumped just after an answer
+/// may trail [`settle`]), then check it did not overshoot.
+pub fn wait_counter(core: &Core<TestResponder>, name: &str, want: u64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while counter(core, name) < want {
+        assert!(
+            Instant::now() < end,
+            "counter {name} stayed at {} (want {want})",
+            counter(core, name)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(counter(core, name), want, "counter {name}");
+}
+
 /// Wait (bounded) until the core has accounted for `n` answers, so counters read after this
 /// are complete (the backend records an answer just before the core counts it).
 pub fn settle(core: &Core<TestResponder>, n: u64) {

@@ -20,6 +20,7 @@ use endpoint_sec_sys::{
 };
 use model::EventKind;
 
+use super::control::EsCounters;
 use super::responder::EsResponder;
 use super::{convert, time};
 use crate::backend::Delivery;
@@ -93,7 +94,8 @@ impl EsClient {
     /// Connect to ES. Events flow only after [`Self::subscribe`]; until the sink is usable the
     /// caller must not subscribe. Must be called on the thread that will later call
     /// [`Self::delete`] (the main thread).
-    pub fn new(sink: Sink) -> Result<Arc<EsClient>, ClientError> {
+    /// `counters` records messages the handler could not hand on.
+    pub fn new(sink: Sink, counters: Arc<EsCounters>) -> Result<Arc<EsClient>, ClientError> {
         // The handler needs the shared handle for responders, and the handle exists only after
         // `es_new_client` returns: the cell is filled before any subscription, so it is always
         // set when a message arrives.
@@ -106,6 +108,11 @@ impl EsClient {
                     handle(&handler_cell, &sink, raw, received)
                 }));
                 if !matches!(outcome, Ok(true)) {
+                    EsCounters::inc(if outcome.is_err() {
+                        &counters.handler_panics
+                    } else {
+                        &counters.undelivered
+                    });
                     // A panic, or a message we could not hand on: answer it now, allowing (an
                     // event shape we cannot read must not stall the machine).
                     allow_now(client, raw);

@@ -2,7 +2,7 @@
 //! clears. Called off the delivery thread (control thread, start-up, maintenance).
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use model::{MuteScope, MuteSpec};
@@ -11,6 +11,45 @@ use super::client::EsClient;
 use crate::backend::{BackendError, KernelControl};
 use crate::sys::es_convert::{self, ClearCacheOutcome};
 
+/// The ES backend's counters (`backend.<name>` in `gatehouse stats`). Relaxed atomics, bumped
+/// by the ES handler and the control calls.
+#[derive(Debug, Default)]
+pub struct EsCounters {
+    /// AUTH messages the handler could not convert or hand on, answered allow at once.
+    pub undelivered: AtomicU64,
+    /// Panics caught in the handler (the message was answered allow at once).
+    pub handler_panics: AtomicU64,
+    pub clear_cache_ok: AtomicU64,
+    /// `es_clear_cache` refused by ES's machine-wide rate limit (the core retries).
+    pub clear_cache_throttled: AtomicU64,
+    pub clear_cache_errors: AtomicU64,
+    pub mutes_pushed: AtomicU64,
+    pub unmutes_pushed: AtomicU64,
+    pub mute_errors: AtomicU64,
+}
+
+impl EsCounters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        [
+            ("undelivered", &self.undelivered),
+            ("handler_panics", &self.handler_panics),
+            ("clear_cache_ok", &self.clear_cache_ok),
+            ("clear_cache_throttled", &self.clear_cache_throttled),
+            ("clear_cache_errors", &self.clear_cache_errors),
+            ("mutes_pushed", &self.mutes_pushed),
+            ("unmutes_pushed", &self.unmutes_pushed),
+            ("mute_errors", &self.mute_errors),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_owned(), c.load(Ordering::Relaxed)))
+        .collect()
+    }
+}
+
 /// Kernel controls; the client is attached once it exists (the core starts first, so the ES
 /// handler has somewhere to deliver as soon as it subscribes).
 #[derive(Debug)]
@@ -18,8 +57,7 @@ pub struct EsControl {
     client: OnceLock<Arc<EsClient>>,
     /// Target-path muting (`ES_MUTE_PATH_TYPE_TARGET_*`) exists from macOS 13.
     target_muting: bool,
-    /// A throttled `es_clear_cache` waits here for the maintenance thread to retry it.
-    clear_pending: AtomicBool,
+    counters: Arc<EsCounters>,
 }
 
 impl EsControl {
@@ -27,8 +65,13 @@ impl EsControl {
         Self {
             client: OnceLock::new(),
             target_muting,
-            clear_pending: AtomicBool::new(false),
+            counters: Arc::new(EsCounters::default()),
         }
+    }
+
+    /// The counters, shared with the ES handler.
+    pub fn counters_handle(&self) -> Arc<EsCounters> {
+        Arc::clone(&self.counters)
     }
 
     pub fn attach(&self, client: Arc<EsClient>) {
@@ -53,25 +96,25 @@ impl EsControl {
         } else {
             "es_unmute_path"
         };
-        self.client(call)?
+        let c = &self.counters;
+        match self
+            .client(call)?
             .mute_path(&spec.path, es_convert::mute_path_type(spec), mute)
-            .map_err(|e| BackendError::Control {
-                call,
-                detail: format!("{}: {e}", spec.path),
-            })
-    }
-
-    /// Retry a throttled cache clear; called by the maintenance thread. True when nothing is
-    /// left pending.
-    pub fn retry_pending_clear(&self) -> bool {
-        if !self.clear_pending.load(Ordering::Acquire) {
-            return true;
-        }
-        match self.clear_cache() {
-            Ok(()) => !self.clear_pending.load(Ordering::Acquire),
+        {
+            Ok(()) => {
+                EsCounters::inc(if mute {
+                    &c.mutes_pushed
+                } else {
+                    &c.unmutes_pushed
+                });
+                Ok(())
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "retrying es_clear_cache failed");
-                false
+                EsCounters::inc(&c.mute_errors);
+                Err(BackendError::Control {
+                    call,
+                    detail: format!("{}: {e}", spec.path),
+                })
             }
         }
     }
@@ -87,36 +130,49 @@ impl KernelControl for EsControl {
     }
 
     /// `es_clear_cache` is shared by every ES client on the machine and rate-limited. A
-    /// throttled call is not an error here: it is marked pending and the maintenance thread
-    /// retries it about once a second until it goes through.
+    /// throttled call is reported as an error: the core retries it with backoff off every hot
+    /// thread (`core::kernel_retry`), the one retry mechanism.
     fn clear_cache(&self) -> Result<(), BackendError> {
-        let code =
-            self.client("es_clear_cache")?
-                .clear_cache()
-                .map_err(|e| BackendError::Control {
-                    call: "es_clear_cache",
-                    detail: e.to_string(),
-                })?;
+        let c = &self.counters;
+        let code = self.client("es_clear_cache")?.clear_cache().map_err(|e| {
+            EsCounters::inc(&c.clear_cache_errors);
+            BackendError::Control {
+                call: "es_clear_cache",
+                detail: e.to_string(),
+            }
+        })?;
         match es_convert::clear_cache_outcome(code) {
             ClearCacheOutcome::Cleared => {
-                self.clear_pending.store(false, Ordering::Release);
+                EsCounters::inc(&c.clear_cache_ok);
                 Ok(())
             }
             ClearCacheOutcome::Throttled => {
-                self.clear_pending.store(true, Ordering::Release);
-                Ok(())
-            }
-            ClearCacheOutcome::Internal => {
-                self.clear_pending.store(true, Ordering::Release);
+                EsCounters::inc(&c.clear_cache_throttled);
                 Err(BackendError::Control {
                     call: "es_clear_cache",
-                    detail: "internal Endpoint Security error; will retry".to_owned(),
+                    detail:
+                        "throttled by Endpoint Security's machine-wide rate limit; retried later"
+                            .to_owned(),
                 })
             }
-            ClearCacheOutcome::Unknown(c) => Err(BackendError::Control {
-                call: "es_clear_cache",
-                detail: format!("unknown result code {c}"),
-            }),
+            ClearCacheOutcome::Internal => {
+                EsCounters::inc(&c.clear_cache_errors);
+                Err(BackendError::Control {
+                    call: "es_clear_cache",
+                    detail: "internal Endpoint Security error; retried later".to_owned(),
+                })
+            }
+            ClearCacheOutcome::Unknown(code) => {
+                EsCounters::inc(&c.clear_cache_errors);
+                Err(BackendError::Control {
+                    call: "es_clear_cache",
+                    detail: format!("unknown result code {code}"),
+                })
+            }
         }
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.counters.snapshot()
     }
 }

@@ -2,11 +2,20 @@
 //! protocol frame per XPC message, a version handshake, request ids, and every request bounded
 //! by its event's budget (the XPC timeout is the budget, so no reply is awaited past the
 //! watchdog). Only `xpc_connection_send_message_with_reply` is used; nothing here blocks.
+//!
+//! [`XpcTransport`] is the core's [`HelperTransport`] on macOS: the core's helper thread
+//! greets the helper (handshake, then a ping for its pid), reports the connection up, and waits
+//! for libxpc to say it was lost; requests go out from the workers and their replies (or
+//! timeouts) come back on XPC's queue, straight to the core's matching by id.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use model::FallbackReason;
 
 use protocol::{
     HELPER_MAX_FRAME, Hello, HelloReply, HelperRequest, HelperResponse, MAGIC, PROTOCOL_VERSION,
@@ -14,6 +23,7 @@ use protocol::{
 };
 use xpc::{ConnectOptions, Connection, DispatchQueue, FrameKind, XpcError};
 
+use crate::core::{HelperTransport, LinkSink, TransportError};
 use crate::sys::es_convert::decode_xpc_frame;
 
 /// The helper's launchd mach service.
@@ -49,7 +59,13 @@ pub struct HelperXpc {
 
 impl HelperXpc {
     /// Set up the connection (libxpc connects lazily: this never waits on the helper).
-    pub fn connect(service: &str, peer_requirement: Option<String>) -> Result<Arc<Self>, XpcError> {
+    /// `on_lost` is called on XPC's queue for each connection-level error (the helper exited,
+    /// restarted, or was refused); it must not block.
+    pub fn connect(
+        service: &str,
+        peer_requirement: Option<String>,
+        on_lost: impl Fn(XpcError) + Send + Sync + 'static,
+    ) -> Result<Arc<Self>, XpcError> {
         let ready = Arc::new(AtomicBool::new(false));
         let on_error_ready = Arc::clone(&ready);
         let options = ConnectOptions {
@@ -57,7 +73,7 @@ impl HelperXpc {
             peer_requirement,
             on_error: Some(Arc::new(move |e: XpcError| {
                 on_error_ready.store(false, Ordering::Release);
-                tracing::warn!(error = %e, "helper XPC connection");
+                on_lost(e);
             })),
         };
         let queue = DispatchQueue::new("dev.gatehouse.extension.helper", None);
@@ -123,21 +139,32 @@ impl HelperXpc {
     where
         F: FnOnce(Result<HelperResponse, HelperXpcError>) + Send + 'static,
     {
-        if !self.ready() {
-            return done(Err(HelperXpcError::NotReady));
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let req = Request {
-            id,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             budget_us: u64::try_from(budget.as_micros()).unwrap_or(u64::MAX),
             body,
         };
-        let frame = match protocol::frame::encode_frame(&req, HELPER_MAX_FRAME) {
+        self.send_request(&req, move |r| done(r.map(|resp| resp.body)));
+    }
+
+    /// Send `req` as it is (the caller's id), with its `budget_us` as the reply timeout; `done`
+    /// is called exactly once, on XPC's queue (or at once when not ready), with the response
+    /// whose id matches.
+    pub fn send_request<F>(&self, req: &Request<HelperRequest>, done: F)
+    where
+        F: FnOnce(Result<Response<HelperResponse>, HelperXpcError>) + Send + 'static,
+    {
+        if !self.ready() {
+            return done(Err(HelperXpcError::NotReady));
+        }
+        let frame = match protocol::frame::encode_frame(req, HELPER_MAX_FRAME) {
             Ok(f) => f,
             Err(e) => return done(Err(e.into())),
         };
+        let id = req.id;
+        let timeout = Duration::from_micros(req.budget_us);
         self.conn
-            .send_with_reply(FrameKind::Envelope, &frame, budget, move |r| {
+            .send_with_reply(FrameKind::Envelope, &frame, timeout, move |r| {
                 let result = r.map_err(HelperXpcError::from).and_then(|(kind, bytes)| {
                     if kind != Some(FrameKind::Envelope) {
                         return Err(HelperXpcError::WrongKind(kind));
@@ -150,9 +177,260 @@ impl HelperXpc {
                             got: resp.id,
                         });
                     }
-                    Ok(resp.body)
+                    Ok(resp)
                 });
                 done(result);
             });
+    }
+
+    /// Cancel the connection: pending replies fail at once, nothing more is delivered.
+    pub fn cancel(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.conn.cancel();
+    }
+}
+
+/// The fallback for a request whose reply will not come.
+fn failure_reason(e: &HelperXpcError) -> FallbackReason {
+    match e {
+        HelperXpcError::Xpc(XpcError::Timeout { .. }) => FallbackReason::Deadline,
+        HelperXpcError::Xpc(_) | HelperXpcError::NotReady => FallbackReason::HelperUnavailable,
+        HelperXpcError::Protocol(_)
+        | HelperXpcError::WrongKind(_)
+        | HelperXpcError::IdMismatch { .. } => FallbackReason::HelperError,
+    }
+}
+
+/// How long the greeting (handshake, then ping) may take.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The core's helper transport over XPC.
+#[derive(Debug)]
+pub struct XpcTransport {
+    service: String,
+    requirement: Option<String>,
+    /// The current connection; replaced after `Invalid` (a cancelled or never-found service
+    /// never delivers again). Locked only to clone or swap the `Arc`.
+    conn: Mutex<Option<Arc<HelperXpc>>>,
+    connected: AtomicBool,
+    /// The helper's pid from its `Pong`; 0 when unknown.
+    pid: AtomicU32,
+    /// Where replies go; set while `run` runs.
+    sink: Mutex<Option<LinkSink>>,
+    lost_tx: Sender<XpcError>,
+    lost_rx: Receiver<XpcError>,
+}
+
+impl XpcTransport {
+    /// A transport to `service`. Connects nothing yet (libxpc is lazy); fails only on a name
+    /// or requirement libxpc refuses.
+    pub fn new(service: &str, requirement: Option<String>) -> Result<Arc<Self>, XpcError> {
+        let (lost_tx, lost_rx) = crossbeam_channel::bounded(4);
+        let t = Self {
+            service: service.to_owned(),
+            requirement,
+            conn: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            pid: AtomicU32::new(0),
+            sink: Mutex::new(None),
+            lost_tx,
+            lost_rx,
+        };
+        let first = t.new_connection()?;
+        *lock(&t.conn) = Some(first);
+        Ok(Arc::new(t))
+    }
+
+    fn new_connection(&self) -> Result<Arc<HelperXpc>, XpcError> {
+        let tx = self.lost_tx.clone();
+        // Full: the helper thread already has a loss to handle; one is enough.
+        HelperXpc::connect(&self.service, self.requirement.clone(), move |e| {
+            let _ = tx.try_send(e);
+        })
+    }
+
+    fn current(&self) -> Result<Arc<HelperXpc>, XpcError> {
+        let mut c = lock(&self.conn);
+        if let Some(conn) = c.as_ref() {
+            return Ok(Arc::clone(conn));
+        }
+        let conn = self.new_connection()?;
+        *c = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Handshake, then ping for the pid. `None` when stopping.
+    fn greet(&self, conn: &HelperXpc, stop: &Receiver<()>) -> Option<Result<u32, String>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        conn.handshake(GREETING_TIMEOUT, move |r| {
+            let _ = tx.try_send(r);
+        });
+        let agent = crossbeam_channel::select! {
+            recv(rx) -> r => match r {
+                Ok(Ok(agent)) => agent,
+                Ok(Err(e)) => return Some(Err(e.to_string())),
+                Err(_) => return Some(Err("the handshake callback was dropped".to_owned())),
+            },
+            recv(stop) -> _ => return None,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        conn.request(HelperRequest::Ping, GREETING_TIMEOUT, move |r| {
+            let _ = tx.try_send(r);
+        });
+        let pid = crossbeam_channel::select! {
+            recv(rx) -> r => match r {
+                Ok(Ok(HelperResponse::Pong { pid, .. })) => pid,
+                Ok(Ok(other)) => {
+                    tracing::warn!(?other, "unexpected answer to ping; helper pid unknown");
+                    0
+                }
+                Ok(Err(e)) => return Some(Err(format!("ping after the handshake: {e}"))),
+                Err(_) => return Some(Err("the ping callback was dropped".to_owned())),
+            },
+            recv(stop) -> _ => return None,
+        };
+        tracing::info!(%agent, pid, "helper connected over XPC");
+        Some(Ok(pid))
+    }
+
+    fn went_down(&self, sink: &LinkSink) {
+        if self.connected.swap(false, Ordering::AcqRel) {
+            self.pid.store(0, Ordering::Release);
+            sink.disconnected(FallbackReason::HelperUnavailable);
+        }
+    }
+
+    fn run_loop(&self, sink: &LinkSink, stop: &Receiver<()>) {
+        let wait = |d: Duration| stop.recv_timeout(d).is_err_and(|e| e.is_disconnected());
+        let mut backoff = BACKOFF_START;
+        let mut logged = false;
+        loop {
+            let conn = match self.current() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the helper XPC connection");
+                    if wait(BACKOFF_MAX) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            // Losses reported before this attempt belong to earlier ones.
+            while self.lost_rx.try_recv().is_ok() {}
+            match self.greet(&conn, stop) {
+                None => return,
+                Some(Ok(pid)) => {
+                    logged = false;
+                    backoff = BACKOFF_START;
+                    self.pid.store(pid, Ordering::Release);
+                    self.connected.store(true, Ordering::Release);
+                    sink.connected();
+                    let lost = crossbeam_channel::select! {
+                        recv(self.lost_rx) -> e => e.ok(),
+                        recv(stop) -> _ => return,
+                    };
+                    if let Some(e) = &lost {
+                        tracing::warn!(error = %e, "helper XPC connection lost; greeting again");
+                    }
+                    self.went_down(sink);
+                    if matches!(lost, Some(XpcError::Invalid { .. })) {
+                        lock(&self.conn).take();
+                    }
+                }
+                Some(Err(e)) => {
+                    if !logged {
+                        tracing::info!(service = %self.service, error = %e, "helper not reachable over XPC; retrying with backoff");
+                        logged = true;
+                    }
+                    // An invalid connection never recovers: make a new one next time.
+                    let invalid = self
+                        .lost_rx
+                        .try_iter()
+                        .any(|e| matches!(e, XpcError::Invalid { .. }));
+                    if invalid {
+                        lock(&self.conn).take();
+                    }
+                }
+            }
+            if wait(backoff) {
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+impl HelperTransport for XpcTransport {
+    fn describe(&self) -> String {
+        format!("xpc:{}", self.service)
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn peer_pid(&self) -> Option<u32> {
+        match self.pid.load(Ordering::Acquire) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    fn run(&self, sink: LinkSink, stop: &Receiver<()>) {
+        *lock(&self.sink) = Some(sink.clone());
+        self.run_loop(&sink, stop);
+        self.went_down(&sink);
+        lock(&self.sink).take();
+    }
+
+    fn send(
+        &self,
+        req: &Request<HelperRequest>,
+        fd: Option<&OwnedFd>,
+    ) -> Result<(), TransportError> {
+        if fd.is_some() {
+            // Endpoint Security gives no descriptor; the helper opens by path and checks
+            // identity (analysis-helper/src/macos/hash.rs).
+            return Err(TransportError::FdUnsupported);
+        }
+        if !self.connected() {
+            return Err(TransportError::NotConnected);
+        }
+        let conn = lock(&self.conn)
+            .clone()
+            .ok_or(TransportError::NotConnected)?;
+        let sink = lock(&self.sink)
+            .clone()
+            .ok_or(TransportError::NotConnected)?;
+        if !conn.ready() {
+            return Err(TransportError::NotConnected);
+        }
+        let id = req.id;
+        conn.send_request(req, move |r| match r {
+            Ok(resp) => sink.response(resp),
+            Err(e) => {
+                let why = failure_reason(&e);
+                if why == FallbackReason::HelperError {
+                    tracing::warn!(error = %e, id, "bad reply from the helper");
+                    sink.protocol_error();
+                }
+                sink.failed(id, why);
+            }
+        });
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.connected.store(false, Ordering::Release);
+        self.pid.store(0, Ordering::Release);
+        if let Some(c) = lock(&self.conn).take() {
+            c.cancel();
+        }
     }
 }

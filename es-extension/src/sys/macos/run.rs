@@ -3,34 +3,32 @@
 //! Order (safe with `NSEndpointSecurityEarlyBoot`, which holds mounts and third-party execs
 //! until our first subscription):
 //! 1. `set_runtime_version` from the running OS (refuse below macOS 13);
-//! 2. start the core with the embedded policy (threads only: no file, no helper);
+//! 2. start the core with the embedded policy and the helper's XPC transport (threads only: no
+//!    file; the transport greets the helper on the core's helper thread, lazily, with backoff);
 //! 3. create the ES client, mute ourselves by audit token and the helper by executable path;
 //! 4. subscribe, with the embedded policy's kinds: early boot is released here;
-//! 5. then load the policy file and resync subscriptions; connect the helper lazily (XPC
-//!    connects on first message; the handshake is retried by the maintenance thread, so a
-//!    missing helper degrades to fallbacks and never delays start-up);
+//! 5. then load the policy file and resync subscriptions. A missing helper degrades to
+//!    fallbacks and never delays start-up; once it answers, the maintenance thread mutes its pid
+//!    by audit token, and it resyncs subscriptions on every policy change the core announces;
 //! 6. run the CFRunLoop on the main thread until SIGTERM/SIGINT (dispatch signal sources on the
 //!    main queue), then unsubscribe, let the core answer every pending event, delete the client.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use block2::RcBlock;
-use crossbeam_channel::RecvTimeoutError;
 use dispatch2::{DispatchObject, DispatchQueue, DispatchRetained, DispatchSource};
 use endpoint_sec::AuditToken;
 use model::{EventKind, MuteScope, MuteSpec};
 use objc2_core_foundation::CFRunLoop;
-use protocol::HelperRequest;
 
 use super::client::{ClientError, EsClient, Sink};
 use super::control::EsControl;
-use super::helper_xpc::{HELPER_SERVICE, HelperXpc};
+use super::helper_xpc::{HELPER_SERVICE, XpcTransport};
 use super::responder::EsResponder;
 use crate::backend::KernelControl;
-use crate::core::{Core, CoreConfig, CoreError};
+use crate::core::{Core, CoreConfig, CoreError, HelperEndpoint, HelperTransport};
 use crate::sys::es_convert;
 
 /// Where the packaged binaries and files live (DESIGN.md 5).
@@ -176,24 +174,31 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
     endpoint_sec::version::set_runtime_version(major, minor, patch);
 
     let control = Arc::new(EsControl::new(true));
+    let helper = match XpcTransport::new(&opts.helper_service, opts.helper_requirement.clone()) {
+        Ok(t) => HelperEndpoint::Custom(t as Arc<dyn HelperTransport>),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the helper XPC connection; analyses fall back");
+            HelperEndpoint::None
+        }
+    };
     let config = CoreConfig {
         events_log: opts.events_log.clone(),
         control_socket: opts.control_socket.clone(),
-        // The core's helper channel is a Unix socket; on macOS the helper is reached over XPC
-        // (`helper_xpc`), which the core does not take yet. Until it does, analyses fall back.
-        helper_socket: None,
         ..CoreConfig::endpoint_security()
-    };
+    }
+    .with_helper(helper);
     let kernel: Arc<dyn KernelControl> = control.clone();
     let core = Arc::new(Core::<EsResponder>::start(
         config,
         policy::Policy::embedded_default(),
         kernel,
     )?);
+    // Before anything can load a policy, so no change is missed.
+    let policy_changes = core.policy_changes();
 
     let sink_core = Arc::clone(&core);
     let sink: Sink = Arc::new(move |d| sink_core.deliver(d));
-    let client = EsClient::new(sink)?;
+    let client = EsClient::new(sink, control.counters_handle())?;
     control.attach(Arc::clone(&client));
     mute_self(&client)?;
     let helper_path = opts.helper_executable.to_string_lossy().into_owned();
@@ -233,41 +238,33 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
         sync_subscriptions(&client, &mut subscribed, &core.policy().policy);
     }
 
-    let helper = match HelperXpc::connect(&opts.helper_service, opts.helper_requirement.clone()) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up the helper XPC connection; analyses fall back");
-            None
-        }
-    };
-
-    // Maintenance, off the delivery thread: subscription resync after policy reloads, throttled
-    // cache clears, and the helper handshake (retried until it succeeds, and after restarts).
+    // Maintenance, off the delivery thread: subscription resync after policy changes, and
+    // muting the helper by audit token once the core's transport knows its pid.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let maint = {
-        let (client, core, control, helper) = (
-            Arc::clone(&client),
-            Arc::clone(&core),
-            Arc::clone(&control),
-            helper.clone(),
-        );
+        let (client, core) = (Arc::clone(&client), Arc::clone(&core));
         std::thread::Builder::new()
             .name("gh-es-maint".to_owned())
             .spawn(move || {
-                let mut seen_version = core.policy().version;
-                let greeting = Arc::new(AtomicBool::new(false));
-                // A stop message or a dropped sender ends the loop.
-                while let Err(RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(Duration::from_secs(1))
-                {
-                    let snap = core.policy();
-                    if snap.version != seen_version {
-                        seen_version = snap.version;
-                        sync_subscriptions(&client, &mut subscribed, &snap.policy);
+                let mut helper_pid: Option<u32> = None;
+                loop {
+                    crossbeam_channel::select! {
+                        // A stop message or a dropped sender ends the loop.
+                        recv(stop_rx) -> _ => break,
+                        recv(policy_changes) -> v => if v.is_ok() {
+                            sync_subscriptions(&client, &mut subscribed, &core.policy().policy);
+                        },
+                        default(Duration::from_secs(1)) => {}
                     }
-                    control.retry_pending_clear();
-                    if let Some(h) = &helper {
-                        greet_helper(h, &greeting, &client, &core);
+                    let now = core.helper_pid();
+                    if now != helper_pid {
+                        if let Some(old) = helper_pid {
+                            core.unmute_pid(old);
+                        }
+                        if let Some(pid) = now {
+                            mute_helper_pid(&client, &core, pid);
+                        }
+                        helper_pid = now;
                     }
                 }
             })
@@ -293,43 +290,6 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
     drop(stop_tx);
     let _ = maint.join();
     core.shutdown();
-    drop(helper);
     client.delete()?;
     Ok(())
-}
-
-/// One handshake attempt when the helper is not ready (none in flight), then a ping to learn
-/// its pid so it can be muted by audit token.
-fn greet_helper(
-    helper: &Arc<HelperXpc>,
-    greeting: &Arc<AtomicBool>,
-    client: &Arc<EsClient>,
-    core: &Arc<Core<EsResponder>>,
-) {
-    if helper.ready() || greeting.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let (h, g, c, k) = (
-        Arc::clone(helper),
-        Arc::clone(greeting),
-        Arc::clone(client),
-        Arc::clone(core),
-    );
-    helper.handshake(Duration::from_secs(1), move |r| match r {
-        Ok(agent) => {
-            tracing::info!(%agent, "helper connected over XPC");
-            h.request(HelperRequest::Ping, Duration::from_secs(1), move |r| {
-                match r {
-                    Ok(protocol::HelperResponse::Pong { pid, .. }) => mute_helper_pid(&c, &k, pid),
-                    Ok(other) => tracing::warn!(?other, "unexpected answer to ping"),
-                    Err(e) => tracing::warn!(error = %e, "helper ping failed"),
-                }
-                g.store(false, Ordering::Release);
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "helper handshake failed; will retry");
-            g.store(false, Ordering::Release);
-        }
-    });
 }

@@ -1,0 +1,142 @@
+//! The transport under the helper connection: how request frames reach the helper and how its
+//! responses come back. The core keeps ids, in-flight matching, fallbacks and metrics
+//! (`helper_client`); a transport only moves frames and reports its connection state.
+//!
+//! Two transports exist: [`UnixTransport`](super::helper_unix::UnixTransport) (Linux, and
+//! tests: one pipelined stream socket with SCM_RIGHTS descriptors) and the macOS XPC client
+//! (`sys::macos::helper_xpc::XpcTransport`). Tests may plug in their own.
+#![forbid(unsafe_code)]
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Weak};
+
+use crossbeam_channel::Receiver;
+use model::FallbackReason;
+use protocol::{HelperRequest, HelperResponse, Request, Response};
+
+/// Why a request was not handed to the transport. The core answers the item's fallback.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("no connection to the helper")]
+    NotConnected,
+    #[error("sending to the helper failed: {0}")]
+    Send(String),
+    #[error("this transport cannot pass file descriptors")]
+    FdUnsupported,
+}
+
+/// A way to reach the helper.
+///
+/// The core calls [`run`](Self::run) once, on its helper thread, and [`send`](Self::send) from
+/// its slow-path workers and control thread. Nothing here is called on the delivery thread
+/// except [`connected`](Self::connected), which must therefore be a lock-free load.
+pub trait HelperTransport: Send + Sync + 'static {
+    /// Where this transport goes, for logs and `gatehouse helper ping` ("unix:/run/...").
+    fn describe(&self) -> String;
+
+    /// True while requests can be sent. Read on the delivery thread: an atomic load only.
+    fn connected(&self) -> bool;
+
+    /// The helper's pid on the current connection, when the transport knows it (kernel peer
+    /// credentials, or the helper's `Pong`); `None` while disconnected.
+    fn peer_pid(&self) -> Option<u32>;
+
+    /// Connect lazily and keep connected (reconnecting with backoff), reporting to `sink`
+    /// until `stop` is disconnected. Must never wait on the helper without also watching
+    /// `stop`. Every response goes to [`LinkSink::response`]; losing a connection with
+    /// requests on it is reported with [`LinkSink::disconnected`].
+    fn run(&self, sink: LinkSink, stop: &Receiver<()>);
+
+    /// Hand one request (with an optional descriptor for the helper to read through) to the
+    /// connection. May make one bounded system call; never waits for the answer. The reply
+    /// timeout, where the transport has one, is `req.budget_us`. On `Err` nothing was sent
+    /// and no response for `req.id` will be reported.
+    fn send(
+        &self,
+        req: &Request<HelperRequest>,
+        fd: Option<&OwnedFd>,
+    ) -> Result<(), TransportError>;
+
+    /// Drop the current connection and wake `run` (shutdown). Idempotent.
+    fn close(&self);
+}
+
+impl std::fmt::Debug for dyn HelperTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HelperTransport({})", self.describe())
+    }
+}
+
+/// The core's side of the link, implemented by the helper client.
+pub(crate) trait LinkEvents: Send + Sync {
+    fn on_connected(&self);
+    fn on_response(&self, resp: Response<HelperResponse>);
+    fn on_failed(&self, id: u64, why: FallbackReason);
+    fn on_disconnected(&self, why: FallbackReason);
+    fn on_protocol_error(&self);
+}
+
+/// Where a transport reports. Cheap to clone and safe to keep in callbacks: it holds the core
+/// weakly, so a late XPC reply after shutdown goes nowhere.
+#[derive(Clone)]
+pub struct LinkSink(Weak<dyn LinkEvents>);
+
+impl std::fmt::Debug for LinkSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.strong_count() > 0 {
+            "LinkSink(live)"
+        } else {
+            "LinkSink(gone)"
+        })
+    }
+}
+
+impl LinkSink {
+    pub(crate) fn new(events: Weak<dyn LinkEvents>) -> Self {
+        Self(events)
+    }
+
+    fn with(&self, f: impl FnOnce(&dyn LinkEvents)) {
+        if let Some(e) = self.0.upgrade() {
+            f(&*e);
+        }
+    }
+
+    /// A connection came up (counted in `helper_connects`).
+    pub fn connected(&self) {
+        self.with(|e| e.on_connected());
+    }
+
+    /// One response; matched by id. An id nobody waits for is counted and dropped, so late
+    /// answers never answer twice.
+    pub fn response(&self, resp: Response<HelperResponse>) {
+        self.with(|e| e.on_response(resp));
+    }
+
+    /// Request `id` will get no response (timed out, or its connection failed): its event gets
+    /// the fallback for `why` now, if nothing answered it yet.
+    pub fn failed(&self, id: u64, why: FallbackReason) {
+        self.with(|e| e.on_failed(id, why));
+    }
+
+    /// The connection is gone: every request in flight gets the fallback for `why`.
+    pub fn disconnected(&self, why: FallbackReason) {
+        self.with(|e| e.on_disconnected(why));
+    }
+
+    /// The helper sent something malformed (counted in `helper_protocol_errors`).
+    pub fn protocol_error(&self) {
+        self.with(|e| e.on_protocol_error());
+    }
+}
+
+/// How the core reaches the helper, resolved from [`CoreConfig`](super::CoreConfig).
+#[derive(Debug, Clone)]
+pub enum HelperEndpoint {
+    /// No helper: every analysis gets the fallback.
+    None,
+    /// The helper's Unix socket (`CoreConfig::helper_socket`).
+    Unix(std::path::PathBuf),
+    /// A transport the backend built (macOS XPC, tests).
+    Custom(Arc<dyn HelperTransport>),
+}
