@@ -180,9 +180,11 @@ mod linux {
             .arg(&control_socket)
             .arg("--events-log")
             .arg(&events_log);
-        for s in scope {
-            cmd.arg("--scope").arg(s);
-        }
+        // The extension reads its scope from the environment (`GATEHOUSE_SCOPE`, colon
+        // separated): `gatehouse-extension` has no `--scope` flag of its own.
+        let joined = std::env::join_paths(scope)
+            .with_context(|| format!("scope paths {scope:?} cannot be joined with ':'"))?;
+        cmd.env("GATEHOUSE_SCOPE", joined);
         let extension = Proc {
             name: "gatehouse-extension",
             child: Some(
@@ -363,11 +365,16 @@ mod linux {
         Ok(model::Sha256(sha2::Sha256::digest(&bytes).into()).to_hex())
     }
 
-    fn step(what: &str, cmd: &mut Command) -> anyhow::Result<std::process::Output> {
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {what}"))?;
+    /// Run one demo step. A kernel refusal of the exec itself (EPERM from `execve`) is an
+    /// `Err` carrying that `io::Error`, printed like any other outcome.
+    fn step(what: &str, cmd: &mut Command) -> std::io::Result<std::process::Output> {
+        let out = match cmd.stdin(Stdio::null()).output() {
+            Ok(o) => o,
+            Err(e) => {
+                println!("  $ {what}\n    -> refused: {e}");
+                return Err(e);
+            }
+        };
         let err = String::from_utf8_lossy(&out.stderr);
         let text = String::from_utf8_lossy(&out.stdout);
         println!(
@@ -485,7 +492,10 @@ processes = [{{ binary_path = "{reader}" }}]
                 &format!("{} hello", blocked.display()),
                 Command::new(&blocked).arg("hello"),
             );
-            ok &= matches!(&o, Ok(o) if !o.status.success());
+            ok &= match &o {
+                Ok(o) => !o.status.success(),
+                Err(e) => e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32),
+            };
             println!("\n2. exec of an allowed binary (expect success):");
             let o = step(&allowed.display().to_string(), &mut Command::new(&allowed));
             ok &= matches!(&o, Ok(o) if o.status.success());

@@ -43,17 +43,24 @@ pub struct Status {
     pub gid: u32,
 }
 
-/// Parse the `PPid`, `Uid` (real) and `Gid` (real) lines of a status file.
-pub fn parse_status(text: &str) -> Status {
+/// Parse the `PPid`, `Uid` (real) and `Gid` (real) lines of a status file. Works on bytes and
+/// stops at the `Gid:` line (the kernel prints `PPid`, `Uid`, `Gid` in that order near the top):
+/// this runs on the delivery thread for every event, so no UTF-8 pass over the whole file.
+pub fn parse_status(text: &[u8]) -> Status {
+    fn first_number(rest: &[u8]) -> Option<u32> {
+        let s = rest.split(|b| *b == b'\n').next()?;
+        let s = std::str::from_utf8(s).ok()?;
+        s.split_whitespace().next()?.parse().ok()
+    }
     let mut s = Status::default();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let first = |it: &mut std::str::SplitWhitespace<'_>| it.next().and_then(|v| v.parse().ok());
-        match it.next() {
-            Some("PPid:") => s.ppid = first(&mut it),
-            Some("Uid:") => s.uid = first(&mut it).unwrap_or(u32::MAX),
-            Some("Gid:") => s.gid = first(&mut it).unwrap_or(u32::MAX),
-            _ => {}
+    for line in text.split(|b| *b == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"PPid:") {
+            s.ppid = first_number(rest);
+        } else if let Some(rest) = line.strip_prefix(b"Uid:") {
+            s.uid = first_number(rest).unwrap_or(u32::MAX);
+        } else if let Some(rest) = line.strip_prefix(b"Gid:") {
+            s.gid = first_number(rest).unwrap_or(u32::MAX);
+            break;
         }
     }
     s
@@ -73,7 +80,7 @@ pub fn read_status(pid: i32) -> Status {
             gid: u32::MAX,
         };
     }
-    parse_status(&String::from_utf8_lossy(&buf[..n]))
+    parse_status(&buf[..n])
 }
 
 /// The process that triggered the event, from procfs.
@@ -152,7 +159,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            assert_eq!(parse_status(text), want, "{text:?}");
+            assert_eq!(parse_status(text.as_bytes()), want, "{text:?}");
         }
     }
 

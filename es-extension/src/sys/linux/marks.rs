@@ -6,8 +6,7 @@
 //! Why not one filesystem-wide `FAN_OPEN_PERM` mark filtered by path: every open on that
 //! filesystem would then block on our delivery thread (the ~26x open cost of DESIGN.md 7 for
 //! every file, not just the guarded ones). Subdirectories created after the marks were applied
-//! are covered at the next re-apply (policy load or cache clear); that gap is documented in
-//! `ARCHITECTURE.md` terms as "protected directories are marked as of the last policy load".
+//! are marked by the follower (`follow.rs`) as they appear, with the race documented there.
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +45,8 @@ pub struct MarkReport {
     pub truncated: usize,
     /// Protected paths that do not exist (their parent directory is marked instead).
     pub missing: Vec<PathBuf>,
+    /// The protected directories (and subdirectories) marked, for the follower to watch.
+    pub marked_dirs: Vec<PathBuf>,
 }
 
 /// Add every mark of `plan`. The first failure on an exec filesystem is an error (the policy
@@ -113,6 +114,7 @@ fn mark_tree(
         *budget -= 1;
         mark(group, &d, true)?;
         report.directories += 1;
+        report.marked_dirs.push(d.clone());
         if let Ok(rd) = std::fs::read_dir(&d) {
             for e in rd.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -6,6 +6,7 @@
 //! - `fanotify`: the safe wrapper (init, marks, reads, answers).
 //! - `convert`: a record into a `model::Event` (procfs reads only).
 //! - `marks`: what to mark from the policy; cache invalidation.
+//! - `follow`: marks new subdirectories of protected directories as they appear.
 //! - `responder`: the `Responder` (one write, then the optional ignore mark) and counters.
 //! - `selfmute`: our own and the helper's (pidfd-verified) events, allowed at once.
 //! - `delivery`: the delivery thread's loop.
@@ -15,6 +16,7 @@
 pub mod convert;
 pub mod delivery;
 pub mod fanotify;
+pub mod follow;
 pub mod liveness;
 pub mod marks;
 pub mod responder;

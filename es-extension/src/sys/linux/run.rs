@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -20,8 +20,9 @@ use policy::Policy;
 
 use super::delivery::{DeliveryLoop, Sink, StallKnob, Waker};
 use super::fanotify::Group;
+use super::follow::Follower;
 use super::liveness::{Liveness, LivenessConfig, Progress, kill_self};
-use super::marks::{self, MarkPlan};
+use super::marks::{self, MarkPlan, MarkReport};
 use super::responder::{FanotifyResponder, Shared};
 use super::selfmute::Muted;
 use crate::backend::{BackendError, Delivery, KernelControl};
@@ -44,10 +45,31 @@ pub struct LinuxOptions {
     pub status_line: bool,
 }
 
+/// The environment variable naming the scope (colon-separated absolute paths) when no caller
+/// sets [`LinuxOptions::scope`]: how `gatehouse run --scope` and `gatehouse demo` confine the
+/// extension to a scratch filesystem. Only absolute paths count; empty or unset means `/`.
+pub const SCOPE_ENV: &str = "GATEHOUSE_SCOPE";
+
+/// The scope from [`SCOPE_ENV`], or `/`.
+pub fn scope_from_env() -> Vec<PathBuf> {
+    let scope: Vec<PathBuf> = std::env::var_os(SCOPE_ENV)
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| p.is_absolute())
+                .collect()
+        })
+        .unwrap_or_default();
+    if scope.is_empty() {
+        vec![PathBuf::from("/")]
+    } else {
+        scope
+    }
+}
+
 impl Default for LinuxOptions {
     fn default() -> Self {
         Self {
-            scope: vec![PathBuf::from("/")],
+            scope: scope_from_env(),
             ignore_budget: 10_000,
             liveness_limit: None,
             test_stall_after: None,
@@ -64,9 +86,35 @@ impl Sink for Arc<LinuxCore> {
     }
 }
 
-/// The kernel side the core drives: cache clears (ignore marks) on policy change.
+/// What the marks cover now (gauges, replaced on every (re-)application).
+#[derive(Debug, Default)]
+struct MarkGauges {
+    filesystems: AtomicU64,
+    files: AtomicU64,
+    directories: AtomicU64,
+    truncated: AtomicU64,
+    missing: AtomicU64,
+}
+
+impl MarkGauges {
+    fn set(&self, r: &MarkReport, filesystems: Option<usize>) {
+        if let Some(f) = filesystems {
+            self.filesystems.store(f as u64, Ordering::Relaxed);
+        }
+        self.files.store(r.files as u64, Ordering::Relaxed);
+        self.directories
+            .store(r.directories as u64, Ordering::Relaxed);
+        self.truncated.store(r.truncated as u64, Ordering::Relaxed);
+        self.missing
+            .store(r.missing.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The kernel side the core drives: cache clears (ignore marks) on policy change, counters.
 struct FanotifyControl {
     shared: Arc<Shared>,
+    follower: Arc<Follower>,
+    gauges: MarkGauges,
     scope: Vec<PathBuf>,
     core: OnceLock<Weak<LinuxCore>>,
     /// Serialises mark rebuilds (control thread only; never the delivery thread).
@@ -92,16 +140,51 @@ impl KernelControl for FanotifyControl {
             return Ok(());
         };
         let plan = plan_for(&core.policy().policy, &self.scope);
-        marks::clear_cache(&self.shared.group, &plan).map_err(|e| BackendError::Control {
-            call: "fanotify_mark(FAN_MARK_FLUSH)",
-            detail: e.to_string(),
-        })?;
+        let report =
+            marks::clear_cache(&self.shared.group, &plan).map_err(|e| BackendError::Control {
+                call: "fanotify_mark(FAN_MARK_FLUSH)",
+                detail: e.to_string(),
+            })?;
+        self.gauges.set(&report, None);
+        self.follower.reset(&report.marked_dirs);
         self.shared.ignore_marks.store(0, Ordering::Release);
         self.shared
             .counters
             .cache_clears
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut v = self.shared.counters.snapshot();
+        let p = &self.shared.progress;
+        let f = &self.follower.counters;
+        let m = &self.gauges;
+        v.extend([
+            (
+                "fanotify.ignore_marks_live".into(),
+                g(&self.shared.ignore_marks),
+            ),
+            ("fanotify.ignore_budget".into(), self.shared.ignore_budget),
+            ("marks.filesystems".into(), g(&m.filesystems)),
+            ("marks.files".into(), g(&m.files)),
+            ("marks.directories".into(), g(&m.directories)),
+            ("marks.truncated".into(), g(&m.truncated)),
+            ("marks.missing".into(), g(&m.missing)),
+            ("follow.subdir_marks_added".into(), g(&f.subdir_marks_added)),
+            (
+                "follow.subdir_marks_over_budget".into(),
+                g(&f.subdir_marks_over_budget),
+            ),
+            ("follow.subdir_mark_errors".into(), g(&f.subdir_mark_errors)),
+            ("follow.notify_overflows".into(), g(&f.notify_overflows)),
+            ("liveness.received".into(), g(&p.received)),
+            ("liveness.answered".into(), g(&p.answered)),
+            ("liveness.pending".into(), p.pending()),
+            ("liveness.heartbeat".into(), g(&p.heartbeat)),
+        ]);
+        v
     }
 }
 
@@ -220,8 +303,11 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
         opts.ignore_budget,
     ));
     let muted = Arc::new(Muted::new());
+    let follower = Follower::new(Arc::clone(&group)).context("inotify_init1 for the follower")?;
     let control = Arc::new(FanotifyControl {
         shared: Arc::clone(&shared),
+        follower: Arc::clone(&follower),
+        gauges: MarkGauges::default(),
         scope: opts.scope.clone(),
         core: OnceLock::new(),
         rebuild: Mutex::new(()),
@@ -288,10 +374,16 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
             .context("spawning the helper-pid resolver")?;
     }
 
+    // The rebuild lock orders this first application against a concurrent policy load.
+    let rebuild = control
+        .rebuild
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let plan = plan_for(&core.policy().policy, &opts.scope);
     let report = match marks::apply(&group, &plan) {
         Ok(r) => r,
         Err(e) => {
+            drop(rebuild);
             marks::remove_all(&group);
             waker.stop();
             let _ = delivery.join();
@@ -299,10 +391,16 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
             return Err(e).context("marking the filesystems in scope");
         }
     };
+    control.gauges.set(&report, Some(report.filesystems));
+    follower.reset(&report.marked_dirs);
+    drop(rebuild);
+    let follow_thread = follower
+        .spawn()
+        .context("spawning the subdirectory follower")?;
     if opts.status_line {
         let snap = core.policy();
         println!(
-            "gatehouse-extension: fanotify on {} filesystem(s) ({}), {} protected file(s), {} directory mark(s); policy {} v{} ({:?} mode); liveness {:?}; pid {}",
+            "gatehouse-extension: fanotify on {} filesystem(s) ({}), {} protected file(s), {} directory mark(s) (new subdirectories followed); policy {} v{} ({:?} mode); liveness {:?}; pid {}",
             report.filesystems,
             opts.scope
                 .iter()
@@ -321,7 +419,10 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
 
     let sig = signals.wait().context("sigwait")?;
 
-    // Clean stop: no new events, stop reading, answer everything pending, close the group.
+    // Clean stop: no new marks, no new events, stop reading, answer everything pending, close
+    // the group.
+    follower.stop();
+    let _ = follow_thread.join();
     marks::remove_all(&group);
     waker.stop();
     let delivered = delivery.join();
@@ -329,7 +430,7 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
     resolver_stop.store(true, Ordering::Release);
     drop(guard);
     if opts.status_line {
-        let c = shared.counters.snapshot();
+        let c = control.counters();
         let line: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
             "gatehouse-extension: stopped on {sig:?}; pending={} {}",

@@ -1,0 +1,459 @@
+//! The real binaries end to end on Linux, as root: `gatehouse run` (helper + extension) on a
+//! scratch tmpfs, driven by the real `gatehouse` CLI over its control socket (status, stats,
+//! policy show/load, mutes, events tail, helper ping), a non-root `gatehouse run` refused
+//! with a clear message, and `gatehouse demo` running to completion and cleaning up.
+//!
+//! Safety (DESIGN.md "Testing fanotify safely"): `--scope` is always a tmpfs mounted here. The
+//! agent runs as `timeout -s KILL <secs> gatehouse ...` in its own process group, so the hard
+//! kill timer and the drop guard (SIGKILL to the whole group, by its own pgid) both reach the
+//! extension and the helper that `gatehouse run` spawns, not only `gatehouse run` itself.
+#![cfg(target_os = "linux")]
+
+mod linux_common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use linux_common::{Guarded, Scratch, skip};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Hard limit on any agent process group started here.
+const HARD_KILL_SECS: &str = "120";
+
+/// A process group (`timeout -s KILL ... gatehouse ...` and everything it spawned) that is
+/// SIGKILLed as a whole and reaped on drop.
+struct Group {
+    g: Guarded,
+    pgid: Pid,
+}
+
+impl Group {
+    fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Group {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", HARD_KILL_SECS])
+            .arg(tests::binary("gatehouse"))
+            .args(args)
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        let g = Guarded::spawn(name, cmd);
+        let pgid = Pid::from_raw(g.pid());
+        Group { g, pgid }
+    }
+
+    /// Ctrl-C as a terminal sends it: SIGINT to the whole foreground group.
+    fn interrupt(&self) {
+        let _ = killpg(self.pgid, Signal::SIGINT);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        // Guarded's own drop reaps `timeout`.
+    }
+}
+
+fn gatehouse(args: &[&std::ffi::OsStr]) -> Output {
+    let mut c = Command::new("timeout");
+    c.args(["-s", "KILL", "30"])
+        .arg(tests::binary("gatehouse"))
+        .args(args)
+        .stdin(Stdio::null());
+    c.output().expect("run gatehouse")
+}
+
+/// `gatehouse <args> --control-socket <sock>`.
+fn ctl(sock: &Path, args: &[&str]) -> Output {
+    let mut v: Vec<&std::ffi::OsStr> = args.iter().map(|a| std::ffi::OsStr::new(*a)).collect();
+    v.push("--control-socket".as_ref());
+    v.push(sock.as_os_str());
+    let out = gatehouse(&v);
+    eprintln!(
+        "$ gatehouse {} -> {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "command failed: {o:?}");
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {o:?}"))
+}
+
+fn status(sock: &Path) -> serde_json::Value {
+    json(&ctl(sock, &["status", "--json"]))
+}
+
+fn policy_text(secret: &Path, extra: &str) -> String {
+    format!(
+        r#"version = 1
+mode = "enforce"
+
+[defaults]
+fallback = "allow"
+helper_unavailable = "allow"
+deadline_ms = 2000
+
+[[watch]]
+name = "cli-secret"
+paths = [{{ path = "{}" }}]
+operations = ["open"]
+audit_only = false
+processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
+{extra}"#,
+        secret.display()
+    )
+}
+
+fn mounted(needle: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.contains(needle))
+}
+
+#[test]
+fn gatehouse_run_driven_by_the_cli() {
+    if skip("gatehouse_run_driven_by_the_cli") {
+        return;
+    }
+    let scratch = Scratch::mount();
+    let runtime = tempfile::Builder::new()
+        .prefix("gatehouse-cli-run-")
+        .tempdir()
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let secret = scratch.join("secret.txt");
+    std::fs::write(&secret, b"secret\n").unwrap();
+    let policy = files.path().join("policy.toml");
+    std::fs::write(&policy, policy_text(&secret, "")).unwrap();
+
+    let agent = Group::spawn(
+        "gatehouse-run",
+        &[
+            "run".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--scope".as_ref(),
+            scratch.path.as_os_str(),
+            "--runtime-dir".as_ref(),
+            runtime.path().as_os_str(),
+        ],
+    );
+    assert!(
+        agent
+            .g
+            .wait_line(
+                "gatehouse-extension: fanotify on 1 filesystem",
+                Duration::from_secs(30)
+            )
+            .is_some(),
+        "the extension came up with exactly the scratch filesystem in scope"
+    );
+    let sock = runtime.path().join("control.sock");
+    assert!(
+        tests::wait_until(Duration::from_secs(10), || sock.exists()),
+        "control socket {}",
+        sock.display()
+    );
+
+    // status: connected to the helper (lazily, with backoff), enforce mode, version 1.
+    assert!(
+        tests::wait_until(
+            Duration::from_secs(15),
+            || status(&sock)["helper_connected"] == true
+        ),
+        "helper connected"
+    );
+    let st = status(&sock);
+    assert_eq!(
+        st["mode"].as_str().map(str::to_lowercase).as_deref(),
+        Some("enforce"),
+        "{st}"
+    );
+    assert_eq!(st["policy_version"], 1, "{st}");
+    assert_eq!(st["policy_origin"], policy.display().to_string(), "{st}");
+
+    // A deny caused here: an unlisted process opens the protected file.
+    let cat = Command::new("/bin/cat")
+        .arg(&secret)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!cat.status.success(), "unlisted open denied");
+    assert!(
+        String::from_utf8_lossy(&cat.stderr).contains("not permitted"),
+        "EPERM: {cat:?}"
+    );
+
+    // stats: counters present; the backend's own once the core merges them.
+    let stats = json(&ctl(&sock, &["stats", "--json"]));
+    let counters: Vec<(String, u64)> =
+        serde_json::from_value(stats["counters"].clone()).expect("counters as (name, value)");
+    assert!(!counters.is_empty(), "{stats}");
+    let backend: Vec<&(String, u64)> = counters
+        .iter()
+        .filter(|(k, _)| k.starts_with("backend."))
+        .collect();
+    if backend.is_empty() {
+        eprintln!("note: no backend.* counters in stats yet (the core does not merge them)");
+    } else {
+        let get = |k: &str| {
+            backend
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("{k} missing: {backend:?}"))
+        };
+        assert!(get("backend.fanotify.open_events") >= 1, "{backend:?}");
+        assert_eq!(get("backend.fanotify.queue_overflows"), 0);
+        assert_eq!(get("backend.marks.files"), 1);
+        assert_eq!(get("backend.liveness.pending"), 0);
+    }
+    let human = ctl(&sock, &["stats"]);
+    assert!(human.status.success());
+
+    // policy show: the text we loaded, version 1.
+    let shown = ctl(&sock, &["policy", "show"]);
+    assert!(shown.status.success());
+    let text = stdout(&shown);
+    assert!(text.contains("# policy version 1"), "{text}");
+    assert!(text.contains("cli-secret"), "{text}");
+
+    // policy load of a bad file: exit 1, nothing changes.
+    let bad = files.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\nmode = \"enforce\"\n[[exec]]\nname = \"x\"\naction = \"maybe\"\n",
+    )
+    .unwrap();
+    let out = ctl(&sock, &["policy", "load", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "bad policy refused");
+    assert_eq!(
+        status(&sock)["policy_version"],
+        1,
+        "bad load changed nothing"
+    );
+    let cat = Command::new("/bin/cat").arg(&secret).output().unwrap();
+    assert!(!cat.status.success(), "still enforced after a bad load");
+
+    // policy load of a good file: version 2, and its new rule is in force.
+    let good = files.path().join("good.toml");
+    std::fs::write(&good, policy_text(&secret, "# reloaded by the CLI test\n")).unwrap();
+    let out = ctl(&sock, &["policy", "load", good.to_str().unwrap()]);
+    assert!(out.status.success(), "good policy loaded");
+    assert!(stdout(&out).contains("policy version 2"), "{out:?}");
+    let st = status(&sock);
+    assert_eq!(st["policy_version"], 2, "{st}");
+    let cat = Command::new("/bin/cat").arg(&secret).output().unwrap();
+    assert!(!cat.status.success(), "still enforced after the reload");
+
+    // mutes: add, list, rm.
+    let muted = "/opt/gatehouse-cli-test/";
+    assert!(
+        ctl(&sock, &["mute", "add", muted, "--prefix"])
+            .status
+            .success()
+    );
+    let list = json(&ctl(&sock, &["mute", "list", "--json"]));
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|m| m["path"] == muted && m["prefix"] == true)),
+        "{list}"
+    );
+    assert!(stdout(&ctl(&sock, &["mute", "list"])).contains(muted));
+    assert!(
+        ctl(&sock, &["mute", "rm", muted, "--prefix"])
+            .status
+            .success()
+    );
+    let list = json(&ctl(&sock, &["mute", "list", "--json"]));
+    assert!(
+        !list
+            .as_array()
+            .is_some_and(|l| l.iter().any(|m| m["path"] == muted)),
+        "{list}"
+    );
+
+    // events tail: the denies caused above are logged.
+    let secret_s = secret.display().to_string();
+    assert!(
+        tests::wait_until(Duration::from_secs(5), || {
+            let out = ctl(&sock, &["events", "tail", "--json", "-n", "50"]);
+            stdout(&out).lines().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                    v["verdict"] == "deny"
+                        && v["kind"] == "open"
+                        && v.pointer("/event/file/path") == Some(&secret_s.clone().into())
+                })
+            })
+        }),
+        "a deny of {secret_s} in `events tail --json`"
+    );
+    let human = stdout(&ctl(&sock, &["events", "tail"]));
+    assert!(
+        human.contains("deny") && human.contains("cli-secret"),
+        "{human}"
+    );
+
+    // helper ping through the extension.
+    let out = ctl(&sock, &["helper", "ping"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("helper answered"), "{out:?}");
+
+    // Ctrl-C: both stop cleanly, nothing pending, nothing left.
+    let (ext_pid, helper_pid) = pids_of_group(agent.pgid);
+    agent.interrupt();
+    assert!(
+        agent
+            .g
+            .wait_line("gatehouse: stopped", Duration::from_secs(30))
+            .is_some(),
+        "gatehouse run reported a clean stop"
+    );
+    let mut agent = agent;
+    let st = agent
+        .g
+        .wait_exit(Duration::from_secs(20))
+        .expect("gatehouse run exited");
+    eprintln!("gatehouse run exit: {st:?}");
+    for pid in [ext_pid, helper_pid].into_iter().flatten() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "pid {pid} still running after the stop"
+        );
+    }
+}
+
+/// The extension's and helper's pids in `pgid`, from procfs (for the after-stop check).
+fn pids_of_group(pgid: Pid) -> (Option<i32>, Option<i32>) {
+    let (mut ext, mut helper) = (None, None);
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let pgrp: Option<i32> = rest.split_whitespace().nth(2).and_then(|p| p.parse().ok());
+        if pgrp != Some(pgid.as_raw()) {
+            continue;
+        }
+        let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+        match exe.file_name().and_then(|n| n.to_str()) {
+            Some("gatehouse-extension") => ext = Some(pid),
+            Some("gatehouse-helper") => helper = Some(pid),
+            _ => {}
+        }
+    }
+    (ext, helper)
+}
+
+#[test]
+fn gatehouse_run_as_non_root_is_refused_clearly() {
+    if !tests::is_root() {
+        // Already non-root: the plain command shows the same refusal.
+        tests::skip(
+            "gatehouse_run_as_non_root_is_refused_clearly",
+            "needs root to drop to uid 65534 with setpriv",
+        );
+        return;
+    }
+    if !tests::have_command("setpriv") {
+        tests::skip(
+            "gatehouse_run_as_non_root_is_refused_clearly",
+            "setpriv not installed",
+        );
+        return;
+    }
+    let runtime = tempfile::tempdir().unwrap();
+    let scope = tempfile::tempdir().unwrap();
+    let out = Command::new("timeout")
+        .args([
+            "-s",
+            "KILL",
+            "30",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(tests::binary("gatehouse"))
+        .arg("run")
+        .arg("--scope")
+        .arg(scope.path())
+        .arg("--runtime-dir")
+        .arg(runtime.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("needs root"), "clear message: {text}");
+    assert!(
+        std::fs::read_dir(runtime.path()).unwrap().next().is_none(),
+        "nothing started: {text}"
+    );
+}
+
+#[test]
+fn gatehouse_demo_runs_to_completion_and_cleans_up() {
+    if skip("gatehouse_demo_runs_to_completion_and_cleans_up") {
+        return;
+    }
+    let mut demo = Group::spawn("gatehouse-demo", &["demo".as_ref()]);
+    let dir: PathBuf = demo
+        .g
+        .wait_line("gatehouse demo: scratch tmpfs at ", Duration::from_secs(30))
+        .and_then(|l| {
+            l.strip_prefix("gatehouse demo: scratch tmpfs at ")
+                .map(|p| PathBuf::from(p.trim()))
+        })
+        .expect("demo announced its scratch tmpfs");
+    // Its last line: "gatehouse demo: <verdict>; scratch tmpfs unmounted".
+    let end = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = demo
+            .g
+            .wait_line("gatehouse demo: ", left)
+            .expect("demo finished");
+        if line.contains("unmounted") {
+            break line;
+        }
+    };
+    let st = demo
+        .g
+        .wait_exit(Duration::from_secs(30))
+        .expect("demo exited");
+    assert!(
+        done.contains("every step behaved as expected"),
+        "demo summary: {done}"
+    );
+    assert!(st.success(), "demo exit: {st:?}");
+    let start = Instant::now();
+    assert!(
+        !mounted(&dir.display().to_string()),
+        "demo tmpfs {} still mounted",
+        dir.display()
+    );
+    assert!(!dir.exists(), "demo directory {} removed", dir.display());
+    eprintln!("demo cleanup checked in {:?}", start.elapsed());
+}
