@@ -180,11 +180,9 @@ mod linux {
             .arg(&control_socket)
             .arg("--events-log")
             .arg(&events_log);
-        // The extension reads its scope from the environment (`GATEHOUSE_SCOPE`, colon
-        // separated): `gatehouse-extension` has no `--scope` flag of its own.
-        let joined = std::env::join_paths(scope)
-            .with_context(|| format!("scope paths {scope:?} cannot be joined with ':'"))?;
-        cmd.env("GATEHOUSE_SCOPE", joined);
+        for path in scope {
+            cmd.arg("--scope").arg(path);
+        }
         let extension = Proc {
             name: "gatehouse-extension",
             child: Some(

@@ -31,6 +31,11 @@ struct Args {
     /// JSON-lines log of denies, fallbacks and would-denies (rotated by size).
     #[arg(long, default_value = "/var/log/gatehouse/events.jsonl")]
     events_log: PathBuf,
+    /// Filesystems whose execs are authorized (fanotify filesystem marks), repeatable; `/` when
+    /// omitted. Bind mounts of a marked filesystem are covered.
+    #[cfg(target_os = "linux")]
+    #[arg(long, value_name = "PATH")]
+    scope: Vec<PathBuf>,
 }
 
 #[cfg(target_os = "linux")]
@@ -57,11 +62,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..CoreConfig::fanotify()
     };
     // The Linux backend (issue 6) owns the delivery thread, signals and shutdown.
-    es_extension::sys::linux::run(
-        config,
-        policy,
-        es_extension::sys::linux::LinuxOptions::default(),
-    )
+    let mut options = es_extension::sys::linux::LinuxOptions::default();
+    if !args.scope.is_empty() {
+        options.scope = args.scope;
+    }
+    es_extension::sys::linux::run(config, policy, options)
 }
 
 #[cfg(target_os = "macos")]

@@ -45,31 +45,10 @@ pub struct LinuxOptions {
     pub status_line: bool,
 }
 
-/// The environment variable naming the scope (colon-separated absolute paths) when no caller
-/// sets [`LinuxOptions::scope`]: how `gatehouse run --scope` and `gatehouse demo` confine the
-/// extension to a scratch filesystem. Only absolute paths count; empty or unset means `/`.
-pub const SCOPE_ENV: &str = "GATEHOUSE_SCOPE";
-
-/// The scope from [`SCOPE_ENV`], or `/`.
-pub fn scope_from_env() -> Vec<PathBuf> {
-    let scope: Vec<PathBuf> = std::env::var_os(SCOPE_ENV)
-        .map(|v| {
-            std::env::split_paths(&v)
-                .filter(|p| p.is_absolute())
-                .collect()
-        })
-        .unwrap_or_default();
-    if scope.is_empty() {
-        vec![PathBuf::from("/")]
-    } else {
-        scope
-    }
-}
-
 impl Default for LinuxOptions {
     fn default() -> Self {
         Self {
-            scope: scope_from_env(),
+            scope: vec![PathBuf::from("/")],
             ignore_budget: 10_000,
             liveness_limit: None,
             test_stall_after: None,
