@@ -2,12 +2,18 @@
 //!
 //! The only I/O here (documented exception to the delivery-thread rule, DESIGN.md 3) is on
 //! procfs: `readlink("/proc/self/fd/N")` for the file's path, `readlink("/proc/<pid>/exe")` and
-//! one read of `/proc/<pid>/status` for the opener, plus `fstat` on the event fd for the file's
+//! one `stat("/proc/<pid>")` for the opener's ids, plus `fstat` on the event fd for the file's
 //! identity. None of these can raise a fanotify event or wait on one: procfs is its own
 //! superblock, which we never mark; `readlink` resolves a link without opening its target; and
 //! `fstat` on an fd we already hold opens nothing.
+//!
+//! Why not `/proc/<pid>/status`: generating it takes the target's `mmap_lock` (for the `Vm*`
+//! lines), a lock another thread of that process may hold across slow work, and it costs an
+//! open, a read and a close plus parsing on every cold event. The owner of `/proc/<pid>` is the
+//! process's effective uid and gid in one `stat` (root for a non-dumpable process, e.g. a
+//! setuid program). The ids are recorded for the events log; no decision reads them. The parent
+//! pid is not read at all (`ppid: None`).
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use model::{CodeSigning, Event, EventBody, FileIdentity, FileRef, Process};
@@ -35,52 +41,11 @@ pub fn file_identity(fd: BorrowedFd<'_>) -> Option<FileIdentity> {
     })
 }
 
-/// Fields of `/proc/<pid>/status` the model carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Status {
-    pub ppid: Option<u32>,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Parse the `PPid`, `Uid` (real) and `Gid` (real) lines of a status file. Works on bytes and
-/// stops at the `Gid:` line (the kernel prints `PPid`, `Uid`, `Gid` in that order near the top):
-/// this runs on the delivery thread for every event, so no UTF-8 pass over the whole file.
-pub fn parse_status(text: &[u8]) -> Status {
-    fn first_number(rest: &[u8]) -> Option<u32> {
-        let s = rest.split(|b| *b == b'\n').next()?;
-        let s = std::str::from_utf8(s).ok()?;
-        s.split_whitespace().next()?.parse().ok()
-    }
-    let mut s = Status::default();
-    for line in text.split(|b| *b == b'\n') {
-        if let Some(rest) = line.strip_prefix(b"PPid:") {
-            s.ppid = first_number(rest);
-        } else if let Some(rest) = line.strip_prefix(b"Uid:") {
-            s.uid = first_number(rest).unwrap_or(u32::MAX);
-        } else if let Some(rest) = line.strip_prefix(b"Gid:") {
-            s.gid = first_number(rest).unwrap_or(u32::MAX);
-            break;
-        }
-    }
-    s
-}
-
-/// One bounded read of `/proc/<pid>/status` (a few hundred bytes; we stop at 4 KiB). A
-/// process that is already gone reports uid/gid `u32::MAX` (nobody we would trust).
-pub fn read_status(pid: i32) -> Status {
-    let mut buf = [0u8; 4096];
-    let n = std::fs::File::open(format!("/proc/{pid}/status"))
-        .and_then(|mut f| f.read(&mut buf))
-        .unwrap_or(0);
-    if n == 0 {
-        return Status {
-            ppid: None,
-            uid: u32::MAX,
-            gid: u32::MAX,
-        };
-    }
-    parse_status(&buf[..n])
+/// The opener's effective uid and gid: the owner of `/proc/<pid>`. A process that is already
+/// gone reports `u32::MAX` (nobody we would trust).
+pub fn process_ids(pid: i32) -> (u32, u32) {
+    nix::sys::stat::stat(format!("/proc/{pid}").as_str())
+        .map_or((u32::MAX, u32::MAX), |st| (st.st_uid, st.st_gid))
 }
 
 /// The process that triggered the event, from procfs.
@@ -88,13 +53,13 @@ pub fn process(pid: i32) -> Process {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let st = read_status(pid);
+    let (uid, gid) = process_ids(pid);
     Process {
         pid: pid.max(0) as u32,
         pid_version: None,
-        ppid: st.ppid,
-        uid: st.uid,
-        gid: st.gid,
+        ppid: None,
+        uid,
+        gid,
         executable: FileRef::new(exe),
         signing: CodeSigning::unsigned(),
     }
@@ -131,36 +96,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_status_table() {
-        let cases = [
-            (
-                "Name:\tcat\nPPid:\t42\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\n",
-                Status {
-                    ppid: Some(42),
-                    uid: 1000,
-                    gid: 100,
-                },
-            ),
-            (
-                "PPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n",
-                Status {
-                    ppid: Some(0),
-                    uid: 0,
-                    gid: 0,
-                },
-            ),
-            (
-                "Uid:\tx\n",
-                Status {
-                    ppid: None,
-                    uid: u32::MAX,
-                    gid: 0,
-                },
-            ),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_status(text.as_bytes()), want, "{text:?}");
-        }
+    fn ids_of_a_gone_process_are_nobody() {
+        // pid_max is at most 2^22 on Linux, so this pid never exists.
+        assert_eq!(process_ids(i32::MAX), (u32::MAX, u32::MAX));
     }
 
     #[test]
@@ -168,7 +106,8 @@ mod tests {
         let me = std::process::id() as i32;
         let p = process(me);
         assert_eq!(p.pid, me as u32);
-        assert_eq!(p.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(p.uid, nix::unistd::geteuid().as_raw());
+        assert_eq!(p.gid, nix::unistd::getegid().as_raw());
         assert_eq!(
             p.executable.path,
             std::env::current_exe().unwrap().to_string_lossy()
