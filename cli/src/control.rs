@@ -442,22 +442,64 @@ fn print_event(line: &str, json: bool) {
     );
 }
 
+/// Follows the extension's in-memory events tail over the control socket. It reads no file, so
+/// following the log raises no fanotify event of its own: a follower that re-opened a protected
+/// events log would log its own open, and then read that line, and so on.
+pub struct EventFollower {
+    socket: PathBuf,
+    window: u32,
+    session: Option<Session>,
+    last: Option<String>,
+}
+
+impl EventFollower {
+    /// Up to `window` of the newest lines are fetched per poll; more new lines than that
+    /// between two polls are skipped (the extension's log file still has them).
+    pub fn new(socket: &Path, window: u32) -> Self {
+        Self {
+            socket: socket.to_owned(),
+            window: window.max(1),
+            session: None,
+            last: None,
+        }
+    }
+
+    /// Lines logged since the previous poll, oldest first. Connects on first use.
+    pub fn poll(&mut self) -> anyhow::Result<Vec<String>> {
+        let session = match &mut self.session {
+            Some(s) => s,
+            None => self.session.insert(Session::open(&self.socket)?),
+        };
+        let lines = match session.ask(&ControlRequest::EventsTail { max: self.window }) {
+            Ok(ControlResponse::Events(l)) => l,
+            Ok(other) => return Err(unexpected("events tail", &other)),
+            Err(e) => {
+                self.session = None; // reconnect next time
+                return Err(e);
+            }
+        };
+        let new = unseen(self.last.as_deref(), &lines).to_vec();
+        if let Some(l) = lines.last() {
+            self.last = Some(l.clone());
+        }
+        Ok(new)
+    }
+}
+
+impl std::fmt::Debug for EventFollower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventFollower")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
 pub fn events(c: EventsCommand) -> anyhow::Result<ExitCode> {
     let EventsCommand::Tail(a) = c;
-    let mut session = Session::open(&a.control_socket)?;
-    let mut last: Option<String> = None;
+    let mut follower = EventFollower::new(&a.control_socket, a.lines);
     loop {
-        let lines = match session.ask(&ControlRequest::EventsTail {
-            max: a.lines.max(1),
-        })? {
-            ControlResponse::Events(l) => l,
-            other => return Err(unexpected("events tail", &other)),
-        };
-        for l in unseen(last.as_deref(), &lines) {
-            print_event(l, a.json);
-        }
-        if let Some(l) = lines.last() {
-            last = Some(l.clone());
+        for l in follower.poll()? {
+            print_event(&l, a.json);
         }
         if !a.follow {
             return Ok(ExitCode::SUCCESS);

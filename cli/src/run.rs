@@ -56,7 +56,6 @@ pub use linux::{demo, run};
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::io::{BufRead, BufReader, Seek, SeekFrom};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, ExitCode, Stdio};
     use std::sync::Arc;
@@ -141,7 +140,6 @@ mod linux {
         extension: Proc,
         helper: Proc,
         control_socket: PathBuf,
-        events_log: PathBuf,
     }
 
     fn start_agent(
@@ -195,7 +193,6 @@ mod linux {
             extension,
             helper,
             control_socket,
-            events_log,
         })
     }
 
@@ -216,35 +213,21 @@ mod linux {
         Ok(flag)
     }
 
-    /// Follows the events log and prints one line per deny, fallback or would-deny.
-    struct Tail {
-        path: PathBuf,
-        pos: u64,
-    }
+    /// Prints one line per deny, fallback or would-deny, from the extension's in-memory tail
+    /// (over the control socket, never by opening the events log: see `EventFollower`).
+    struct Tail(crate::control::EventFollower);
 
     impl Tail {
+        fn new(control_socket: &Path) -> Self {
+            Self(crate::control::EventFollower::new(control_socket, 1000))
+        }
+
+        /// Best effort: until the extension's control socket is up, there is nothing to print.
         fn poll(&mut self) {
-            let Ok(mut f) = std::fs::File::open(&self.path) else {
-                return;
-            };
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if len < self.pos {
-                self.pos = 0; // rotated
-            }
-            if f.seek(SeekFrom::Start(self.pos)).is_err() {
-                return;
-            }
-            let mut r = BufReader::new(f);
-            let mut line = String::new();
-            while let Ok(n) = r.read_line(&mut line) {
-                if n == 0 || !line.ends_with('\n') {
-                    break;
-                }
-                self.pos += n as u64;
+            for line in self.0.poll().unwrap_or_default() {
                 if let Some(s) = summarize(&line) {
                     println!("{s}");
                 }
-                line.clear();
             }
         }
     }
@@ -310,10 +293,7 @@ mod linux {
             agent.extension.child.as_ref().map_or(0, Child::id),
             agent.control_socket.display()
         );
-        let mut tail = Tail {
-            path: agent.events_log.clone(),
-            pos: std::fs::metadata(&agent.events_log).map_or(0, |m| m.len()),
-        };
+        let mut tail = Tail::new(&agent.control_socket);
         let code = loop {
             std::thread::sleep(Duration::from_millis(100));
             tail.poll();
@@ -516,10 +496,7 @@ processes = [{{ binary_path = "{reader}" }}]
                 .arg(&agent.control_socket)
                 .status();
             println!("\n6. events log:");
-            let mut tail = Tail {
-                path: agent.events_log.clone(),
-                pos: 0,
-            };
+            let mut tail = Tail::new(&agent.control_socket);
             tail.poll();
         }
         if a.verbose {
