@@ -448,7 +448,6 @@ fn print_event(line: &str, json: bool) {
 pub struct EventFollower {
     socket: PathBuf,
     window: u32,
-    session: Option<Session>,
     last: Option<String>,
 }
 
@@ -459,24 +458,20 @@ impl EventFollower {
         Self {
             socket: socket.to_owned(),
             window: window.max(1),
-            session: None,
             last: None,
         }
     }
 
-    /// Lines logged since the previous poll, oldest first. Connects on first use.
+    /// Lines logged since the previous poll, oldest first. Each poll is its own short
+    /// connection: the control server serves one client at a time, so a follower that kept its
+    /// session open would lock every other `gatehouse` command out.
     pub fn poll(&mut self) -> anyhow::Result<Vec<String>> {
-        let session = match &mut self.session {
-            Some(s) => s,
-            None => self.session.insert(Session::open(&self.socket)?),
-        };
-        let lines = match session.ask(&ControlRequest::EventsTail { max: self.window }) {
-            Ok(ControlResponse::Events(l)) => l,
-            Ok(other) => return Err(unexpected("events tail", &other)),
-            Err(e) => {
-                self.session = None; // reconnect next time
-                return Err(e);
-            }
+        let lines = match ask(
+            &self.socket,
+            &ControlRequest::EventsTail { max: self.window },
+        )? {
+            ControlResponse::Events(l) => l,
+            other => return Err(unexpected("events tail", &other)),
         };
         let new = unseen(self.last.as_deref(), &lines).to_vec();
         if let Some(l) = lines.last() {

@@ -18,7 +18,8 @@
 //! The core guarantees that every [`Responder`] is answered exactly once (first answer wins; a
 //! dropped, unanswered responder is answered with the fallback by the core's guard).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use model::{Event, MuteSpec, Verdict};
@@ -63,10 +64,42 @@ pub struct Delivery<R: Responder> {
     pub deadline: Instant,
     /// When the backend received the event, for latency metrics.
     pub received: Instant,
-    /// A descriptor of the subject file (Linux: a dup of the event fd) that the helper may read
-    /// through; `None` where the platform has none (macOS) or the event has no file.
-    pub file: Option<OwnedFd>,
+    /// A descriptor of the subject file that the helper may read through (Linux: the event fd
+    /// itself, shared with the responder); `None` where the platform has none (macOS) or the
+    /// event has no file.
+    pub file: Option<SubjectFd>,
     pub responder: R,
+}
+
+/// One descriptor of an event's subject file, shared by whoever still needs it: the backend's
+/// responder (Linux: the fanotify response names the event fd, and the ignore mark goes
+/// through it) and the core's slow-path work item (the fd rides to the helper with
+/// SCM_RIGHTS, which only borrows it for the `sendmsg`). Cloning shares the one descriptor
+/// (no `dup`); it closes when the last clone drops.
+///
+/// Closing order on Linux: the responder keeps its clone until after its response `write`, so
+/// the kernel's fd-numbered match always sees the fd open; a work item that outlives the answer
+/// only delays the close, which is harmless once the event is answered. Each pending event
+/// holds exactly one descriptor, whoever holds it.
+#[derive(Debug, Clone)]
+pub struct SubjectFd(Arc<OwnedFd>);
+
+impl SubjectFd {
+    pub fn new(fd: OwnedFd) -> Self {
+        Self(Arc::new(fd))
+    }
+}
+
+impl From<OwnedFd> for SubjectFd {
+    fn from(fd: OwnedFd) -> Self {
+        Self::new(fd)
+    }
+}
+
+impl AsFd for SubjectFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 /// Kernel-side controls. Called off the delivery thread; may block on a system call.
@@ -84,5 +117,55 @@ pub trait KernelControl: Send + Sync + 'static {
     /// atomic loads only.
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// A peer read tells whether any share of the other end is still open: `WouldBlock` while
+    /// one is, end-of-file once the last has dropped.
+    fn other_end_open(peer: &mut UnixStream) -> bool {
+        match peer.read(&mut [0u8; 1]) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => true,
+            Ok(0) => false,
+            other => panic!("unexpected peer read {other:?}"),
+        }
+    }
+
+    #[test]
+    fn subject_fd_shares_one_descriptor_until_the_last_drop() {
+        // (which share drops first: the responder's or the work item's)
+        for responder_first in [true, false] {
+            let (a, mut peer) = UnixStream::pair().unwrap();
+            peer.set_nonblocking(true).unwrap();
+            let item = SubjectFd::new(a.into());
+            let responder = item.clone();
+            assert_eq!(
+                item.as_fd().as_raw_fd(),
+                responder.as_fd().as_raw_fd(),
+                "a clone is the same descriptor, not a dup"
+            );
+            let (first, last) = if responder_first {
+                (responder, item)
+            } else {
+                (item, responder)
+            };
+            drop(first);
+            assert!(
+                other_end_open(&mut peer),
+                "responder_first={responder_first}"
+            );
+            drop(last);
+            assert!(
+                !other_end_open(&mut peer),
+                "responder_first={responder_first}"
+            );
+        }
     }
 }

@@ -462,7 +462,7 @@ fn subject_fd_rides_along_to_the_helper() {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(b"subject").unwrap();
         let (_, mut d) = rig.backend.delivery(exec(i), Duration::from_secs(2));
-        d.file = Some(f.into());
+        d.file = Some(std::os::fd::OwnedFd::from(f).into());
         rig.core.deliver(d);
     }
     assert_eq!(rig.backend.wait_for(5, Duration::from_secs(5)), 5);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -146,7 +146,7 @@ impl HelperTransport for InProcess {
     fn send(
         &self,
         req: &Request<HelperRequest>,
-        _fd: Option<&OwnedFd>,
+        _fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), TransportError> {
         if !self.connected() {
             return Err(TransportError::NotConnected);

@@ -1,8 +1,10 @@
 //! Open and exec overhead on a marked filesystem, side by side in one run, as ratios
 //! (DESIGN.md 7): open()+close() with no agent, under a minimal listener that allows
 //! everything inline, under Gatehouse warm (kernel ignore mark) and cold (decided on the
-//! delivery thread every time); fork+exec of a `/bin/true` copy bare, under the minimal
-//! listener and under Gatehouse (a known binary, kernel-cached). Median of 5 runs each.
+//! delivery thread every time), and the kernel's own share of the warm path (a minimal
+//! listener with Gatehouse's marks plus the ignore mark, so the open never reaches it);
+//! fork+exec of a `/bin/true` copy bare, under the minimal listener and under Gatehouse (a
+//! known binary, kernel-cached). Median of 5 runs each.
 //!
 //! `cargo bench -p tests --bench open_exec`. Root only (prints a skip otherwise).
 //!
@@ -44,8 +46,16 @@ mod linux {
     pub fn main() {
         if let Ok(mode) = std::env::var(CHILD_ENV) {
             arm_child_timers(CHILD_SECS);
+            // Before any thread exists, so every listener thread inherits it.
+            if let Some(cpu) = std::env::var("GH_BENCH_CHILD_CPU")
+                .ok()
+                .and_then(|c| c.parse().ok())
+            {
+                pin(cpu);
+            }
             match mode.as_str() {
                 "minimal" => minimal_listener(),
+                "minimal-ignore" => minimal_ignore_listener(),
                 "gatehouse" => gatehouse(),
                 other => panic!("unknown child mode {other}"),
             }
@@ -56,13 +66,52 @@ mod linux {
             println!("SKIP open_exec: {why}");
             return;
         }
+        // Optional CPU placement, to separate scheduling from our cost: the cross-CPU wake-up
+        // of an idle vCPU dominates a permission round trip and varies run to run with where
+        // the scheduler happens to put the listener. `GH_BENCH_CPUS=0`: everything on CPU 0;
+        // `GH_BENCH_CPUS=0,1`: the opener on CPU 0, every listener (and the helper) on CPU 1.
+        // Unset: no pinning (the default figures).
+        if let Ok(cpus) = std::env::var("GH_BENCH_CPUS") {
+            let mut it = cpus.split(',').map(|c| {
+                c.trim()
+                    .parse::<usize>()
+                    .expect("GH_BENCH_CPUS: CPU numbers")
+            });
+            let opener = it.next().expect("GH_BENCH_CPUS: at least one CPU");
+            pin(opener);
+            if let Some(listener) = it.next() {
+                // SAFETY: set_var before any other thread of this process exists.
+                unsafe { std::env::set_var("GH_BENCH_CHILD_CPU", listener.to_string()) };
+            }
+            println!(
+                "open_exec: pinned, opener on CPU {opener}, listeners on CPU {}",
+                std::env::var("GH_BENCH_CHILD_CPU").unwrap_or_else(|_| opener.to_string())
+            );
+        }
         parent();
+    }
+
+    /// Pin the calling thread (and the threads and children it creates later) to `cpu`.
+    fn pin(cpu: usize) {
+        // SAFETY: cpu_set_t is plain data for which all-zero is the empty set; CPU_SET writes
+        // one bit inside it (it checks `cpu` against the set's size); sched_setaffinity reads
+        // the set through a valid pointer of the size we pass.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity(CPU {cpu}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// A listener with nothing in it: one permission group on the scratch filesystem that
     /// answers FAN_ALLOW inline. Stops when its stdin closes.
     fn minimal_listener() {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         use nix::sys::fanotify::*;
         let scratch = PathBuf::from(std::env::var("GH_SCRATCH").expect("GH_SCRATCH"));
         let g = Fanotify::init(
@@ -78,6 +127,13 @@ mod linux {
             Some(&scratch),
         )
         .expect("mark the scratch tmpfs");
+        serve_inline(&g);
+    }
+
+    /// Allow every event inline until stdin closes; prints READY first and STOPPED last.
+    fn serve_inline(g: &nix::sys::fanotify::Fanotify) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use nix::sys::fanotify::*;
         println!("READY");
         let stdin = std::io::stdin();
         loop {
@@ -109,6 +165,53 @@ mod linux {
                 }
             }
         }
+    }
+
+    /// The kernel's share of the warm path: a listener with Gatehouse's marks on the scratch
+    /// tmpfs (exec on the filesystem, open on the children of the warm and cold directories)
+    /// plus the same evictable inode ignore mark on the warm file that Gatehouse's cached allow
+    /// leaves, so an open of that file never reaches user space. Anything that does reach it is
+    /// allowed inline. Stops when its stdin closes.
+    fn minimal_ignore_listener() {
+        use nix::sys::fanotify::*;
+        let env =
+            |k: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| panic!("{k} not set")));
+        let (scratch, warm, cold) = (env("GH_SCRATCH"), env("GH_WARM"), env("GH_COLD"));
+        let g = Fanotify::init(
+            InitFlags::FAN_CLASS_CONTENT
+                | InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_NONBLOCK
+                | InitFlags::FAN_UNLIMITED_QUEUE
+                | InitFlags::FAN_UNLIMITED_MARKS,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )
+        .expect("fanotify_init");
+        g.mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+            MaskFlags::FAN_OPEN_EXEC_PERM,
+            std::io::stdin(),
+            Some(&scratch),
+        )
+        .expect("exec mark on the scratch tmpfs");
+        for dir in [warm.parent(), cold.parent()] {
+            g.mark(
+                MarkFlags::FAN_MARK_ADD,
+                MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_EVENT_ON_CHILD,
+                std::io::stdin(),
+                dir,
+            )
+            .expect("open mark on a scratch directory");
+        }
+        g.mark(
+            MarkFlags::FAN_MARK_ADD
+                | MarkFlags::FAN_MARK_IGNORED_MASK
+                | MarkFlags::FAN_MARK_EVICTABLE,
+            MaskFlags::FAN_OPEN_PERM,
+            std::io::stdin(),
+            Some(&warm),
+        )
+        .expect("ignore mark on the warm file");
+        serve_inline(&g);
     }
 
     /// The real backend and core (`es_extension::sys::linux::run`, what gatehouse-extension
@@ -299,6 +402,23 @@ processes = [{{ binary_path = "{exe}" }}]
             (o, e)
         };
 
+        // 2b. The kernel's share of the warm path: the same marks as Gatehouse plus the ignore
+        // mark on the warm file; the open never reaches the listener.
+        let min_ignore_open = {
+            let l = child(
+                "minimal-ignore",
+                &scratch.path,
+                &[("GH_WARM", &warm), ("GH_COLD", &cold)],
+            );
+            assert!(
+                l.wait_line("READY", Duration::from_secs(30)).is_some(),
+                "minimal-ignore listener ready"
+            );
+            let o = median(N_OPEN, || open_close(&warm));
+            stop(l, "STOPPED").expect("minimal-ignore listener stopped");
+            o
+        };
+
         // 3. Gatehouse, with the real helper for the binary's hash.
         let helper_sock = run.path().join("helper.sock");
         let _helper = helper_binary().map(|bin| {
@@ -367,6 +487,11 @@ processes = [{{ binary_path = "{exe}" }}]
         };
         row("open+close, no agent", bare_open, Some(min_open));
         row("open+close, minimal listener", min_open, None);
+        row(
+            "open+close, minimal listener + ignore mark (kernel share of warm)",
+            min_ignore_open,
+            Some(min_open),
+        );
         row(
             "open+close, Gatehouse warm (ignore mark)",
             gh_warm,

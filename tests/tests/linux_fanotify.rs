@@ -135,8 +135,12 @@ fn gatehouse_listener(scratch: &std::path::Path, stall: bool) {
             delivered += 1;
             let mut buf = Vec::new();
             if let Some(f) = d.file {
-                let mut file = std::fs::File::from(f);
-                let _ = std::io::Read::read_to_end(&mut file, &mut buf);
+                // The helper's own copy, as SCM_RIGHTS would give it.
+                use std::os::fd::AsFd;
+                if let Ok(copy) = f.as_fd().try_clone_to_owned() {
+                    let mut file = std::fs::File::from(copy);
+                    let _ = std::io::Read::read_to_end(&mut file, &mut buf);
+                }
             }
             if let Some(file) = d.event.subject_file() {
                 let _ = std::fs::read(&file.path);

@@ -8,7 +8,7 @@
 //! watchdog already answered still fill the verdict cache but do not answer twice.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -22,13 +22,14 @@ use super::helper_link::{HelperEndpoint, HelperTransport, LinkEvents, LinkSink};
 use super::helper_unix::UnixTransport;
 use super::metrics::Metrics;
 use super::pending::Slot;
-use crate::backend::Responder;
+use crate::backend::{Responder, SubjectFd};
 
 /// One handed-off event on its way to a worker.
 pub struct WorkItem<R: Responder> {
     pub slot: Arc<Slot<R>>,
     pub request: AnalysisRequest,
-    pub file: Option<OwnedFd>,
+    /// The subject file's descriptor, held until the request frame is sent, then dropped.
+    pub file: Option<SubjectFd>,
     /// When the watchdog answers; the helper gets the time until then as its budget.
     pub fire_at: Instant,
 }
@@ -124,7 +125,7 @@ impl<R: Responder> HelperClient<R> {
     }
 
     /// Hand one request to the transport; `Err` means it was not sent.
-    fn send(&self, req: &Request<HelperRequest>, fd: Option<&OwnedFd>) -> Result<(), String> {
+    fn send(&self, req: &Request<HelperRequest>, fd: Option<BorrowedFd<'_>>) -> Result<(), String> {
         let Some(t) = &self.transport else {
             return Err("no helper configured".to_owned());
         };
@@ -184,7 +185,11 @@ impl<R: Responder> HelperClient<R> {
                 fd_attached: file.is_some(),
             },
         };
-        if self.send(&req, file.as_ref()).is_err() {
+        let sent = self.send(&req, file.as_ref().map(AsFd::as_fd));
+        // The frame (and the descriptor's copy in it) is out, or will never be: this item's
+        // share of the descriptor is no longer needed. The responder keeps its own.
+        drop(file);
+        if sent.is_err() {
             // Only answer if the reader has not already failed it with the connection.
             if lock(&self.in_flight).remove(&id).is_some() {
                 slot.answer_fallback(if self.shared.shutting_down.load(Ordering::Acquire) {

@@ -7,7 +7,7 @@
 //! (`sys::macos::helper_xpc::XpcTransport`). Tests may plug in their own.
 #![forbid(unsafe_code)]
 
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Weak};
 
 use crossbeam_channel::Receiver;
@@ -47,14 +47,15 @@ pub trait HelperTransport: Send + Sync + 'static {
     /// requests on it is reported with [`LinkSink::disconnected`].
     fn run(&self, sink: LinkSink, stop: &Receiver<()>);
 
-    /// Hand one request (with an optional descriptor for the helper to read through) to the
-    /// connection. May make one bounded system call; never waits for the answer. The reply
-    /// timeout, where the transport has one, is `req.budget_us`. On `Err` nothing was sent
+    /// Hand one request (with an optional descriptor for the helper to read through, borrowed
+    /// only for this call: SCM_RIGHTS duplicates it into the message) to the connection. May
+    /// make one bounded system call; never waits for the answer. The reply timeout, where the
+    /// transport has one, is `req.budget_us`. On `Err` nothing was sent
     /// and no response for `req.id` will be reported.
     fn send(
         &self,
         req: &Request<HelperRequest>,
-        fd: Option<&OwnedFd>,
+        fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), TransportError>;
 
     /// Drop the current connection and wake `run` (shutdown). Idempotent.

@@ -4,7 +4,7 @@
 //! what the helper says.
 #![forbid(unsafe_code)]
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -185,14 +185,14 @@ impl HelperTransport for UnixTransport {
     fn send(
         &self,
         req: &Request<HelperRequest>,
-        fd: Option<&OwnedFd>,
+        fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), TransportError> {
         let _w = lock(&self.write_lock);
         let Some(stream) = lock(&self.conn).clone() else {
             return Err(TransportError::NotConnected);
         };
-        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
-        protocol::unix::send_frame(&stream, req, &fds, HELPER_MAX_FRAME).map_err(|e| {
+        let fds: &[BorrowedFd<'_>] = fd.as_slice();
+        protocol::unix::send_frame(&stream, req, fds, HELPER_MAX_FRAME).map_err(|e| {
             if !self.closed.load(Ordering::Acquire) {
                 tracing::warn!(error = %e, "sending to the helper failed; reconnecting");
             }

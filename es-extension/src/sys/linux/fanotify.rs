@@ -3,8 +3,8 @@
 //! event descriptors owned at once, and writing answers.
 //!
 //! nix's `Fanotify` covers init, mark and the response write; reading is our own because nix's
-//! `FanotifyEvent` closes its descriptor on drop and we hand that descriptor on (to the
-//! responder, and a dup to the helper) instead.
+//! `FanotifyEvent` closes its descriptor on drop and we hand that descriptor on instead (shared
+//! by the responder and, on the slow path, the helper request: `backend::SubjectFd`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -6,6 +6,7 @@
 //! - `fanotify`: the safe wrapper (init, marks, reads, answers).
 //! - `convert`: a record into a `model::Event` (procfs reads only).
 //! - `marks`: what to mark from the policy; cache invalidation.
+//! - `opener`: how the blocked opener opens the file (`/proc/<tid>/syscall`).
 //! - `follow`: marks new subdirectories of protected directories as they appear.
 //! - `responder`: the `Responder` (one write, then the optional ignore mark) and counters.
 //! - `selfmute`: our own and the helper's (pidfd-verified) events, allowed at once.
@@ -19,6 +20,7 @@ pub mod fanotify;
 pub mod follow;
 pub mod liveness;
 pub mod marks;
+pub mod opener;
 pub mod responder;
 pub mod run;
 pub mod selfmute;

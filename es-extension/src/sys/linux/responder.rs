@@ -1,8 +1,9 @@
 //! Answering one fanotify permission event from any thread: one `write` of a
 //! `fanotify_response` on the group fd, an optional evictable inode ignore mark (the kernel's
-//! allow cache, bounded by a budget), then the event fd closes.
+//! allow cache, bounded by a budget), then the responder lets go of the event fd (it closes
+//! when the core's slow-path item, if any, has sent its copy to the helper too).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,7 @@ use model::Verdict;
 
 use super::fanotify::{Group, PermKind};
 use super::liveness::Progress;
-use crate::backend::{Answer, BackendError, Responder};
+use crate::backend::{Answer, BackendError, Responder, SubjectFd};
 
 /// Backend counters, all lock-free.
 #[derive(Debug, Default)]
@@ -101,8 +102,8 @@ impl Shared {
     }
 
     /// Answer `fd` now: used by the delivery thread for muted pids and by the responder.
-    pub fn answer(&self, fd: &OwnedFd, allow: bool) -> Result<(), nix::errno::Errno> {
-        let r = self.group.respond(fd.as_fd(), allow);
+    pub fn answer(&self, fd: BorrowedFd<'_>, allow: bool) -> Result<(), nix::errno::Errno> {
+        let r = self.group.respond(fd, allow);
         self.progress.answered.fetch_add(1, Ordering::AcqRel);
         if r.is_err() {
             self.counters.respond_errors.fetch_add(1, Ordering::Relaxed);
@@ -111,18 +112,20 @@ impl Shared {
     }
 }
 
-/// Answers one event. Owns the event fd; it closes when the responder is consumed or dropped.
+/// Answers one event. Holds a share of the event fd (the same descriptor the core may pass to
+/// the helper) from delivery until its response is written, so the fd the kernel matches the
+/// response by is always still open; it closes when the last share drops.
 #[derive(Debug)]
 pub struct FanotifyResponder {
     shared: Arc<Shared>,
     /// `None` once answered.
-    fd: Option<OwnedFd>,
+    fd: Option<SubjectFd>,
     kind: PermKind,
     pid: i32,
 }
 
 impl FanotifyResponder {
-    pub fn new(shared: Arc<Shared>, fd: OwnedFd, kind: PermKind, pid: i32) -> Self {
+    pub fn new(shared: Arc<Shared>, fd: SubjectFd, kind: PermKind, pid: i32) -> Self {
         Self {
             shared,
             fd: Some(fd),
@@ -138,7 +141,7 @@ impl Responder for FanotifyResponder {
             return Ok(());
         };
         let allow = answer.verdict == Verdict::Allow;
-        let r = self.shared.answer(&fd, allow);
+        let r = self.shared.answer(fd.as_fd(), allow);
         // The kernel cache is added after the answer so the opener is released first; a
         // failure only costs a later event.
         if allow && answer.cache {
@@ -165,6 +168,7 @@ impl Responder for FanotifyResponder {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        // Respond first, let go last: this share drops only after the write (and the mark).
         drop(fd);
         r.map_err(|e| BackendError::Respond {
             what: self.describe(),
@@ -190,7 +194,7 @@ impl Drop for FanotifyResponder {
                 .counters
                 .dropped_unanswered
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = self.shared.answer(&fd, true);
+            let _ = self.shared.answer(fd.as_fd(), true);
         }
     }
 }

@@ -9,7 +9,7 @@
 //! timeouts) come back on XPC's queue, straight to the core's matching by id.
 #![forbid(unsafe_code)]
 
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -392,7 +392,7 @@ impl HelperTransport for XpcTransport {
     fn send(
         &self,
         req: &Request<HelperRequest>,
-        fd: Option<&OwnedFd>,
+        fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), TransportError> {
         if fd.is_some() {
             // Endpoint Security gives no descriptor; the helper opens by path and checks
