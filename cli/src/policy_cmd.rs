@@ -90,7 +90,6 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
                 "mode": p.mode(),
                 "rules": p.rule_count(),
                 "mutes": p.mutes().len(),
-                "warnings": p.warnings(),
             })
         );
     } else {
@@ -104,9 +103,6 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             p.rule_count(),
             p.mutes().len()
         );
-        for w in p.warnings() {
-            println!("note: {w}");
-        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -398,3 +398,93 @@ fn new_subdirectories_of_a_protected_directory_are_followed() {
     assert_eq!(counter(&line, "follow.subdir_mark_errors"), 0, "{line}");
     assert_eq!(counter(&line, "pending"), 0, "{line}");
 }
+
+/// The open mode is visible (`/proc/<tid>/syscall`): under a watch item with
+/// `allow_read_access`, an unlisted process may read a protected file and execute a protected
+/// binary (the kernel raises an open permission event for exec opens too), but not append to,
+/// truncate or overwrite it. A watch item without `allow_read_access` still denies reads.
+#[test]
+fn open_mode_is_visible_reads_and_execs_pass_writes_do_not() {
+    if skip("open_mode_is_visible_reads_and_execs_pass_writes_do_not") {
+        return;
+    }
+    let s = setup(3000);
+    let guarded = s.scratch.join("guarded");
+    std::fs::create_dir_all(&guarded).unwrap();
+    let notes = guarded.join("notes.txt");
+    std::fs::write(&notes, "notes\n").unwrap();
+    let tool = guarded.join("tool");
+    std::fs::copy("/bin/true", &tool).unwrap();
+    // Monitor mode, so the unknown `tool` may run; watch decisions do not depend on the mode.
+    std::fs::write(
+        &s.policy,
+        format!(
+            r#"version = 1
+mode = "monitor"
+
+[[watch]]
+name = "guarded"
+paths = [{{ path = "{g}/", prefix = true }}]
+operations = ["open"]
+allow_read_access = true
+audit_only = false
+processes = [{{ binary_path = "/nonexistent/only-this-may-write" }}]
+
+[[watch]]
+name = "secret"
+paths = [{{ path = "{secret}" }}]
+operations = ["open"]
+audit_only = false
+processes = [{{ binary_path = "{reader}" }}]
+"#,
+            g = guarded.display(),
+            secret = s.secret.display(),
+            reader = s.reader.display(),
+        ),
+    )
+    .unwrap();
+    let ext = start_extension(&s);
+    let sh = |script: &str| {
+        let script = std::ffi::OsString::from(script);
+        exec(Path::new("/bin/sh"), &[Path::new("-c"), Path::new(&script)])
+    };
+    let n = notes.display();
+    // (what, shell command, may succeed)
+    let cases = [
+        (
+            "read by an unlisted process",
+            format!("cat {n} >/dev/null"),
+            true,
+        ),
+        (
+            "exec of a protected binary",
+            format!("{}", tool.display()),
+            true,
+        ),
+        ("append", format!("echo x >> {n}"), false),
+        ("truncate", format!(": > {n}"), false),
+        ("read-write open", format!("exec 3<> {n}"), false),
+        (
+            "read of the secret (no allow_read_access)",
+            format!("cat {} >/dev/null", s.secret.display()),
+            false,
+        ),
+    ];
+    for (what, cmd, ok) in &cases {
+        let (succeeded, err) = sh(cmd);
+        assert_eq!(succeeded, *ok, "{what}: `{cmd}`: {err}");
+        if !ok {
+            assert!(
+                err.contains("not permitted"),
+                "{what}: EPERM expected: {err}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(&notes).unwrap(),
+        "notes\n",
+        "nothing was written"
+    );
+    let line = stop_extension(ext);
+    assert_eq!(counter(&line, "pending"), 0, "{line}");
+}

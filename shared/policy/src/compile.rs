@@ -185,7 +185,6 @@ pub(crate) struct Compiled {
     pub mutes: Vec<MuteSpec>,
     pub mute_process: PathTable<()>,
     pub mute_target: PathTable<()>,
-    pub warnings: Vec<String>,
 }
 
 /// Compile-time context: the source text for positions and the origin for messages.
@@ -440,7 +439,6 @@ pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError>
         compile_paths(&mut b, &file.exec_path)?;
 
     // Watch items.
-    let mut warnings = Vec::new();
     let mut watches = Vec::new();
     let mut path_entries = Vec::new();
     let mut process_watches = Vec::new();
@@ -448,14 +446,6 @@ pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError>
     for item in &file.watch {
         let idx = u32::try_from(watches.len()).expect("fewer than 2^32 watch items");
         let (w, paths) = compile_watch(&mut b, item)?;
-        if w.allow_read_access && w.ops.contains(Operation::Open) {
-            warnings.push(format!(
-                "watch item {:?}: allow_read_access needs open flags, which Linux permission \
-                 events do not carry; there every open of a watched path is treated as possibly \
-                 modifying",
-                b.name(w.rule)
-            ));
-        }
         for (p, prefix, _) in &paths {
             watched.push(WatchedPath {
                 path: p.clone(),
@@ -576,7 +566,6 @@ pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError>
         mutes,
         mute_process,
         mute_target,
-        warnings,
     })
 }
 

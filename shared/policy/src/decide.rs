@@ -358,9 +358,18 @@ impl Compiled {
             let reason = self.rule_reason(self.watches[item as usize].rule);
             return Outcome::Decided(Decision::allow(reason, Cacheability::Never));
         }
-        // No watch item covers this event. Opens, unlinks and truncates of the same file get
-        // the same answer from anyone; events with a destination path depend on that path.
+        // No watch item decided. Never cache when one covers the path (a read exempted by
+        // `allow_read_access` must not let a later write through a cached allow: the fanotify
+        // ignore mark and the ES open cache both outlive the open mode) or when a process-keyed
+        // item exists (the answer then depends on the caller, which the fanotify ignore mark
+        // does not key on). Otherwise opens, unlinks and truncates of the same file get the same
+        // answer from anyone; events with a destination path depend on that path.
+        let process_keyed = self
+            .process_watches
+            .iter()
+            .any(|&i| self.watches[i as usize].ops.contains(op));
         let cache = match event.kind() {
+            _ if acc.covered || process_keyed => Cacheability::Never,
             EventKind::Open | EventKind::Unlink | EventKind::Truncate => Cacheability::Kernel,
             _ => Cacheability::Never,
         };
@@ -383,6 +392,7 @@ impl Compiled {
         if !w.ops.contains(op) {
             return;
         }
+        acc.covered = true;
         // Opens without write, append or truncate are exempt when reads are allowed. Unknown
         // flags (Linux) count as possibly modifying.
         if op == Operation::Open && w.allow_read_access && access.is_some_and(|a| !a.modifies()) {
@@ -427,6 +437,8 @@ struct FileAcc {
     deny: Option<(u32, bool)>,
     allow: Option<u32>,
     unknown: bool,
+    /// A watch item for this operation covers a target (even if it then exempted the event).
+    covered: bool,
 }
 
 impl FileAcc {

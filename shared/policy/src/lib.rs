@@ -199,12 +199,6 @@ impl Policy {
         self.compiled.rules[idx as usize].message.as_deref()
     }
 
-    /// Notes about the policy that are not errors (for `policy check`), e.g. options a
-    /// platform cannot honour.
-    pub fn warnings(&self) -> &[String] {
-        &self.compiled.warnings
-    }
-
     /// Number of named rules (exec, path scopes, watch items, mounts).
     pub fn rule_count(&self) -> usize {
         self.compiled.rules.len()

@@ -308,7 +308,7 @@ fn parse_never_panics(text: &str, samples: &[Event]) -> Result<(), TestCaseError
             for ev in samples {
                 let _ = p.decide(ev, &Facts::NONE);
             }
-            let _ = (p.watched_paths(), p.mutes(), p.warnings());
+            let _ = (p.watched_paths(), p.mutes());
             Ok(())
         }
         Err(e) => check_position(text, &e),

@@ -2,8 +2,9 @@
 //!
 //! The only I/O here (documented exception to the delivery-thread rule, DESIGN.md 3) is on
 //! procfs: `readlink("/proc/self/fd/N")` for the file's path, `readlink("/proc/<pid>/exe")` and
-//! one `stat("/proc/<pid>")` for the opener's ids, plus `fstat` on the event fd for the file's
-//! identity. None of these can raise a fanotify event or wait on one: procfs is its own
+//! one `stat("/proc/<pid>")` for the opener's ids, for open events one read of
+//! `/proc/<tid>/syscall` for the open flags (`opener`), plus `fstat` on the event fd for the
+//! file's identity. None of these can raise a fanotify event or wait on one: procfs is its own
 //! superblock, which we never mark; `readlink` resolves a link without opening its target; and
 //! `fstat` on an fd we already hold opens nothing.
 //!
@@ -68,6 +69,8 @@ pub fn process(pid: i32) -> Process {
 /// The owned event for one permission record. For exec the caller is still the old image
 /// (`FAN_OPEN_EXEC_PERM` fires before the point of no return), so `process` is the caller and
 /// the target is the same pid with the file being executed as its executable.
+/// `pid` is the opener's thread id (the group reports thread ids): procfs answers for a thread
+/// id as for a process id, and `/proc/<tid>/syscall` names the blocked thread's own call.
 pub fn to_event(kind: PermKind, pid: i32, fd: BorrowedFd<'_>) -> Event {
     let file = FileRef {
         path: fd_path(fd),
@@ -82,8 +85,12 @@ pub fn to_event(kind: PermKind, pid: i32, fd: BorrowedFd<'_>) -> Event {
                 target: Box::new(target),
             }
         }
-        // fanotify carries no open flags (DESIGN.md 6): `None` = possibly modifying.
-        PermKind::Open => EventBody::Open { file, access: None },
+        // fanotify carries no open flags (DESIGN.md 6): read them from the blocked thread's
+        // system call; `None` (not understood) counts as possibly modifying.
+        PermKind::Open => EventBody::Open {
+            file,
+            access: super::opener::read(pid),
+        },
     };
     Event {
         process: caller,

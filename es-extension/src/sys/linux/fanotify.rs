@@ -55,13 +55,16 @@ const PERM_BITS: u64 = OPEN_PERM | OPEN_EXEC_PERM | libc::FAN_ACCESS_PERM;
 impl Group {
     /// Create a content-class permission group: unlimited queue (no fail-open overflow),
     /// unlimited marks (our own budget bounds them), non-blocking reads (the delivery thread
-    /// polls so it can be woken for shutdown), close-on-exec everywhere.
+    /// polls so it can be woken for shutdown), close-on-exec everywhere, and thread ids in
+    /// `pid` (`FAN_REPORT_TID`): the blocked thread's `/proc/<tid>/syscall` tells how it is
+    /// opening the file (`opener`), which a process id cannot when the opener is threaded.
     pub fn new() -> io::Result<Group> {
         let flags = InitFlags::FAN_CLASS_CONTENT
             | InitFlags::FAN_CLOEXEC
             | InitFlags::FAN_NONBLOCK
             | InitFlags::FAN_UNLIMITED_QUEUE
-            | InitFlags::FAN_UNLIMITED_MARKS;
+            | InitFlags::FAN_UNLIMITED_MARKS
+            | InitFlags::FAN_REPORT_TID;
         let ev = EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC;
         let inner = Fanotify::init(flags, ev).map_err(io::Error::from)?;
         Ok(Group { inner })

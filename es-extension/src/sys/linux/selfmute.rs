@@ -88,17 +88,38 @@ impl Muted {
         h.as_ref().filter(|h| pidfd_alive(&h.pidfd)).map(|h| h.pid)
     }
 
-    /// Is `pid` ours? Called on the delivery thread before any conversion.
-    pub fn check(&self, pid: i32) -> Option<Ours> {
-        if pid == self.own {
+    /// Is thread `tid` ours or the helper's? Called on the delivery thread before any
+    /// conversion. The group reports thread ids (`FAN_REPORT_TID`), so a main thread matches
+    /// by id at once, and any other thread by its entry in the owner's `/proc/<pid>/task/`: one
+    /// `stat` on procfs, which raises no fanotify event. This must be exact: a thread of ours
+    /// (the events-log writer, say) that opened a protected file and were sent to the slow path
+    /// would wait on itself.
+    pub fn check(&self, tid: i32) -> Option<Ours> {
+        if tid == self.own {
             return Some(Ours::SelfProcess);
         }
         let h = self.helper.load();
-        match h.as_ref() {
-            Some(h) if h.pid == pid && pidfd_alive(&h.pidfd) => Some(Ours::Helper),
+        let helper = h.as_ref().filter(|h| pidfd_alive(&h.pidfd));
+        if helper.is_some_and(|h| h.pid == tid) {
+            return Some(Ours::Helper);
+        }
+        if thread_of("self", tid) {
+            return Some(Ours::SelfProcess);
+        }
+        match helper {
+            // Re-checked after the lookup: the helper may have died in between, and a reused
+            // pid's tasks are not the helper's.
+            Some(h) if thread_of(&h.pid.to_string(), tid) && pidfd_alive(&h.pidfd) => {
+                Some(Ours::Helper)
+            }
             _ => None,
         }
     }
+}
+
+/// Whether `tid` is a thread of process `pid` ("self" for ours).
+fn thread_of(pid: &str, tid: i32) -> bool {
+    nix::sys::stat::stat(format!("/proc/{pid}/task/{tid}").as_str()).is_ok()
 }
 
 #[cfg(test)]
@@ -123,5 +144,38 @@ mod tests {
         // Reaped: the pid may be reused by anyone now; it must no longer match.
         assert_eq!(m.check(pid), None);
         assert_eq!(m.helper_pid(), None);
+    }
+
+    #[test]
+    fn threads_are_recognised_by_their_owner() {
+        let m = Muted::new();
+        // A thread of ours that is not the main thread: what the events-log writer is.
+        let tid = std::thread::spawn(|| nix::unistd::gettid().as_raw())
+            .join()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let live = rx.recv().unwrap();
+        assert_ne!(live, std::process::id() as i32);
+        assert_eq!(
+            m.check(live),
+            Some(Ours::SelfProcess),
+            "a live thread of ours"
+        );
+        stop_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(m.check(tid), None, "an exited thread is nobody's");
+        // A stranger's main thread.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert_eq!(m.check(child.id() as i32), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
