@@ -140,7 +140,7 @@ impl<S: Sink> DeliveryLoop<S> {
                     PermKind::Open => c.open_events.fetch_add(1, Ordering::Relaxed),
                 };
                 // Ours and the helper's first, before any conversion work.
-                if let Some(who) = self.muted.check(pid) {
+                if let Some(who) = self.muted.check(pid, kind == PermKind::Open) {
                     let _ = self.shared.answer(fd.as_fd(), true);
                     match who {
                         super::selfmute::Ours::SelfProcess => &c.self_allowed,

@@ -94,7 +94,10 @@ impl Muted {
     /// `stat` on procfs, which raises no fanotify event. This must be exact: a thread of ours
     /// (the events-log writer, say) that opened a protected file and were sent to the slow path
     /// would wait on itself.
-    pub fn check(&self, tid: i32) -> Option<Ours> {
+    ///
+    /// `any_thread: false` skips the per-thread lookup: exec events, since neither this process
+    /// nor the helper ever executes anything (a child would be another process anyway).
+    pub fn check(&self, tid: i32, any_thread: bool) -> Option<Ours> {
         if tid == self.own {
             return Some(Ours::SelfProcess);
         }
@@ -102,6 +105,9 @@ impl Muted {
         let helper = h.as_ref().filter(|h| pidfd_alive(&h.pidfd));
         if helper.is_some_and(|h| h.pid == tid) {
             return Some(Ours::Helper);
+        }
+        if !any_thread {
+            return None;
         }
         if thread_of("self", tid) {
             return Some(Ours::SelfProcess);
@@ -129,20 +135,23 @@ mod tests {
     #[test]
     fn helper_is_muted_only_while_alive() {
         let m = Muted::new();
-        assert_eq!(m.check(std::process::id() as i32), Some(Ours::SelfProcess));
+        assert_eq!(
+            m.check(std::process::id() as i32, true),
+            Some(Ours::SelfProcess)
+        );
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        assert_eq!(m.check(pid), None, "not registered yet");
+        assert_eq!(m.check(pid, true), None, "not registered yet");
         m.set_helper(pid).unwrap();
-        assert_eq!(m.check(pid), Some(Ours::Helper));
+        assert_eq!(m.check(pid, true), Some(Ours::Helper));
         assert_eq!(m.helper_pid(), Some(pid));
         child.kill().unwrap();
         child.wait().unwrap();
         // Reaped: the pid may be reused by anyone now; it must no longer match.
-        assert_eq!(m.check(pid), None);
+        assert_eq!(m.check(pid, true), None);
         assert_eq!(m.helper_pid(), None);
     }
 
@@ -162,19 +171,24 @@ mod tests {
         let live = rx.recv().unwrap();
         assert_ne!(live, std::process::id() as i32);
         assert_eq!(
-            m.check(live),
+            m.check(live, true),
             Some(Ours::SelfProcess),
             "a live thread of ours"
         );
+        assert_eq!(
+            m.check(live, false),
+            None,
+            "exec events skip the thread lookup"
+        );
         stop_tx.send(()).unwrap();
         t.join().unwrap();
-        assert_eq!(m.check(tid), None, "an exited thread is nobody's");
+        assert_eq!(m.check(tid, true), None, "an exited thread is nobody's");
         // A stranger's main thread.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        assert_eq!(m.check(child.id() as i32), None);
+        assert_eq!(m.check(child.id() as i32, true), None);
         child.kill().unwrap();
         child.wait().unwrap();
     }
