@@ -217,27 +217,7 @@ mod linux {
     /// The real backend and core (`es_extension::sys::linux::run`, what gatehouse-extension
     /// runs), scoped to the scratch filesystem. Stops on stdin EOF.
     fn gatehouse() {
-        let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
-        let scratch = PathBuf::from(env("GH_SCRATCH"));
-        let text = std::fs::read_to_string(env("GH_POLICY")).expect("policy file");
-        let policy = policy::Policy::parse(&env("GH_POLICY"), &text).expect("valid policy");
-        let mut config = es_extension::core::CoreConfig::fanotify();
-        config.helper_socket = std::env::var_os("GH_HELPER_SOCK").map(PathBuf::from);
-        config.events_log = Some(PathBuf::from(env("GH_EVENTS_LOG")));
-        let opts = es_extension::sys::linux::LinuxOptions {
-            scope: vec![scratch],
-            ..Default::default()
-        };
-        // SAFETY: pthread_self has no preconditions; this thread stays inside `run` for as
-        // long as the stdin thread may signal it.
-        let me = unsafe { libc::pthread_self() };
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-            // SAFETY: `me` is a live thread of this process; pthread_kill only queues a signal.
-            let _ = unsafe { libc::pthread_kill(me, libc::SIGTERM) };
-        });
-        es_extension::sys::linux::run(config, policy, opts).expect("gatehouse backend");
+        tests::run_extension_from_env();
     }
 
     fn child(mode: &str, scratch: &Path, envs: &[(&str, &Path)]) -> Guarded {

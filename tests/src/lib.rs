@@ -7,6 +7,7 @@
 //! - [`ChildGuard`]: a spawned process killed (SIGKILL, by its own pid) and reaped on drop.
 //! - [`wait_until`]: poll a condition with a deadline.
 //! - [`MountGuard`] (Linux): a filesystem this test mounted, lazily unmounted on drop.
+//! - [`run_extension_from_env`] (Linux): a child-process entry running the real backend.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -146,4 +147,35 @@ impl Drop for MountGuard {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// Child-process entry point that runs the real Linux backend and core
+/// (`es_extension::sys::linux::run`, what `gatehouse-extension` runs) in this process, scoped to
+/// the scratch filesystem the parent mounted. Configured from the environment: `GH_SCRATCH`
+/// (scope), `GH_POLICY`, `GH_EVENTS_LOG`, and optionally `GH_HELPER_SOCK`. Stops cleanly when
+/// stdin reaches EOF (the parent closes it), and the parent's kill guard covers the rest.
+#[cfg(target_os = "linux")]
+pub fn run_extension_from_env() {
+    use nix::sys::signal::Signal;
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let scratch = PathBuf::from(env("GH_SCRATCH"));
+    let text = std::fs::read_to_string(env("GH_POLICY")).expect("policy file");
+    let policy = policy::Policy::parse(&env("GH_POLICY"), &text).expect("valid policy");
+    let mut config = es_extension::core::CoreConfig::fanotify();
+    config.helper_socket = std::env::var_os("GH_HELPER_SOCK").map(PathBuf::from);
+    config.events_log = Some(PathBuf::from(env("GH_EVENTS_LOG")));
+    let opts = es_extension::sys::linux::LinuxOptions {
+        scope: vec![scratch],
+        ..Default::default()
+    };
+    // Stop on stdin EOF with a SIGTERM directed at this thread, which `run` turns into a
+    // sigwait: a process-directed one could land on a thread of the test harness that does not
+    // block it, and kill the process instead of stopping it cleanly.
+    let me = nix::sys::pthread::pthread_self();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        let _ = nix::sys::pthread::pthread_kill(me, Signal::SIGTERM);
+    });
+    es_extension::sys::linux::run(config, policy, opts).expect("gatehouse backend");
 }

@@ -23,29 +23,7 @@ const ENTRY: &str = "e2e_child";
 #[ignore = "child-process entry point for the e2e tests; run by them, not directly"]
 fn e2e_child() {
     arm_child_timers(120);
-    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
-    let scratch = PathBuf::from(env("GH_SCRATCH"));
-    let text = std::fs::read_to_string(env("GH_POLICY")).expect("policy file");
-    let policy = policy::Policy::parse(&env("GH_POLICY"), &text).expect("valid policy");
-    let mut config = es_extension::core::CoreConfig::fanotify();
-    config.helper_socket = Some(PathBuf::from(env("GH_HELPER_SOCK")));
-    config.events_log = Some(PathBuf::from(env("GH_EVENTS_LOG")));
-    let opts = es_extension::sys::linux::LinuxOptions {
-        scope: vec![scratch],
-        ..Default::default()
-    };
-    // Stop on stdin EOF: a thread-directed SIGTERM reaches the sigwait in `run`.
-    // SAFETY: pthread_self has no preconditions; it names this (the test's) thread, which
-    // stays alive inside `run` for as long as the stdin thread may signal it.
-    let me = unsafe { libc::pthread_self() };
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-        // SAFETY: `me` is a live thread of this process (see above); pthread_kill only queues
-        // a signal for it.
-        let _ = unsafe { libc::pthread_kill(me, libc::SIGTERM) };
-    });
-    es_extension::sys::linux::run(config, policy, opts).expect("run");
+    tests::run_extension_from_env();
 }
 
 fn helper_bin() -> PathBuf {
