@@ -39,9 +39,21 @@ mod linux {
     const CHILD_ENV: &str = "GH_BENCH_CHILD";
     /// Hard kill timer of every listener child.
     const CHILD_SECS: u32 = 300;
-    const RUNS: usize = 5;
-    const N_OPEN: u32 = 20_000;
-    const N_EXEC: u32 = 300;
+
+    /// `cargo bench` passes `--bench`; `cargo test --benches` (the test command's smoke run)
+    /// does not, and then a few iterations only show that the harness still works.
+    fn smoke() -> bool {
+        !std::env::args().any(|a| a == "--bench")
+    }
+    fn runs() -> usize {
+        if smoke() { 1 } else { 5 }
+    }
+    fn n_open() -> u32 {
+        if smoke() { 200 } else { 20_000 }
+    }
+    fn n_exec() -> u32 {
+        if smoke() { 5 } else { 300 }
+    }
 
     pub fn main() {
         if let Ok(mode) = std::env::var(CHILD_ENV) {
@@ -245,7 +257,7 @@ mod linux {
 
     /// Median over `RUNS` runs of the per-call time of `iters` calls.
     fn median(iters: u32, mut f: impl FnMut()) -> Duration {
-        let mut v: Vec<Duration> = (0..RUNS)
+        let mut v: Vec<Duration> = (0..runs())
             .map(|_| {
                 let t = Instant::now();
                 for _ in 0..iters {
@@ -255,7 +267,7 @@ mod linux {
             })
             .collect();
         v.sort();
-        v[RUNS / 2]
+        v[runs() / 2]
     }
 
     fn open_close(p: &Path) {
@@ -362,12 +374,20 @@ processes = [{{ binary_path = "{exe}" }}]
         .unwrap();
 
         println!(
-            "open_exec: scratch tmpfs {}, {RUNS} runs of {N_OPEN} opens / {N_EXEC} execs each",
-            scratch.path.display()
+            "open_exec: scratch tmpfs {}, {} runs of {} opens / {} execs each{}",
+            scratch.path.display(),
+            runs(),
+            n_open(),
+            n_exec(),
+            if smoke() {
+                " (smoke run: figures mean nothing; use cargo bench)"
+            } else {
+                ""
+            }
         );
         // 1. No agent.
-        let bare_open = median(N_OPEN, || open_close(&plain));
-        let bare_exec = median(N_EXEC, || fork_exec(&truebin));
+        let bare_open = median(n_open(), || open_close(&plain));
+        let bare_exec = median(n_exec(), || fork_exec(&truebin));
 
         // 2. Minimal listener (open and exec permission events on the whole tmpfs).
         let (min_open, min_exec) = {
@@ -376,8 +396,8 @@ processes = [{{ binary_path = "{exe}" }}]
                 l.wait_line("READY", Duration::from_secs(30)).is_some(),
                 "minimal listener ready"
             );
-            let o = median(N_OPEN, || open_close(&plain));
-            let e = median(N_EXEC, || fork_exec(&truebin));
+            let o = median(n_open(), || open_close(&plain));
+            let e = median(n_exec(), || fork_exec(&truebin));
             stop(l, "STOPPED").expect("minimal listener stopped");
             (o, e)
         };
@@ -394,7 +414,7 @@ processes = [{{ binary_path = "{exe}" }}]
                 l.wait_line("READY", Duration::from_secs(30)).is_some(),
                 "minimal-ignore listener ready"
             );
-            let o = median(N_OPEN, || open_close(&warm));
+            let o = median(n_open(), || open_close(&warm));
             stop(l, "STOPPED").expect("minimal-ignore listener stopped");
             o
         };
@@ -447,14 +467,15 @@ processes = [{{ binary_path = "{exe}" }}]
         }
         assert!(known, "the /bin/true copy is allowed under Gatehouse");
         open_close(&warm); // the first open is decided and leaves the ignore mark
-        let gh_warm = median(N_OPEN, || open_close(&warm));
-        let gh_cold = median(N_OPEN, || open_close(&cold));
-        let gh_exec = median(N_EXEC, || fork_exec(&truebin));
+        let gh_warm = median(n_open(), || open_close(&warm));
+        let gh_cold = median(n_open(), || open_close(&cold));
+        let gh_exec = median(n_exec(), || fork_exec(&truebin));
         let counters = stop(gh, "gatehouse-extension: stopped").unwrap_or_default();
 
         println!();
         println!(
-            "| operation (median of {RUNS}, per call) | time | vs no agent | vs minimal listener |"
+            "| operation (median of {}, per call) | time | vs no agent | vs minimal listener |",
+            runs()
         );
         println!("|---|---|---|---|");
         let row = |name: &str, d: Duration, minimal: Option<Duration>| {
