@@ -1,8 +1,13 @@
 //! Streaming digests through a passed descriptor with positioned reads (`pread`), so the
-//! opener's shared file offset is never moved, under a size cap and the request's deadline.
+//! opener's shared file offset is never moved, under a size cap and the request's deadline; and
+//! for platforms without a descriptor (macOS), hashing by path after checking the opened file
+//! against the kernel's identity.
 #![forbid(unsafe_code)]
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use model::{FileIdentity, Sha256};
 
 use sha2::Digest;
 
@@ -66,6 +71,59 @@ impl FileHasher for FdHasher {
         let fd = input.require_fd("hashing")?;
         let d = digest_fd::<sha2::Sha256>(input, fd, self.max_size)?;
         Ok(model::Sha256(d.finalize().into()))
+    }
+}
+
+// Hashing by path, for platforms whose kernel hands us no descriptor (Endpoint Security).
+// Platform-neutral so that it is tested here on Linux too.
+
+/// Hashes through the passed fd, or the path checked against the kernel's identity.
+#[derive(Debug, Clone, Copy)]
+pub struct PathHasher {
+    pub max_size: u64,
+}
+
+/// Open `input.file.path` without following a final symlink and check that it is the file the
+/// event named: same device, inode, size, mtime and ctime as the kernel reported. A file
+/// swapped or modified since the event is refused rather than hashed.
+pub fn open_checked(input: &Input<'_>) -> Result<std::fs::File, AnalysisError> {
+    let path = &input.file.path;
+    let what = || format!("opening {path}");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| AnalysisError::io(what(), e))?;
+    let Some(want) = input.file.identity else {
+        return Err(AnalysisError::BadRequest(format!(
+            "{path}: the request carries no file identity to check the open against"
+        )));
+    };
+    let md = file.metadata().map_err(|e| AnalysisError::io(what(), e))?;
+    let got = FileIdentity::from(&md);
+    if got != want {
+        return Err(AnalysisError::io(
+            what(),
+            std::io::Error::other("the file changed or was replaced since the event; not hashed"),
+        ));
+    }
+    Ok(file)
+}
+
+impl FileHasher for PathHasher {
+    fn sha256(&self, input: &Input<'_>) -> Result<Sha256, AnalysisError> {
+        let inner = FdHasher {
+            max_size: self.max_size,
+        };
+        if input.fd.is_some() {
+            return inner.sha256(input);
+        }
+        input.check_deadline()?;
+        let file = open_checked(input)?;
+        inner.sha256(&Input {
+            fd: Some(file.as_fd()),
+            ..*input
+        })
     }
 }
 
@@ -152,5 +210,45 @@ mod tests {
             h.sha256(&no_fd),
             Err(AnalysisError::BadRequest(_))
         ));
+    }
+
+    /// Hashing by path (macOS): only the very file the kernel described is read.
+    #[test]
+    fn path_hasher_checks_the_kernels_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tool");
+        std::fs::write(&path, b"abc").unwrap();
+        let identity = FileIdentity::from(&std::fs::metadata(&path).unwrap());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let named = |p: &std::path::Path, identity: Option<FileIdentity>| FileRef {
+            path: p.to_string_lossy().into_owned(),
+            identity,
+        };
+        let hasher = PathHasher { max_size: 1 << 20 };
+        let hash = |file: &FileRef| {
+            hasher.sha256(&Input {
+                file,
+                fd: None,
+                deadline: Instant::now() + Duration::from_secs(30),
+            })
+        };
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(hash(&named(&path, Some(identity))).unwrap().to_hex(), abc);
+        // (what, file as the request names it)
+        let cases = [
+            ("no identity to check against", named(&path, None)),
+            ("a symlink to it (O_NOFOLLOW)", named(&link, Some(identity))),
+            ("another file", named(dir.path(), Some(identity))),
+        ];
+        for (what, file) in &cases {
+            assert!(hash(file).is_err(), "{what}");
+        }
+        // Modified since the event: size and times differ, so it is refused.
+        std::fs::write(&path, b"abcd").unwrap();
+        assert!(
+            hash(&named(&path, Some(identity))).is_err(),
+            "modified file"
+        );
     }
 }

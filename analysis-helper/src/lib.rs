@@ -5,6 +5,7 @@
 //! - [`pool`]: the fixed worker pool with a bounded queue.
 //! - `server` (Linux): the Unix socket listener with peer authentication.
 //! - [`client`]: a small blocking client, used by `--probe`, the CLI and the tests.
+//! - [`disk_names`]: pure DiskArbitration-to-model mappings (macOS), tested everywhere.
 //!
 //! The helper never re-enters an agent: on Linux it reads files only through descriptors the
 //! extension passed, plus procfs, sysfs and the dpkg database (none of which the extension
@@ -17,6 +18,7 @@
 pub mod analyzer;
 pub mod cache;
 pub mod client;
+pub mod disk_names;
 pub mod hash;
 #[cfg(target_os = "linux")]
 pub mod linux;

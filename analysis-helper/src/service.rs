@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::MetadataExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
@@ -254,20 +253,7 @@ impl Service {
 /// descriptor cannot be duplicated or stat'ed: the request is then analysed but not cached.
 pub fn identity_of(fd: BorrowedFd<'_>) -> Option<FileIdentity> {
     let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
-    let m = file.metadata().ok()?;
-    Some(FileIdentity {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: m
-            .mtime()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(m.mtime_nsec()),
-        ctime_ns: m
-            .ctime()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(m.ctime_nsec()),
-    })
+    Some(FileIdentity::from(&file.metadata().ok()?))
 }
 
 #[cfg(test)]

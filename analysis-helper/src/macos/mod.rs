@@ -5,9 +5,8 @@
 //! On macOS the extension cannot pass a descriptor (ES gives none), so the helper opens the
 //! path; it is muted by the extension (audit token and executable path), so its own opens never
 //! reach the slow path, and it checks that what it opened is the file the kernel described
-//! (`hash::open_checked`).
+//! (`crate::hash::open_checked`).
 
-pub mod hash;
 pub mod server;
 pub mod signing;
 pub mod volume;
@@ -19,7 +18,7 @@ use crate::analyzer::{Analyzers, Unsupported};
 /// validates, `SecStaticCodeCheckValidity` with no requirement).
 pub fn analyzers(max_file_size: u64, certificate_requirement: Option<String>) -> Analyzers {
     Analyzers {
-        hasher: Box::new(hash::PathHasher {
+        hasher: Box::new(crate::hash::PathHasher {
             max_size: max_file_size,
         }),
         packages: Box::new(Unsupported(

@@ -7,9 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::frame::decode_whole_frame;
+use protocol::handshake::{check_hello, reply_for};
 use protocol::{
-    HELPER_MAX_FRAME, Hello, HelloReply, HelperErrorKind, HelperRequest, HelperResponse, MAGIC,
-    PROTOCOL_VERSION, ProtocolError, Request, Response, Role,
+    HELPER_MAX_FRAME, Hello, HelloReply, HelperErrorKind, HelperRequest, HelperResponse,
+    ProtocolError, Request, Response, Role,
 };
 use xpc::{FrameKind, Incoming, Listener, ServerEvent, XpcError};
 
@@ -43,16 +45,6 @@ pub enum ServerError {
     },
 }
 
-/// Decode one whole frame from an XPC data field (length prefix included, nothing after).
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], max: u32) -> Result<T, ProtocolError> {
-    match protocol::frame::split_frame(bytes, max)? {
-        Some(body) if body.end == bytes.len() => protocol::codec::decode(&bytes[body]),
-        _ => Err(ProtocolError::Decode(
-            "an XPC message must carry exactly one complete frame".to_owned(),
-        )),
-    }
-}
-
 /// The role granted to authenticated peers.
 fn peer_role(config: &Config) -> Role {
     if config.peer_requirement.is_some() {
@@ -63,33 +55,23 @@ fn peer_role(config: &Config) -> Role {
 }
 
 fn hello_reply(service: &Service, role: Role, hello: Result<Hello, ProtocolError>) -> HelloReply {
-    let refusal = match hello {
-        Err(e) => Some(e.to_string()),
-        Ok(h) if h.magic != MAGIC => Some(ProtocolError::BadMagic { found: h.magic }.to_string()),
-        Ok(h) if h.version != PROTOCOL_VERSION => Some(
-            ProtocolError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: h.version,
-            }
-            .to_string(),
-        ),
-        Ok(h) if h.role == Role::Extension && role != Role::Extension => Some(
-            "this helper has no peer code-signing requirement configured, so it does not trust \
-             any peer as the extension; set one (--peer-requirement)"
-                .to_owned(),
-        ),
-        Ok(_) => None,
+    // Without a peer requirement nothing vouches for the peer, so it gets the CLI role only.
+    let allowed: &[Role] = if role == Role::Extension {
+        &[Role::Extension, Role::Cli]
+    } else {
+        &[Role::Cli]
     };
-    match refusal {
-        Some(reason) => HelloReply::Rejected {
-            reason,
-            supported: PROTOCOL_VERSION,
-        },
-        None => HelloReply::Accepted {
-            version: PROTOCOL_VERSION,
-            agent: service.agent().to_owned(),
-        },
-    }
+    let checked = hello.and_then(|h| match check_hello(&h, allowed) {
+        Err(ProtocolError::Unauthorized(_)) if h.role == Role::Extension => {
+            Err(ProtocolError::Unauthorized(
+                "this helper has no peer code-signing requirement configured, so it does not \
+                 trust any peer as the extension; set one (--peer-requirement)"
+                    .to_owned(),
+            ))
+        }
+        other => other,
+    });
+    reply_for(&checked, service.agent())
 }
 
 fn handle(config: &Config, service: &Arc<Service>, pool: &Pool, msg: Incoming) {
@@ -104,14 +86,18 @@ fn handle(config: &Config, service: &Arc<Service>, pool: &Pool, msg: Incoming) {
     };
     match message.kind() {
         Some(FrameKind::Hello) => {
-            let answer = hello_reply(service, role, decode::<Hello>(&frame, HELLO_MAX_FRAME));
+            let answer = hello_reply(
+                service,
+                role,
+                decode_whole_frame::<Hello>(&frame, HELLO_MAX_FRAME),
+            );
             if let Ok(bytes) = protocol::frame::encode_frame(&answer, HELLO_MAX_FRAME) {
                 reply.send(FrameKind::Hello, &bytes);
             }
         }
         Some(FrameKind::Envelope) => {
             let arrived = Instant::now();
-            let req: Request<HelperRequest> = match decode(&frame, HELPER_MAX_FRAME) {
+            let req: Request<HelperRequest> = match decode_whole_frame(&frame, HELPER_MAX_FRAME) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "malformed request frame; dropped");

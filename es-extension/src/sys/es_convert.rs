@@ -470,29 +470,6 @@ pub fn subscription_changes(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Protocol frames in XPC messages
-// ---------------------------------------------------------------------------------------------
-
-/// Decode a whole protocol frame (length prefix included) carried in one XPC data field. The
-/// frame must be exactly one frame within `max`: trailing bytes, a short body or an oversized
-/// length are errors, never a panic.
-pub fn decode_xpc_frame<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    max: u32,
-) -> Result<T, protocol::ProtocolError> {
-    match protocol::frame::split_frame(bytes, max)? {
-        Some(body) if body.end == bytes.len() => protocol::codec::decode(&bytes[body]),
-        Some(body) => Err(protocol::ProtocolError::Decode(format!(
-            "{} bytes after the frame in one XPC message",
-            bytes.len() - body.end
-        ))),
-        None => Err(protocol::ProtocolError::Decode(
-            "truncated frame in an XPC message".to_owned(),
-        )),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // ES result codes
 // ---------------------------------------------------------------------------------------------
 
@@ -1167,35 +1144,6 @@ mod tests {
                 want,
                 "{current:?} -> {wanted:?}"
             );
-        }
-    }
-
-    #[test]
-    fn xpc_frame_table() {
-        use protocol::{HELPER_MAX_FRAME, HelperRequest, Request};
-        let req = Request {
-            id: 7,
-            budget_us: 40_000_000,
-            body: HelperRequest::Ping,
-        };
-        let frame = protocol::frame::encode_frame(&req, HELPER_MAX_FRAME).unwrap();
-        let back: Request<HelperRequest> = decode_xpc_frame(&frame, HELPER_MAX_FRAME).unwrap();
-        assert_eq!(back, req);
-        let mut trailing = frame.clone();
-        trailing.push(0);
-        let mut huge = frame.clone();
-        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        // (input, ok)
-        let cases: [(&[u8], bool); 5] = [
-            (&frame, true),
-            (&trailing, false),
-            (&frame[..frame.len() - 1], false),
-            (&huge, false),
-            (&[], false),
-        ];
-        for (bytes, ok) in cases {
-            let r: Result<Request<HelperRequest>, _> = decode_xpc_frame(bytes, HELPER_MAX_FRAME);
-            assert_eq!(r.is_ok(), ok, "{bytes:?}");
         }
     }
 }

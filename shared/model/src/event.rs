@@ -89,6 +89,22 @@ pub struct FileIdentity {
     pub ctime_ns: i64,
 }
 
+#[cfg(unix)]
+impl From<&std::fs::Metadata> for FileIdentity {
+    /// The identity in `fstat` data that the caller already holds (a conversion, no I/O).
+    fn from(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
 /// A file an event names: its path (for path rules and display) and, where the kernel gave us a
 /// handle, its identity. Paths that are not UTF-8 are converted lossily at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

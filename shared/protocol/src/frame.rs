@@ -76,6 +76,21 @@ pub fn split_frame(buf: &[u8], max: u32) -> Result<Option<std::ops::Range<usize>
     Ok((buf.len() >= end).then_some(4..end))
 }
 
+/// Decode a datagram that must hold exactly one whole frame (length prefix included), as an
+/// XPC data field does. Trailing bytes, a short body or an oversized length are errors.
+pub fn decode_whole_frame<T: DeserializeOwned>(bytes: &[u8], max: u32) -> Result<T, ProtocolError> {
+    match split_frame(bytes, max)? {
+        Some(body) if body.end == bytes.len() => codec::decode(&bytes[body]),
+        Some(body) => Err(ProtocolError::Decode(format!(
+            "{} bytes after the frame in one message",
+            bytes.len() - body.end
+        ))),
+        None => Err(ProtocolError::Decode(
+            "truncated frame in one message".to_owned(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +121,31 @@ mod tests {
             read_frame_body(&mut [].as_slice(), 1024),
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[test]
+    fn whole_frame_table() {
+        let frame = encode_frame(&String::from("ping"), 64).unwrap();
+        let back: String = decode_whole_frame(&frame, 64).unwrap();
+        assert_eq!(back, "ping");
+        let mut trailing = frame.clone();
+        trailing.push(0);
+        let mut huge = frame.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        // (input, ok)
+        let cases: [(&[u8], bool); 5] = [
+            (&frame, true),
+            (&trailing, false),
+            (&frame[..frame.len() - 1], false),
+            (&huge, false),
+            (&[], false),
+        ];
+        for (bytes, ok) in cases {
+            assert_eq!(
+                decode_whole_frame::<String>(bytes, 64).is_ok(),
+                ok,
+                "{bytes:?}"
+            );
+        }
     }
 }

@@ -41,39 +41,52 @@ pub fn server<S: Read + Write>(
     agent: &str,
 ) -> Result<(Role, String), ProtocolError> {
     let hello: Hello = read_frame(s, HELLO_MAX_FRAME)?;
-    let refusal = if hello.magic != MAGIC {
-        Some(ProtocolError::BadMagic { found: hello.magic })
+    let checked = check_hello(&hello, allowed);
+    let reply = reply_for(&checked, agent);
+    match checked {
+        // Best effort: the peer may already be gone, and we close either way.
+        Err(err) => {
+            let _ = write_frame(s, &reply, HELLO_MAX_FRAME);
+            Err(err)
+        }
+        Ok(()) => {
+            write_frame(s, &reply, HELLO_MAX_FRAME)?;
+            Ok((hello.role, hello.agent))
+        }
+    }
+}
+
+/// The server's checks on a peer's hello: magic, version, and a role allowed on this channel.
+/// Transports that carry the handshake otherwise (XPC messages) call this directly.
+pub fn check_hello(hello: &Hello, allowed: &[Role]) -> Result<(), ProtocolError> {
+    if hello.magic != MAGIC {
+        Err(ProtocolError::BadMagic { found: hello.magic })
     } else if hello.version != PROTOCOL_VERSION {
-        Some(ProtocolError::VersionMismatch {
+        Err(ProtocolError::VersionMismatch {
             ours: PROTOCOL_VERSION,
             theirs: hello.version,
         })
     } else if !allowed.contains(&hello.role) {
-        Some(ProtocolError::Unauthorized(format!(
+        Err(ProtocolError::Unauthorized(format!(
             "role {:?} may not use this socket",
             hello.role
         )))
     } else {
-        None
-    };
-    match refusal {
-        Some(err) => {
-            let reply = HelloReply::Rejected {
-                reason: err.to_string(),
-                supported: PROTOCOL_VERSION,
-            };
-            // Best effort: the peer may already be gone, and we close either way.
-            let _ = write_frame(s, &reply, HELLO_MAX_FRAME);
-            Err(err)
-        }
-        None => {
-            let reply = HelloReply::Accepted {
-                version: PROTOCOL_VERSION,
-                agent: agent.to_owned(),
-            };
-            write_frame(s, &reply, HELLO_MAX_FRAME)?;
-            Ok((hello.role, hello.agent))
-        }
+        Ok(())
+    }
+}
+
+/// The reply that tells the peer the outcome of [`check_hello`], and why on refusal.
+pub fn reply_for(checked: &Result<(), ProtocolError>, agent: &str) -> HelloReply {
+    match checked {
+        Ok(()) => HelloReply::Accepted {
+            version: PROTOCOL_VERSION,
+            agent: agent.to_owned(),
+        },
+        Err(e) => HelloReply::Rejected {
+            reason: e.to_string(),
+            supported: PROTOCOL_VERSION,
+        },
     }
 }
 

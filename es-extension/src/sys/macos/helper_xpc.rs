@@ -24,7 +24,7 @@ use protocol::{
 use xpc::{ConnectOptions, Connection, DispatchQueue, FrameKind, XpcError};
 
 use crate::core::{HelperTransport, LinkSink, TransportError};
-use crate::sys::es_convert::decode_xpc_frame;
+use protocol::frame::decode_whole_frame;
 
 /// The helper's launchd mach service.
 pub const HELPER_SERVICE: &str = "dev.gatehouse.helper";
@@ -112,7 +112,7 @@ impl HelperXpc {
                     if kind != Some(FrameKind::Hello) {
                         return Err(HelperXpcError::WrongKind(kind));
                     }
-                    match decode_xpc_frame::<HelloReply>(&bytes, HELLO_MAX_FRAME)? {
+                    match decode_whole_frame::<HelloReply>(&bytes, HELLO_MAX_FRAME)? {
                         HelloReply::Accepted { version, agent } if version == PROTOCOL_VERSION => {
                             Ok(agent)
                         }
@@ -170,7 +170,7 @@ impl HelperXpc {
                         return Err(HelperXpcError::WrongKind(kind));
                     }
                     let resp: Response<HelperResponse> =
-                        decode_xpc_frame(&bytes, HELPER_MAX_FRAME)?;
+                        decode_whole_frame(&bytes, HELPER_MAX_FRAME)?;
                     if resp.id != id {
                         return Err(HelperXpcError::IdMismatch {
                             sent: id,
