@@ -1,9 +1,11 @@
 //! The core's thread count is fixed at start and does not grow under a flood (DESIGN.md 7:
-//! "Threads fixed regardless of load"). Its own test binary, so no other test's threads are
-//! counted in /proc/self/task.
+//! "Threads fixed regardless of load"), neither under a flood of events nor under a flood of
+//! control connections. Its own test binary, so no other test's threads are counted in
+//! /proc/self/task.
 
 mod common;
 
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,7 +34,9 @@ fn thread_count_is_fixed_under_a_flood() {
     let before_core = task_count().unwrap();
     let mut cfg = test_config(Some(&helper.path));
     cfg.queue_capacity = 64;
-    cfg.control_socket = Some(dir.path().join("control.sock"));
+    let control = dir.path().join("control.sock");
+    cfg.control_socket = Some(control.clone());
+    let rig_handlers = cfg.control_handlers;
     let rig = start(cfg);
     wait_connected(&rig.core, true);
     // The sampler runs before the baseline, so it is part of it.
@@ -51,12 +55,25 @@ fn thread_count_is_fixed_under_a_flood() {
     };
     std::thread::sleep(Duration::from_millis(20));
     let baseline = task_count().unwrap();
-    // 2 workers, helper reader, watchdog, kernel maintenance, events-log writer, control
-    // server; plus the fake helper's per-connection reader and writer, plus the sampler.
-    assert_eq!(baseline, before_core + 7 + 2 + 1, "threads at start");
+    // 2 workers, helper reader, watchdog, kernel maintenance, events-log writer, the control
+    // accept thread and its `control_handlers` handlers (2 by default: 9 in all); plus the fake
+    // helper's per-connection reader and writer, plus the sampler.
+    let core_threads = 2 + 4 + 1 + rig_handlers;
+    assert_eq!(core_threads, 9, "the default core thread set");
+    assert_eq!(
+        baseline,
+        before_core + core_threads + 2 + 1,
+        "threads at start"
+    );
     max.store(0, Ordering::Relaxed);
     const N: u64 = 50_000;
+    // Silent control clients, held open through the flood: far more than the handlers and
+    // the backlog take, so most are refused; none may cost a thread.
+    let mut silent = Vec::new();
     for i in 0..N {
+        if i % 500 == 0 {
+            silent.push(UnixStream::connect(&control).expect("connect to the control socket"));
+        }
         let ev = if i % 2 == 0 {
             events::exec(
                 3_000_000 + (i % 1000) as u32,
@@ -75,6 +92,7 @@ fn thread_count_is_fixed_under_a_flood() {
     );
     stop.store(true, Ordering::Release);
     sampler.join().unwrap();
+    drop(silent);
     assert!(
         counter(&rig.core, "analysed") > 0,
         "the slow path was exercised"
@@ -82,6 +100,10 @@ fn thread_count_is_fixed_under_a_flood() {
     assert!(
         counter(&rig.core, "queue_full") > 0,
         "the queue was full at times"
+    );
+    assert!(
+        counter(&rig.core, "control_refused_busy") > 0,
+        "the control server was full at times"
     );
     assert_eq!(
         max.load(Ordering::Relaxed),

@@ -11,7 +11,10 @@
 //!
 //! Root clients speaking the wrong role, a wrong magic or version, garbage, oversized or
 //! undecodable frames, or nothing at all are refused or dropped, each on its own connection,
-//! and a good client (the real CLI and a raw protocol client) is served after each.
+//! and a good client (the real CLI and a raw protocol client) is served after each. Silent
+//! clients hold a control handler only until the handshake deadline: the CLI is served while
+//! two are connected, and a flood of them is partly refused at once (counted in
+//! `control_refused_busy`), the rest dropped, after which the CLI is served again.
 //!
 //! Safety (DESIGN.md "Testing fanotify safely"): `--scope` is a tmpfs mounted here and the
 //! policy watches no paths, so nothing else is marked. The extension runs as
@@ -209,6 +212,42 @@ fn closed_by_peer(s: &mut UnixStream) -> bool {
     }
 }
 
+/// True when the extension closed `s` (EOF or reset, after anything it sent first, such as a
+/// busy refusal); false when the socket's read timeout passed with the connection still open.
+fn dropped(s: &mut UnixStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// `gatehouse stats --json`, as root.
+fn cli_stats(sock: &Path) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "30"])
+        .arg(binary("gatehouse"))
+        .args(["stats", "--json", "--control-socket"])
+        .arg(sock)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gatehouse stats");
+    assert!(out.status.success(), "gatehouse stats: {}", text(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("gatehouse stats: not JSON ({e}): {}", text(&out)))
+}
+
 /// A raw protocol client, as root, with the right role: handshake, then one Status request.
 fn raw_status(sock: &Path) -> Result<ControlResponse, ProtocolError> {
     let mut s = connect(sock);
@@ -385,11 +424,33 @@ fn unauthorized_control_peers_are_refused() {
         );
     }
 
-    // A root client that connects and says nothing is dropped by the extension's client
-    // timeout; a good client waiting behind it is served (the CLI waits up to 10 s).
-    let silent = connect(&ext.control);
-    assert_served(&mut ext, "a silent client that is still connected");
+    // Root clients that connect and say nothing hold one of the extension's control handlers
+    // each, but only until its handshake deadline: a good client is served while two of them
+    // are still connected, and the extension drops them.
+    let mut silent: Vec<UnixStream> = (0..2).map(|_| connect(&ext.control)).collect();
+    assert_served(&mut ext, "two silent clients that are still connected");
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(dropped(s), "silent client {i} was never dropped");
+    }
+    // A flood of silent clients, far beyond the handlers and their backlog: the excess is
+    // refused at once and counted, the rest time out, and then the CLI is served again.
+    let mut flood: Vec<UnixStream> = (0..32).map(|_| connect(&ext.control)).collect();
+    for (i, s) in flood.iter_mut().enumerate() {
+        assert!(dropped(s), "flood client {i} was never dropped");
+    }
+    assert_served(&mut ext, "a flood of silent clients");
+    let stats = cli_stats(&ext.control);
+    let count = |name: &str| {
+        stats["counters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c[0] == name))
+            .and_then(|c| c[1].as_u64())
+            .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+    };
+    assert!(count("control_refused_busy") >= 1, "{stats}");
+    assert!(count("control_handshake_timeouts") >= 2, "{stats}");
     drop(silent);
+    drop(flood);
 
     assert!(ext.alive(), "the extension exited; its log:\n{}", ext.log());
     eprintln!("extension log:\n{}", ext.log());

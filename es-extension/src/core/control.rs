@@ -1,20 +1,31 @@
-//! The control server: one thread serving `gatehouse` CLI requests on a root-only Unix socket
-//! (mode 0600, peer uid 0 or our own, checked from the kernel's peer credentials), and the
-//! operations behind them (policy load, mutes, stats). Everything here runs off the delivery
-//! thread, so it may make system calls and call [`KernelControl`](crate::backend::KernelControl).
+//! The control server: `gatehouse` CLI requests on a root-only Unix socket (mode 0600, peer uid
+//! 0 or our own, checked from the kernel's peer credentials), and the operations behind them
+//! (policy load, mutes, stats). Everything here runs off the delivery thread, so it may make
+//! system calls and call [`KernelControl`](crate::backend::KernelControl).
+//!
+//! # Threads (fixed: invariant `bounded`)
+//! One accept thread and `control_handlers` handler threads, joined by a bounded channel of
+//! accepted connections. The accept thread never blocks on a client: it checks the peer's uid (a
+//! `getsockopt`) and hands the connection over with `try_send`; when every handler is busy and
+//! `control_backlog` connections already wait, the connection is refused at once (a best-effort
+//! `Rejected` hello reply, then close) and counted in `control_refused_busy`. A handler gives a
+//! peer `control_handshake_timeout` in total to send its hello and `control_idle_timeout` to
+//! send each request, as deadlines rather than per-read timeouts, so a silent or trickling
+//! client holds a handler only briefly.
 
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use model::MuteSpec;
 use protocol::{
-    CONTROL_MAX_FRAME, ControlRequest, ControlResponse, HelperResponse, Role, StatsReport,
-    StatusReport,
+    CONTROL_MAX_FRAME, ControlRequest, ControlResponse, HelloReply, HelperResponse,
+    PROTOCOL_VERSION, Role, StatsReport, StatusReport,
 };
 
 use super::helper_client::{HelperClient, WorkItem};
@@ -22,9 +33,59 @@ use super::metrics::Metrics;
 use super::{CoreError, Shared};
 use crate::backend::{BackendError, Responder};
 
-/// A CLI that connects and then says nothing is dropped after this long.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting thread (accept, or a handler in a socket read) looks at the stop signal.
 const POLL: Duration = Duration::from_millis(100);
+/// A handshake reply is tiny (the protocol's hello limit).
+const HELLO_MAX_FRAME: u32 = 1024;
+
+/// The control server's counters, gauges and update lock, shared with [`Core`](super::Core).
+#[derive(Debug, Default)]
+pub(crate) struct ControlState {
+    /// Serializes every change to the policy or the mute lists (policy loads from any handler
+    /// or [`Core::load_policy`](super::Core::load_policy), mute add/remove, the initial mute
+    /// push), so that their kernel pushes and cache clears never interleave. Never taken by
+    /// the delivery thread (invariant `delivery-never-blocks`), which only reads arc-swapped
+    /// snapshots; it may therefore be held across kernel calls.
+    update: Mutex<()>,
+    /// Connections refused because every handler was busy and the backlog was full.
+    pub refused_busy: AtomicU64,
+    /// Connections from a peer whose uid is neither root nor ours.
+    pub refused_peer: AtomicU64,
+    /// Peers that did not complete the hello within the handshake deadline.
+    pub handshake_timeouts: AtomicU64,
+    /// Sessions closed because no request came within the idle deadline.
+    pub idle_closed: AtomicU64,
+    /// Handlers serving a connection now (gauge).
+    pub busy: AtomicU64,
+    /// Accepted connections waiting for a handler now (gauge).
+    pub queued: AtomicU64,
+    /// Connections served or waiting (`busy + queued`, kept as one count for admission).
+    admitted: AtomicU64,
+}
+
+impl ControlState {
+    /// Hold while changing the policy or the mutes. A poisoned lock only means an earlier
+    /// update panicked; the state it guards is in the arc-swapped snapshots, intact.
+    pub fn update_lock(&self) -> MutexGuard<'_, ()> {
+        self.update
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Named as `gatehouse stats` shows them.
+    pub fn counters(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        [
+            ("control_refused_busy", &self.refused_busy),
+            ("control_refused_peer", &self.refused_peer),
+            ("control_handshake_timeouts", &self.handshake_timeouts),
+            ("control_idle_closed", &self.idle_closed),
+            ("control_handlers_busy", &self.busy),
+            ("control_queued", &self.queued),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_owned(), c.load(Ordering::Relaxed)))
+    }
+}
 
 /// Bind the control socket, replacing a stale one, with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, CoreError> {
@@ -54,6 +115,10 @@ pub(crate) fn load_policy(
     text: &str,
 ) -> Result<u64, policy::PolicyError> {
     let policy = policy::Policy::parse(origin, text)?;
+    // Held across the swap, cache clears and kernel pushes: two loads never interleave, so
+    // each kernel mute diff starts from the previous load's result and each successful load
+    // is exactly one version step.
+    let _update = shared.control.update_lock();
     let before = shared.mutes.load().all();
     let version = shared.store.replace(policy);
     shared.cache.clear();
@@ -88,6 +153,7 @@ pub(crate) fn stats_report<R: Responder>(
     queue: &Sender<WorkItem<R>>,
 ) -> StatsReport {
     let mut counters = shared.metrics.counters();
+    counters.extend(shared.control.counters());
     counters.extend(backend_counters(shared.kernel.counters()));
     StatsReport {
         counters,
@@ -128,7 +194,178 @@ pub(crate) fn status_report<R: Responder>(
     }
 }
 
-/// The control thread.
+/// The accept thread: checks each peer's uid and hands the connection to the handlers through
+/// the bounded `handlers` channel, refusing it at once when every handler is busy and the
+/// backlog is full. Never waits on a client. Removes the socket file when it stops.
+pub(crate) fn accept_loop(
+    shared: &Shared,
+    listener: UnixListener,
+    handlers: Sender<UnixStream>,
+    stop: Receiver<()>,
+) {
+    {
+        let _update = shared.control.update_lock();
+        push_mutes(shared, &[], &shared.mutes.load().all());
+    }
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_owned));
+    let me = own_uid();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => admit(shared, me, stream, &handlers),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if stop.recv_timeout(POLL).is_err_and(|e| e.is_disconnected()) {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                if stop.recv_timeout(POLL).is_err_and(|e| e.is_disconnected()) {
+                    break;
+                }
+            }
+        }
+        if shared.shutting_down.load(Ordering::Acquire) {
+            break;
+        }
+    }
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Peer check (before any byte is read), then `try_send` to the handlers or refuse.
+fn admit(shared: &Shared, me: u32, stream: UnixStream, handlers: &Sender<UnixStream>) {
+    let st = &shared.control;
+    match protocol::unix::peer_credentials(&stream) {
+        Ok(c) if c.uid == 0 || c.uid == me => {}
+        Ok(c) => {
+            Metrics::inc(&st.refused_peer);
+            tracing::warn!(
+                uid = c.uid,
+                pid = c.pid,
+                "refused control connection from a non-root peer"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "control peer credentials unavailable; connection dropped");
+            return;
+        }
+    }
+    // Admission counts connections being served or waiting, not the channel's fill: a burst
+    // that arrives before idle handlers wake up is queued, not refused. Only this thread
+    // increments `admitted`, so the check cannot be overtaken by another admission.
+    let limit = shared.config.control_handlers + shared.config.control_backlog;
+    if st.admitted.load(Ordering::Acquire) >= limit as u64 {
+        let n = st.refused_busy.fetch_add(1, Ordering::Relaxed) + 1;
+        // A flood logs a handful of lines, not one per connection.
+        if n.is_power_of_two() {
+            tracing::warn!(
+                refused = n,
+                handlers = shared.config.control_handlers,
+                backlog = shared.config.control_backlog,
+                "control server busy: connection refused"
+            );
+        }
+        refuse_busy(&stream, shared.config.control_handlers);
+        return;
+    }
+    st.admitted.fetch_add(1, Ordering::AcqRel);
+    st.queued.fetch_add(1, Ordering::Relaxed);
+    // The channel holds `limit` connections, so only a stopped server refuses the send.
+    if handlers.try_send(stream).is_err() {
+        st.queued.fetch_sub(1, Ordering::Relaxed);
+        st.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Tell a refused client why, without ever blocking the accept thread: the socket is made
+/// non-blocking, and a fresh socket's buffer has room for this small frame. Closed on return.
+fn refuse_busy(stream: &UnixStream, handlers: usize) {
+    if stream.set_nonblocking(true).is_ok() {
+        let reply = HelloReply::Rejected {
+            reason: format!(
+                "the extension's control server is busy ({handlers} sessions in progress and \
+                 its backlog is full); retry in a moment"
+            ),
+            supported: PROTOCOL_VERSION,
+        };
+        let _ = protocol::frame::write_frame(&mut &*stream, &reply, HELLO_MAX_FRAME);
+    }
+}
+
+/// Reads and writes on a control connection under one deadline, waited for in slices of
+/// [`POLL`] so that shutdown is seen promptly. A slice that times out has consumed nothing, so
+/// retrying it inside `read_exact` loses no bytes; a peer that trickles a byte at a time still
+/// runs into the deadline, which a per-read socket timeout alone would keep extending.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+    stop: &'a AtomicBool,
+    /// The deadline passed (as opposed to the peer closing or misbehaving).
+    expired: bool,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(stream: &'a UnixStream, budget: Duration, stop: &'a AtomicBool) -> Self {
+        Self {
+            stream,
+            until: Instant::now() + budget,
+            stop,
+            expired: false,
+        }
+    }
+
+    fn slice<T>(
+        &mut self,
+        set_timeout: fn(&UnixStream, Option<Duration>) -> io::Result<()>,
+        mut op: impl FnMut(&UnixStream) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                // Not `Interrupted`: `read_exact` and `write_all` would retry that.
+                return Err(io::Error::other("the extension is shutting down"));
+            }
+            let left = self.until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.expired = true;
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            set_timeout(self.stream, Some(left.min(POLL)))?;
+            match op(self.stream) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.slice(UnixStream::set_read_timeout, |mut s| s.read(buf))
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.slice(UnixStream::set_write_timeout, |mut s| s.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a control handler thread needs to answer requests.
 pub(crate) struct Server<R: Responder> {
     pub shared: Arc<Shared>,
     pub helper: Arc<HelperClient<R>>,
@@ -136,67 +373,64 @@ pub(crate) struct Server<R: Responder> {
 }
 
 impl<R: Responder> Server<R> {
-    pub fn run(self, listener: UnixListener, stop: Receiver<()>) {
-        push_mutes(&self.shared, &[], &self.shared.mutes.load().all());
-        let path = listener
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(Path::to_owned));
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => self.serve(stream),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if stop.recv_timeout(POLL).is_err_and(|e| e.is_disconnected()) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    if stop.recv_timeout(POLL).is_err_and(|e| e.is_disconnected()) {
-                        break;
-                    }
-                }
+    /// One handler thread: serve connections from the accept thread until it stops. A panic
+    /// while serving closes that connection only, so the number of handlers stays fixed.
+    pub fn run_handler(&self, conns: Receiver<UnixStream>) {
+        let st = &self.shared.control;
+        // Ends when the accept thread, which holds the only sender, stops; connections still
+        // waiting then are dropped (closed) unserved.
+        while let Ok(stream) = conns.recv() {
+            st.queued.fetch_sub(1, Ordering::Relaxed);
+            st.busy.fetch_add(1, Ordering::Relaxed);
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.serve(&stream);
+            }));
+            st.busy.fetch_sub(1, Ordering::Relaxed);
+            st.admitted.fetch_sub(1, Ordering::AcqRel);
+            if served.is_err() {
+                tracing::error!("a control request panicked; its connection was closed");
             }
-            if self.shared.shutting_down.load(Ordering::Acquire) {
-                break;
-            }
-        }
-        if let Some(p) = path {
-            let _ = std::fs::remove_file(p);
         }
     }
 
-    /// One CLI connection: authenticate, handshake, then request/response until it closes.
-    fn serve(&self, mut stream: UnixStream) {
-        let ok = stream.set_nonblocking(false).is_ok()
-            && stream.set_read_timeout(Some(CLIENT_TIMEOUT)).is_ok()
-            && stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_ok();
-        if !ok {
+    /// One CLI connection (its peer uid already checked): handshake within the handshake
+    /// deadline, then request/response, each request within the idle deadline, until it
+    /// closes. Any error closes this connection only.
+    fn serve(&self, stream: &UnixStream) {
+        let s = &*self.shared;
+        let cfg = &s.config;
+        // Accepted sockets inherit O_NONBLOCK from the listener on some systems (BSD, macOS).
+        if stream.set_nonblocking(false).is_err() {
             return;
-        }
-        let me = nix_uid();
-        match protocol::unix::peer_credentials(&stream) {
-            Ok(c) if c.uid == 0 || c.uid == me => {}
-            Ok(c) => {
-                tracing::warn!(
-                    uid = c.uid,
-                    pid = c.pid,
-                    "refused control connection from a non-root peer"
-                );
-                return;
-            }
-            Err(_) => return,
         }
         let agent = format!("gatehouse-extension/{}", env!("CARGO_PKG_VERSION"));
-        if protocol::handshake::server(&mut stream, &[Role::Cli], &agent).is_err() {
+        let mut io = Deadline::new(stream, cfg.control_handshake_timeout, &s.shutting_down);
+        if protocol::handshake::server(&mut io, &[Role::Cli], &agent).is_err() {
+            if io.expired {
+                Metrics::inc(&s.control.handshake_timeouts);
+                tracing::debug!("dropped a control client that sent no hello in time");
+            }
             return;
         }
-        while let Ok(req) =
-            protocol::frame::read_frame::<_, ControlRequest>(&mut stream, CONTROL_MAX_FRAME)
-        {
+        loop {
+            let mut io = Deadline::new(stream, cfg.control_idle_timeout, &s.shutting_down);
+            let req = match protocol::frame::read_frame::<_, ControlRequest>(
+                &mut io,
+                CONTROL_MAX_FRAME,
+            ) {
+                Ok(req) => req,
+                Err(_) => {
+                    if io.expired {
+                        Metrics::inc(&s.control.idle_closed);
+                    }
+                    return;
+                }
+            };
             let resp = self.handle(req);
-            if protocol::frame::write_frame(&mut stream, &resp, CONTROL_MAX_FRAME).is_err() {
-                break;
+            // A client that does not read its answer is dropped after the same deadline.
+            let mut io = Deadline::new(stream, cfg.control_idle_timeout, &s.shutting_down);
+            if protocol::frame::write_frame(&mut io, &resp, CONTROL_MAX_FRAME).is_err() {
+                return;
             }
         }
     }
@@ -223,6 +457,7 @@ impl<R: Responder> Server<R> {
                 },
             },
             ControlRequest::MuteAdd(spec) => {
+                let _update = s.control.update_lock();
                 let before = s.mutes.load().all();
                 {
                     let mut r = s.runtime_mutes.lock().unwrap_or_else(|e| e.into_inner());
@@ -235,6 +470,7 @@ impl<R: Responder> Server<R> {
                 ControlResponse::Ok
             }
             ControlRequest::MuteRemove(spec) => {
+                let _update = s.control.update_lock();
                 let before = s.mutes.load().all();
                 let removed = {
                     let mut r = s.runtime_mutes.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,7 +528,7 @@ impl<R: Responder> Server<R> {
 }
 
 /// Our effective uid, from the peer credentials of a socket pair (no libc call needed).
-fn nix_uid() -> u32 {
+fn own_uid() -> u32 {
     UnixStream::pair()
         .ok()
         .and_then(|(a, _b)| protocol::unix::peer_credentials(&a).ok())

@@ -11,7 +11,9 @@
 //!   transport has one); answers are matched by request id;
 //! - one kernel-maintenance thread retries a failed kernel cache clear with backoff;
 //! - one watchdog answers the fallback at `deadline - headroom`;
-//! - one events-log writer, and one control server (when a control socket is configured).
+//! - one events-log writer;
+//! - when a control socket is configured, one control accept thread and `control_handlers`
+//!   control handlers (2 by default), so a silent or slow CLI client delays no other.
 
 #![forbid(unsafe_code)]
 
@@ -71,6 +73,15 @@ pub struct CoreConfig {
     pub recent_lines: usize,
     /// The control socket (root only, mode 0600); `None` runs no control server.
     pub control_socket: Option<PathBuf>,
+    /// Control handler threads (default 2): CLI connections served at once.
+    pub control_handlers: usize,
+    /// Accepted control connections waiting for a handler; beyond this a new connection is
+    /// refused at once and counted (`control_refused_busy`). 0: refused unless a handler is idle.
+    pub control_backlog: usize,
+    /// A control client must complete its hello within this long of a handler taking it.
+    pub control_handshake_timeout: Duration,
+    /// A control session with no request (or an unread answer) for this long is closed.
+    pub control_idle_timeout: Duration,
     /// Verdict cache entries.
     pub cache_capacity: usize,
     /// Requests outstanding at the helper at once.
@@ -105,6 +116,10 @@ impl CoreConfig {
             log_channel_capacity: 4096,
             recent_lines: 1000,
             control_socket: None,
+            control_handlers: 2,
+            control_backlog: 4,
+            control_handshake_timeout: Duration::from_secs(1),
+            control_idle_timeout: Duration::from_secs(5),
             cache_capacity: 16_384,
             max_in_flight: 1024,
             helper_write_timeout: Duration::from_millis(250),
@@ -238,6 +253,8 @@ pub(crate) struct Shared {
     pub clear_retry: Sender<()>,
     /// Told the new version after each policy load (capacity one each; never blocks).
     pub policy_watchers: Mutex<Vec<Sender<u64>>>,
+    /// The control server's counters and the lock serializing policy and mute updates.
+    pub control: control::ControlState,
 }
 
 impl std::fmt::Debug for dyn KernelControl {
@@ -295,6 +312,7 @@ pub(crate) fn test_shared(policy: Policy) -> Arc<Shared> {
         kernel: Arc::new(crate::test_backend::TestControl::default()),
         clear_retry: kernel_retry::channel().0,
         policy_watchers: Mutex::new(Vec::new()),
+        control: control::ControlState::default(),
     })
 }
 
@@ -344,6 +362,11 @@ impl<R: Responder> Core<R> {
                 "workers and queue_capacity must be at least 1".to_owned(),
             ));
         }
+        if config.control_socket.is_some() && config.control_handlers == 0 {
+            return Err(CoreError::Config(
+                "control_handlers must be at least 1 when a control socket is set".to_owned(),
+            ));
+        }
         let endpoint = config.helper_endpoint()?;
         let (log, log_rx, recent) =
             eventlog::channel(config.log_channel_capacity.max(1), config.recent_lines);
@@ -367,6 +390,7 @@ impl<R: Responder> Core<R> {
             kernel: control,
             clear_retry,
             policy_watchers: Mutex::new(Vec::new()),
+            control: control::ControlState::default(),
             config,
         });
         shared.refresh_mutes();
@@ -424,13 +448,22 @@ impl<R: Responder> Core<R> {
             })?);
         }
         if let Some(listener) = control_listener {
-            let server = control::Server {
+            // Fixed handlers fed by the accept thread through a bounded channel (`bounded`).
+            let (conn_tx, conn_rx) =
+                crossbeam_channel::bounded(cfg.control_handlers + cfg.control_backlog);
+            let server = Arc::new(control::Server {
                 shared: Arc::clone(&shared),
                 helper: Arc::clone(&helper),
                 queue: queue_tx.clone(),
-            };
-            let stop = stop_rx.clone();
-            threads.push(spawn("control", move || server.run(listener, stop))?);
+            });
+            for _ in 0..cfg.control_handlers {
+                let (srv, rx) = (Arc::clone(&server), conn_rx.clone());
+                threads.push(spawn("control-h", move || srv.run_handler(rx))?);
+            }
+            let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
+            threads.push(spawn("control", move || {
+                control::accept_loop(&s, listener, conn_tx, stop);
+            })?);
         } else {
             // Without a control thread, policy mutes still reach the kernel; off this thread.
             let s = Arc::clone(&shared);
