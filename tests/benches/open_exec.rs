@@ -34,7 +34,7 @@ mod linux {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use super::linux_common::{Guarded, Scratch, arm_child_timers, skip_reason};
+    use super::linux_common::{Guarded, Scratch, arm_child_timers, sha256, skip_reason};
 
     const CHILD_ENV: &str = "GH_BENCH_CHILD";
     /// Hard kill timer of every listener child.
@@ -278,18 +278,6 @@ mod linux {
     fn fork_exec(p: &Path) {
         let st = Command::new(p).stdin(Stdio::null()).status().expect("exec");
         assert!(st.success(), "{} failed", p.display());
-    }
-
-    fn sha256(p: &Path) -> String {
-        let out = Command::new("sha256sum")
-            .arg(p)
-            .output()
-            .expect("sha256sum");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .expect("a digest")
-            .to_owned()
     }
 
     /// `gatehouse-helper` from this target directory (release, then debug).

@@ -60,18 +60,6 @@ fn start_helper(sock: &Path) -> Guarded {
     g
 }
 
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 /// Run `path args` as a separate process, with a timeout, returning (success, stderr).
 fn exec(path: &Path, args: &[&Path]) -> (bool, String) {
     let mut c = ChildGuard(Some(

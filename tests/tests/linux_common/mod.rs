@@ -187,6 +187,20 @@ pub fn wait_timeout(c: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Lower-case SHA-256 of a file from `sha256sum`: an independent implementation, so a policy
+/// rule written with it checks the helper's hashing too.
+pub fn sha256(p: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned()
+}
+
 /// A child of the test process only: dies with SIGKILL if the test thread dies, and by alarm
 /// after `secs` whatever happens.
 pub fn arm_child_timers(secs: u32) {
