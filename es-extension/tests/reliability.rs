@@ -355,8 +355,19 @@ fn burst_of_100k_with_full_queue_and_policy_swaps() {
     assert_eq!(counter(&rig.core, "deadline_misses"), 0);
     assert_eq!(counter(&rig.core, "events"), N);
     assert_eq!(rig.core.policy().version, 5);
-    let calls = rig.control.calls();
-    assert_eq!(calls.iter().filter(|c| *c == "clear_cache").count(), 4);
+    // One kernel cache clear per load, plus at most one per caching answer that raced a swap
+    // (those ask the retry thread for another clear, coalesced and after a short backoff).
+    let clears = rig
+        .control
+        .calls()
+        .iter()
+        .filter(|c| *c == "clear_cache")
+        .count() as u64;
+    let reclears = counter(&rig.core, "stale_cache_reclears");
+    assert!(
+        (4..=4 + reclears).contains(&clears),
+        "{clears} clears, {reclears} re-clears"
+    );
 }
 
 #[test]

@@ -256,10 +256,16 @@ impl<R: Responder> HelperClient<R> {
                     Outcome::Decided(d) => {
                         if d.cacheable != model::Cacheability::Never
                             && let Some(key) = policy::VerdictCache::key_for(&slot.event)
-                            // A policy swapped while we decided must not inherit this verdict.
                             && self.shared.store.load().version == snapshot.version
                         {
                             self.shared.cache.insert(key, &d, Instant::now());
+                            // A policy swapped while we decided must not inherit this verdict:
+                            // if it moved between the check and the insert, the control
+                            // thread's clear may already have run, so clear again.
+                            if self.shared.store.load().version != snapshot.version {
+                                Metrics::inc(&m.stale_cache_reclears);
+                                self.shared.cache.clear();
+                            }
                         }
                         if slot.answer(&d) {
                             Metrics::inc(&m.helper_decided);

@@ -113,6 +113,9 @@ pub struct Metrics {
     pub cache_clear_retries: AtomicU64,
     /// Retry runs that used every attempt without clearing.
     pub cache_clear_abandoned: AtomicU64,
+    /// Cacheable answers (kernel or verdict cache) that raced a policy swap and so asked for
+    /// the cache to be cleared again.
+    pub stale_cache_reclears: AtomicU64,
     pub fast_path: AtomicHistogram,
     pub helper_round_trip: AtomicHistogram,
     pub event_to_answer: AtomicHistogram,
@@ -182,7 +185,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 22] = [
+        let named: [(&str, &AtomicU64); 23] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -203,6 +206,7 @@ impl Metrics {
             ("cache_clear_failures", &self.cache_clear_failures),
             ("cache_clear_retries", &self.cache_clear_retries),
             ("cache_clear_abandoned", &self.cache_clear_abandoned),
+            ("stale_cache_reclears", &self.stale_cache_reclears),
             ("answers", &AtomicU64::new(self.answers_total())),
             (
                 "fallbacks",

@@ -35,9 +35,23 @@ pub(crate) fn respond<R: Responder>(
     deadline: Instant,
     policy_version: u64,
 ) {
-    let result = responder.respond(kernel_answer(decision));
-    let now = Instant::now();
     let m = &shared.metrics;
+    let mut answer = kernel_answer(decision);
+    // A kernel-cached allow must not outlive the policy it was decided under. The control
+    // thread swaps the policy and then clears the kernel cache; an answer decided under the old
+    // policy can reach the kernel after that clear. So: no caching once the policy has moved,
+    // and if it moves while we answer, clear again (off this thread). Either the re-check sees
+    // the new version and asks for a clear that follows our answer, or it sees the old one and
+    // the control thread's own clear follows our answer.
+    if answer.cache && shared.store.load().version != policy_version {
+        answer.cache = false;
+    }
+    let result = responder.respond(answer);
+    if answer.cache && shared.store.load().version != policy_version {
+        Metrics::inc(&m.stale_cache_reclears);
+        let _ = shared.clear_retry.try_send(());
+    }
+    let now = Instant::now();
     if result.is_err() {
         Metrics::inc(&m.respond_errors);
     }
@@ -244,5 +258,74 @@ mod tests {
             );
         }
         assert_eq!(shared.metrics.fallback_count(FallbackReason::Dropped), 1);
+    }
+
+    /// A responder that swaps the policy while it answers: the race between a caching answer
+    /// and the control thread's load-then-clear, made deterministic.
+    struct SwapsPolicy {
+        shared: Arc<Shared>,
+        swap: bool,
+        got: Arc<Mutex<Option<crate::backend::Answer>>>,
+    }
+
+    impl Responder for SwapsPolicy {
+        fn respond(
+            self,
+            answer: crate::backend::Answer,
+        ) -> Result<(), crate::backend::BackendError> {
+            if self.swap {
+                self.shared
+                    .store
+                    .replace(policy::Policy::parse("t", DENY_FALLBACK).unwrap());
+            }
+            *self.got.lock().unwrap() = Some(answer);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "swaps-policy".into()
+        }
+    }
+
+    #[test]
+    fn kernel_cached_allows_never_outlive_a_policy_swap() {
+        let cacheable = Decision::allow(Reason::Default, Cacheability::Kernel);
+        let ev = events::exec(3_000_000, "/bin/x", 1);
+        // (decided under the current version?, policy swapped while answering?,
+        //  kernel asked to cache?, re-clear requested?)
+        let cases = [
+            (true, false, true, false),
+            (false, false, false, false), // already stale: not cached at all
+            (true, true, true, true),     // moved mid-answer: cached, then cleared again
+        ];
+        for (current, swap, want_cache, want_reclear) in cases {
+            let shared =
+                super::super::test_shared(policy::Policy::parse("t", DENY_FALLBACK).unwrap());
+            let version = shared.store.load().version - u64::from(!current);
+            let got = Arc::new(Mutex::new(None));
+            let r = SwapsPolicy {
+                shared: Arc::clone(&shared),
+                swap,
+                got: Arc::clone(&got),
+            };
+            let now = Instant::now();
+            respond(
+                &shared,
+                r,
+                &cacheable,
+                &ev,
+                now,
+                now + Duration::from_secs(5),
+                version,
+            );
+            let answer = got.lock().unwrap().expect("answered");
+            let case = (current, swap);
+            assert_eq!(answer.verdict, Verdict::Allow, "{case:?}");
+            assert_eq!(answer.cache, want_cache, "{case:?}");
+            assert_eq!(
+                shared.metrics.stale_cache_reclears.load(Relaxed),
+                u64::from(want_reclear),
+                "{case:?}"
+            );
+        }
     }
 }

@@ -2,10 +2,11 @@
 //! and decoding never allocates more than the frame limit, whatever length fields claim.
 //!
 //! A counting global allocator records the largest single allocation made while decoding; the
-//! test asserts it stays within the frame limit.
+//! test asserts it stays within the frame limit. The record is per thread, because the test
+//! harness runs other tests (and their allocations) on other threads at the same time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use proptest::prelude::*;
 use protocol::frame::{read_frame, read_frame_body};
@@ -13,13 +14,29 @@ use protocol::*;
 
 struct Counting;
 
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // `const` initialisation: reading it never allocates, so the allocator may use it.
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Record an allocation of `size` bytes on this thread (ignored while the thread is exiting).
+fn note(size: usize) {
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+}
+
+fn reset_largest() {
+    LARGEST.with(|l| l.set(0));
+}
+
+fn largest() -> usize {
+    LARGEST.with(Cell::get)
+}
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
 // allocator contract is exactly `System`'s; the atomic bookkeeping never touches the memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        note(layout.size());
         // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract for `layout`.
         unsafe { System.alloc(layout) }
     }
@@ -28,7 +45,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        note(new_size);
         // SAFETY: `ptr`/`layout` came from this allocator, which is `System` underneath.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -70,10 +87,10 @@ proptest! {
         let mut v2 = vec![0, 0, tag, 0xfd];
         v2.extend_from_slice(&len.to_le_bytes());
         v2.extend_from_slice(&tail);
-        LARGEST.store(0, Ordering::Relaxed);
+        reset_largest();
         decode_all(&bytes);
         decode_all(&v2);
-        let largest = LARGEST.load(Ordering::Relaxed);
+        let largest = largest();
         prop_assert!(largest <= HELPER_MAX_FRAME as usize, "allocated {largest} bytes decoding {} bytes", v2.len());
     }
 
@@ -82,7 +99,7 @@ proptest! {
     fn frame_reader_bounded(len in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut stream = len.to_le_bytes().to_vec();
         stream.extend_from_slice(&body);
-        LARGEST.store(0, Ordering::Relaxed);
+        reset_largest();
         let res = read_frame_body(&mut stream.as_slice(), HELPER_MAX_FRAME);
         if len > HELPER_MAX_FRAME {
             prop_assert!(
@@ -91,7 +108,7 @@ proptest! {
             );
         }
         let _ = read_frame::<_, Request<HelperRequest>>(&mut stream.as_slice(), HELPER_MAX_FRAME);
-        prop_assert!(LARGEST.load(Ordering::Relaxed) <= HELPER_MAX_FRAME as usize + 64);
+        prop_assert!(largest() <= HELPER_MAX_FRAME as usize + 64);
     }
 }
 
