@@ -71,7 +71,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    #[cfg(target_os = "linux")]
+    if let Err(e) = die_with_parent() {
+        eprintln!("gatehouse-helper: prctl(PR_SET_PDEATHSIG) failed: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
+        // A closed stderr must not panic the helper: tracing reports a failed write on stderr
+        // itself, which panics, and a panicked signal thread would never stop it.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -151,15 +159,36 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                if let Ok(sig) = signals.wait() {
+                let sig = signals.wait();
+                // Stop first, log second: nothing about stderr may delay or prevent the stop.
+                stop.store(true, Ordering::SeqCst);
+                if let Ok(sig) = sig {
                     tracing::info!(signal = ?sig, "stopping");
                 }
-                stop.store(true, Ordering::SeqCst);
             })
             .context("starting the signal thread")?;
     }
     listener.run(&stop)?;
     tracing::info!(socket = %socket.display(), "stopped; socket removed");
+    Ok(())
+}
+
+/// Under `gatehouse run`/`demo` (`GATEHOUSE_PARENT_PID` set to its pid), die with it:
+/// `PR_SET_PDEATHSIG(SIGKILL)`, then exit at once if it is already gone (the race before the
+/// prctl). An orphaned helper would hold its socket and serve no one.
+#[cfg(target_os = "linux")]
+fn die_with_parent() -> nix::Result<()> {
+    let Some(want) = std::env::var("GATEHOUSE_PARENT_PID")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() != want {
+        eprintln!("gatehouse-helper: the supervising parent (pid {want}) is gone; exiting");
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -1,13 +1,28 @@
-//! `gatehouse run` and `gatehouse demo`: the Linux agent in the foreground.
+//! `gatehouse run` and `gatehouse demo`: the Linux agent in the foreground, supervised.
 //!
-//! `run` starts `gatehouse-helper` first and `gatehouse-extension` second (the extension's
-//! fanotify group is close-on-exec, and the helper never inherits it anyway because it exists
-//! before the group does), prints the extension's status line and live deny/fallback lines
-//! from the events log, and on Ctrl-C/SIGTERM stops the extension (which answers every pending
-//! event, removes its marks and closes its group) and then the helper.
+//! `run` is a supervisor that is not the extension. It starts `gatehouse-helper` first and
+//! `gatehouse-extension` second (the extension's fanotify group is close-on-exec, and only this
+//! process ever spawns the helper, so the helper never inherits the group, restarts included).
+//! It gives the extension a `NOTIFY_SOCKET` of its own and `WATCHDOG_USEC`, SIGKILLs an
+//! extension that misses its watchdog (the kernel then allows everything pending, so a
+//! SIGSTOPped extension holds openers for at most the watchdog interval) and restarts a dead
+//! extension or helper with bounded backoff. SIGHUP is forwarded to the extension (a policy
+//! reload); Ctrl-C/SIGTERM stop the extension (which answers every pending event, removes its
+//! marks and closes its group) and then the helper.
 //!
-//! `demo` does the same on a scratch tmpfs it mounts itself, with a policy that blocks one
-//! binary by SHA-256 and protects one file, runs a short tour and cleans everything up.
+//! `demo` starts the same pair on a scratch tmpfs it mounts in a private mount namespace, with a
+//! policy that blocks one binary by SHA-256 and protects one file, runs a short tour and cleans
+//! everything up.
+//!
+//! Dying with the parent: children get `GATEHOUSE_PARENT_PID` and set `PR_SET_PDEATHSIG`
+//! (SIGKILL) themselves, so a SIGKILLed or crashed CLI leaves no helper or extension behind.
+//! The death signal follows the thread that forked, so every child is spawned from the main
+//! thread, which lives as long as the process. The demo's mount lives in a mount namespace of
+//! its own, which the kernel tears down (mount included) when the last process in it dies.
+//!
+//! Output never blocks or panics: every line goes through a bounded queue to one printer
+//! thread; a closed stdout (EPIPE, e.g. `| head`) is noted, `demo` then winds down early and
+//! cleans up, and `run` keeps supervising (its protection must not end with a pager).
 
 use std::path::PathBuf;
 #[cfg(not(target_os = "linux"))]
@@ -28,6 +43,11 @@ pub struct RunArgs {
     /// not marked. Repeatable.
     #[arg(long = "scope", default_value = "/")]
     pub scope: Vec<PathBuf>,
+    /// Watchdog interval: an extension that sends no heartbeat for this long (stopped, stuck)
+    /// is killed, which releases every opener it holds, and restarted. It beats at half this
+    /// interval. 0 disables the watchdog.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub watchdog_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -56,26 +76,150 @@ pub use linux::{demo, run};
 
 #[cfg(target_os = "linux")]
 mod linux {
+    use std::io::{BufRead, BufReader, IoSliceMut, Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, ExitCode, Stdio};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+    use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, bail};
     use nix::sys::signal::{SigSet, Signal, kill};
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
     use nix::unistd::Pid;
     use sha2::Digest;
 
     use super::{DemoArgs, RunArgs};
 
+    /// What the children read to die with us (see the module docs).
+    const PARENT_ENV: &str = "GATEHOUSE_PARENT_PID";
+    /// Lines waiting for the printer; more are dropped (and counted) rather than block.
+    const OUT_QUEUE: usize = 1024;
+    /// How often the supervisor looks at its children and the notify socket.
+    const TICK: Duration = Duration::from_millis(20);
+    /// Before its first heartbeat the extension gets this long (start-up, marks).
+    const START_GRACE: Duration = Duration::from_secs(15);
+    /// After `STOPPING=1` the extension gets this long to finish a clean stop.
+    const STOP_GRACE: Duration = Duration::from_secs(15);
+    /// Restart backoff: doubles from MIN up to MAX; back to MIN after RESET of uptime.
+    const BACKOFF_MIN: Duration = Duration::from_millis(100);
+    const BACKOFF_MAX: Duration = Duration::from_secs(5);
+    const BACKOFF_RESET: Duration = Duration::from_secs(30);
+    /// Give up after this many extension starts in a row that never became ready.
+    const MAX_FAILED_STARTS: u32 = 5;
+
+    // ---- Output ---------------------------------------------------------------------------
+
+    enum Line {
+        Text(String),
+        Flush(SyncSender<()>),
+    }
+
+    struct Printer {
+        tx: SyncSender<Line>,
+        dropped: AtomicU64,
+        gone: Arc<AtomicBool>,
+    }
+
+    static OUT: OnceLock<Printer> = OnceLock::new();
+
+    fn printer() -> &'static Printer {
+        OUT.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Line>(OUT_QUEUE);
+            let gone = Arc::new(AtomicBool::new(false));
+            let g = Arc::clone(&gone);
+            // If the thread cannot start, lines are dropped: output is never worth failing.
+            let _ = std::thread::Builder::new()
+                .name("stdout".into())
+                .spawn(move || print_loop(&rx, &g));
+            Printer {
+                tx,
+                dropped: AtomicU64::new(0),
+                gone,
+            }
+        })
+    }
+
+    fn print_loop(rx: &Receiver<Line>, gone: &AtomicBool) {
+        let mut out = std::io::stdout();
+        for line in rx {
+            match line {
+                Line::Text(t) => {
+                    if !gone.load(Ordering::Acquire)
+                        && writeln!(out, "{t}").and_then(|()| out.flush()).is_err()
+                    {
+                        gone.store(true, Ordering::Release);
+                    }
+                }
+                Line::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Print one line on stdout without blocking; dropped (and counted) when the printer is
+    /// behind, silently discarded once stdout is closed.
+    fn say(text: impl Into<String>) {
+        let p = printer();
+        if let Err(TrySendError::Full(_)) = p.tx.try_send(Line::Text(text.into())) {
+            p.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether stdout was found closed (EPIPE).
+    fn stdout_gone() -> bool {
+        printer().gone.load(Ordering::Acquire)
+    }
+
+    /// Wait up to `limit` for the lines queued so far to be written.
+    fn flush_output(limit: Duration) {
+        let p = printer();
+        let dropped = p.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            eprintln!("gatehouse: {dropped} output line(s) dropped: stdout was not keeping up");
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let end = Instant::now() + limit;
+        let mut msg = Line::Flush(tx);
+        loop {
+            match p.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < end => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = rx.recv_timeout(end.saturating_duration_since(Instant::now()));
+    }
+
+    /// Forward a child's stdout line by line through [`say`] (so the child never writes to a
+    /// closed or stalled stdout of ours). Ends at the child's EOF.
+    fn forward(out: impl Read + Send + 'static) {
+        let _ = std::thread::Builder::new()
+            .name("child-stdout".into())
+            .spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    say(line);
+                }
+            });
+    }
+
+    // ---- Children -------------------------------------------------------------------------
+
     fn require_root(what: &str) -> Option<ExitCode> {
         if nix::unistd::geteuid().is_root() {
             return None;
         }
-        println!(
+        say(format!(
             "gatehouse {what}: needs root (fanotify permission events need CAP_SYS_ADMIN); run it with sudo"
-        );
+        ));
+        flush_output(Duration::from_secs(1));
         Some(ExitCode::FAILURE)
     }
 
@@ -97,13 +241,51 @@ mod linux {
     struct Proc {
         name: &'static str,
         child: Option<Child>,
+        started: Instant,
     }
 
     impl Proc {
-        fn alive(&mut self) -> bool {
-            self.child
-                .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        /// Spawn `cmd` as a supervised child. Main thread only (see the module docs).
+        fn spawn(name: &'static str, mut cmd: Command) -> anyhow::Result<Proc> {
+            cmd.env(PARENT_ENV, std::process::id().to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+            if let Some(out) = child.stdout.take() {
+                forward(out);
+            }
+            Ok(Proc {
+                name,
+                child: Some(child),
+                started: Instant::now(),
+            })
+        }
+
+        fn pid(&self) -> Option<Pid> {
+            self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+        }
+
+        /// The exit status, once it has exited (reaped).
+        fn exited(&mut self) -> Option<ExitStatus> {
+            let st = self.child.as_mut()?.try_wait().ok().flatten()?;
+            self.child = None;
+            Some(st)
+        }
+
+        fn signal(&self, sig: Signal) {
+            if let Some(pid) = self.pid() {
+                let _ = kill(pid, sig);
+            }
+        }
+
+        /// SIGKILL and reap at once.
+        fn kill_now(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
 
         fn stop(&mut self, grace: Duration) {
@@ -112,6 +294,8 @@ mod linux {
             };
             let pid = Pid::from_raw(c.id() as i32);
             let _ = kill(pid, Signal::SIGTERM);
+            // A stopped process cannot act on SIGTERM.
+            let _ = kill(pid, Signal::SIGCONT);
             let end = Instant::now() + grace;
             while Instant::now() < end {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -119,10 +303,10 @@ mod linux {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            println!(
+            say(format!(
                 "gatehouse: {} did not stop within {grace:?}; killing it",
                 self.name
-            );
+            ));
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -134,102 +318,239 @@ mod linux {
         }
     }
 
-    /// Everything one foreground agent needs.
-    struct Agent {
-        // Field order = drop order: the extension stops before the helper.
-        extension: Proc,
-        helper: Proc,
+    /// How to start the pair (kept for restarts).
+    struct Spec {
+        helper_bin: PathBuf,
+        ext_bin: PathBuf,
+        policy: Option<PathBuf>,
+        scope: Vec<PathBuf>,
+        helper_socket: PathBuf,
         control_socket: PathBuf,
-    }
-
-    fn start_agent(
-        policy: Option<&Path>,
-        runtime: &Path,
-        scope: &[PathBuf],
+        notify_socket: PathBuf,
         events_log: PathBuf,
-    ) -> anyhow::Result<Agent> {
-        let helper_bin = sibling("gatehouse-helper")?;
-        let ext_bin = sibling("gatehouse-extension")?;
-        std::fs::create_dir_all(runtime)
-            .with_context(|| format!("creating runtime directory {}", runtime.display()))?;
-        std::fs::set_permissions(runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("securing {}", runtime.display()))?;
-        let helper_socket = runtime.join("helper.sock");
-        let control_socket = runtime.join("control.sock");
-        // The helper first: it must never exist after (and so never inherit) the group.
-        let helper = Proc {
-            name: "gatehouse-helper",
-            child: Some(
-                Command::new(&helper_bin)
-                    .arg("--socket")
-                    .arg(&helper_socket)
-                    .stdin(Stdio::null())
-                    .spawn()
-                    .with_context(|| format!("starting {}", helper_bin.display()))?,
-            ),
-        };
-        let mut cmd = Command::new(&ext_bin);
-        if let Some(p) = policy {
-            cmd.arg("--policy").arg(p);
-        }
-        cmd.arg("--helper-socket")
-            .arg(&helper_socket)
-            .arg("--control-socket")
-            .arg(&control_socket)
-            .arg("--events-log")
-            .arg(&events_log);
-        for path in scope {
-            cmd.arg("--scope").arg(path);
-        }
-        let extension = Proc {
-            name: "gatehouse-extension",
-            child: Some(
-                cmd.stdin(Stdio::null())
-                    .spawn()
-                    .with_context(|| format!("starting {}", ext_bin.display()))?,
-            ),
-        };
-        Ok(Agent {
-            extension,
-            helper,
-            control_socket,
-        })
+        watchdog: Option<Duration>,
     }
 
-    /// Block the stop signals here (before any thread) and wait for them on a thread.
-    fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    impl Spec {
+        fn new(
+            policy: Option<&Path>,
+            runtime: &Path,
+            scope: &[PathBuf],
+            events_log: PathBuf,
+            watchdog: Option<Duration>,
+        ) -> anyhow::Result<Spec> {
+            let helper_bin = sibling("gatehouse-helper")?;
+            let ext_bin = sibling("gatehouse-extension")?;
+            std::fs::create_dir_all(runtime)
+                .with_context(|| format!("creating runtime directory {}", runtime.display()))?;
+            std::fs::set_permissions(runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .with_context(|| format!("securing {}", runtime.display()))?;
+            Ok(Spec {
+                helper_bin,
+                ext_bin,
+                policy: policy.map(Path::to_owned),
+                scope: scope.to_vec(),
+                helper_socket: runtime.join("helper.sock"),
+                control_socket: runtime.join("control.sock"),
+                notify_socket: runtime.join("extension.notify"),
+                events_log,
+                watchdog,
+            })
+        }
+
+        fn helper(&self) -> anyhow::Result<Proc> {
+            let mut cmd = Command::new(&self.helper_bin);
+            cmd.arg("--socket").arg(&self.helper_socket);
+            // Ours to supervise, not a service manager's.
+            for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+                cmd.env_remove(k);
+            }
+            Proc::spawn("gatehouse-helper", cmd)
+        }
+
+        fn extension(&self) -> anyhow::Result<Proc> {
+            let mut cmd = Command::new(&self.ext_bin);
+            if let Some(p) = &self.policy {
+                cmd.arg("--policy").arg(p);
+            }
+            cmd.arg("--helper-socket")
+                .arg(&self.helper_socket)
+                .arg("--control-socket")
+                .arg(&self.control_socket)
+                .arg("--events-log")
+                .arg(&self.events_log);
+            for path in &self.scope {
+                cmd.arg("--scope").arg(path);
+            }
+            // WATCHDOG_PID is left unset (the child's pid is not known before the spawn), which
+            // sd_watchdog_enabled(3) reads as "this process".
+            cmd.env("NOTIFY_SOCKET", &self.notify_socket)
+                .env_remove("WATCHDOG_PID");
+            match self.watchdog {
+                Some(w) => cmd.env("WATCHDOG_USEC", w.as_micros().to_string()),
+                None => cmd.env_remove("WATCHDOG_USEC"),
+            };
+            Proc::spawn("gatehouse-extension", cmd)
+        }
+    }
+
+    // ---- Notifications --------------------------------------------------------------------
+
+    /// The datagram socket the extension's sd_notify messages arrive on. Each datagram carries
+    /// the sender's kernel credentials (`SO_PASSCRED`): only the extension's own pid counts, as
+    /// with systemd's `NotifyAccess=main`.
+    struct NotifySocket {
+        sock: UnixDatagram,
+        path: PathBuf,
+    }
+
+    impl NotifySocket {
+        fn bind(path: &Path) -> anyhow::Result<NotifySocket> {
+            let _ = std::fs::remove_file(path);
+            let sock = UnixDatagram::bind(path)
+                .with_context(|| format!("binding the notify socket {}", path.display()))?;
+            sock.set_nonblocking(true)
+                .context("making the notify socket non-blocking")?;
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
+                .context("SO_PASSCRED on the notify socket")?;
+            Ok(NotifySocket {
+                sock,
+                path: path.to_owned(),
+            })
+        }
+
+        /// Wait up to `timeout` for datagrams; returns each as (sender pid, text).
+        fn recv(&self, timeout: Duration) -> Vec<(Option<i32>, String)> {
+            use std::os::fd::AsFd;
+            let mut fds = [nix::poll::PollFd::new(
+                self.sock.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+            if !matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0) {
+                return Vec::new();
+            }
+            let mut got = Vec::new();
+            // Bounded per call: a flood cannot keep the supervisor from its other duties.
+            for _ in 0..64 {
+                let mut buf = [0u8; 4096];
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let mut cmsg = nix::cmsg_space!(UnixCredentials);
+                let Ok(msg) = recvmsg::<()>(
+                    self.sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_DONTWAIT,
+                ) else {
+                    break;
+                };
+                let pid = msg.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::ScmCredentials(cr) => Some(cr.pid()),
+                        _ => None,
+                    })
+                });
+                let len = msg.bytes;
+                got.push((pid, String::from_utf8_lossy(&buf[..len]).into_owned()));
+            }
+            got
+        }
+    }
+
+    impl Drop for NotifySocket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// What one notification asks of the supervisor.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    struct Notice {
+        ready: bool,
+        watchdog: bool,
+        stopping: bool,
+        reloading: bool,
+    }
+
+    /// sd_notify(3): newline-separated `KEY=VALUE` assignments.
+    fn parse_notice(text: &str) -> Notice {
+        let mut n = Notice::default();
+        for l in text.lines() {
+            match l.trim() {
+                "READY=1" => n.ready = true,
+                "WATCHDOG=1" => n.watchdog = true,
+                "STOPPING=1" => n.stopping = true,
+                "RELOADING=1" => n.reloading = true,
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// Next restart delay: doubling from [`BACKOFF_MIN`] up to [`BACKOFF_MAX`], back to the
+    /// minimum when the process had been up for [`BACKOFF_RESET`].
+    fn next_backoff(prev: Option<Duration>, uptime: Duration) -> Duration {
+        match prev {
+            Some(p) if uptime < BACKOFF_RESET => (p * 2).min(BACKOFF_MAX),
+            _ => BACKOFF_MIN,
+        }
+    }
+
+    // ---- Signals --------------------------------------------------------------------------
+
+    #[derive(Default)]
+    struct Signals {
+        stop: AtomicBool,
+        hups: AtomicU64,
+    }
+
+    /// Block the stop and reload signals here (before any thread) and take them on a thread:
+    /// SIGINT/SIGTERM set `stop`, SIGHUP counts a reload request.
+    fn signals() -> anyhow::Result<Arc<Signals>> {
         let mut set = SigSet::empty();
         for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
             set.add(s);
         }
-        set.thread_block().context("blocking SIGINT/SIGTERM")?;
-        let flag = Arc::new(AtomicBool::new(false));
-        let f = Arc::clone(&flag);
-        std::thread::spawn(move || {
-            if set.wait().is_ok() {
-                f.store(true, Ordering::Release);
-            }
-        });
-        Ok(flag)
+        set.thread_block()
+            .context("blocking SIGINT/SIGTERM/SIGHUP")?;
+        let flags = Arc::new(Signals::default());
+        let f = Arc::clone(&flags);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(sig) = set.wait() {
+                    if sig == Signal::SIGHUP {
+                        f.hups.fetch_add(1, Ordering::AcqRel);
+                    } else {
+                        f.stop.store(true, Ordering::Release);
+                        return;
+                    }
+                }
+            })
+            .context("starting the signal thread")?;
+        Ok(flags)
     }
 
+    // ---- Events tail ----------------------------------------------------------------------
+
     /// Prints one line per deny, fallback or would-deny, from the extension's in-memory tail
-    /// (over the control socket, never by opening the events log: see `EventFollower`).
-    struct Tail(crate::control::EventFollower);
-
-    impl Tail {
-        fn new(control_socket: &Path) -> Self {
-            Self(crate::control::EventFollower::new(control_socket, 1000))
-        }
-
-        /// Best effort: until the extension's control socket is up, there is nothing to print.
-        fn poll(&mut self) {
-            for line in self.0.poll().unwrap_or_default() {
-                if let Some(s) = summarize(&line) {
-                    println!("{s}");
+    /// (over the control socket, never by opening the events log: see `EventFollower`), on its
+    /// own thread: a stopped extension must not hold up the supervisor.
+    fn spawn_tail(control_socket: &Path, stop: Arc<AtomicBool>) {
+        let mut f = crate::control::EventFollower::new(control_socket, 1000);
+        let _ = std::thread::Builder::new()
+            .name("events-tail".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    // Best effort: until the extension's control socket is up, nothing to print.
+                    for line in f.poll().unwrap_or_default() {
+                        if let Some(s) = summarize(&line) {
+                            say(s);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-            }
-        }
+            });
     }
 
     /// `deny exec /tmp/x by /bin/sh (pid 12): rule block-x` from one events-log line.
@@ -274,6 +595,28 @@ mod linux {
         ))
     }
 
+    // ---- run ------------------------------------------------------------------------------
+
+    /// The supervised extension: its process and what its notifications told us.
+    struct Extension {
+        proc: Proc,
+        ready: bool,
+        /// Kill it if no heartbeat arrives by then.
+        deadline: Instant,
+    }
+
+    fn describe(st: ExitStatus) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match (st.code(), st.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(s)) => format!(
+                "signal {}",
+                Signal::try_from(s).map_or_else(|_| s.to_string(), |s| s.as_str().to_owned())
+            ),
+            _ => format!("{st:?}"),
+        }
+    }
+
     pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         if let Some(code) = require_root("run") {
             return Ok(code);
@@ -284,47 +627,175 @@ mod linux {
             policy::Policy::parse(&p.display().to_string(), &text)
                 .map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?;
         }
-        let stop = stop_flag()?;
-        let events_log = a.runtime_dir.join("events.jsonl");
-        let mut agent = start_agent(a.policy.as_deref(), &a.runtime_dir, &a.scope, events_log)?;
-        println!(
-            "gatehouse: helper pid {}, extension pid {}; control socket {}; Ctrl-C stops both",
-            agent.helper.child.as_ref().map_or(0, Child::id),
-            agent.extension.child.as_ref().map_or(0, Child::id),
-            agent.control_socket.display()
-        );
-        let mut tail = Tail::new(&agent.control_socket);
-        let code = loop {
-            std::thread::sleep(Duration::from_millis(100));
-            tail.poll();
-            if stop.load(Ordering::Acquire) {
-                break ExitCode::SUCCESS;
+        let sig = signals()?;
+        let watchdog = (a.watchdog_ms > 0).then(|| Duration::from_millis(a.watchdog_ms));
+        let spec = Spec::new(
+            a.policy.as_deref(),
+            &a.runtime_dir,
+            &a.scope,
+            a.runtime_dir.join("events.jsonl"),
+            watchdog,
+        )?;
+        let notify = NotifySocket::bind(&spec.notify_socket)?;
+        let code = supervise(&spec, &notify, &sig, watchdog);
+        say("gatehouse: stopped");
+        flush_output(Duration::from_secs(1));
+        code
+    }
+
+    fn supervise(
+        spec: &Spec,
+        notify: &NotifySocket,
+        sig: &Signals,
+        watchdog: Option<Duration>,
+    ) -> anyhow::Result<ExitCode> {
+        // The helper first: it must never exist after (and so never inherit) the group.
+        let mut helper = Some(spec.helper()?);
+        let mut ext = Some(Extension {
+            proc: spec.extension()?,
+            ready: false,
+            deadline: Instant::now() + START_GRACE,
+        });
+        say(format!(
+            "gatehouse: helper pid {}, extension pid {}; control socket {}; watchdog {}; Ctrl-C stops both, SIGHUP reloads the policy",
+            helper.as_ref().and_then(Proc::pid).map_or(0, Pid::as_raw),
+            ext.as_ref()
+                .and_then(|e| e.proc.pid())
+                .map_or(0, Pid::as_raw),
+            spec.control_socket.display(),
+            watchdog.map_or_else(|| "off".to_owned(), |w| format!("{w:?}")),
+        ));
+        let tail_stop = Arc::new(AtomicBool::new(false));
+        spawn_tail(&spec.control_socket, Arc::clone(&tail_stop));
+
+        let (mut ext_backoff, mut helper_backoff) = (None, None);
+        let (mut ext_restart_at, mut helper_restart_at) = (None::<Instant>, None::<Instant>);
+        let mut failed_starts = 0u32;
+        let mut hups_seen = 0u64;
+        let result = loop {
+            // Notifications double as the tick's sleep.
+            let ext_pid = ext.as_ref().and_then(|e| e.proc.pid()).map(Pid::as_raw);
+            for (from, text) in notify.recv(TICK) {
+                let (Some(e), true) = (ext.as_mut(), from.is_some() && from == ext_pid) else {
+                    continue;
+                };
+                let n = parse_notice(&text);
+                let now = Instant::now();
+                if n.ready && !e.ready {
+                    e.ready = true;
+                    failed_starts = 0;
+                }
+                if let (true, Some(w)) = (n.ready || n.watchdog, watchdog) {
+                    e.deadline = now + w;
+                }
+                if n.stopping {
+                    e.deadline = now + STOP_GRACE;
+                }
             }
-            if !agent.extension.alive() {
-                println!("gatehouse: the extension exited; stopping the helper");
-                break ExitCode::FAILURE;
+            if sig.stop.load(Ordering::Acquire) {
+                break Ok(ExitCode::SUCCESS);
             }
-            if !agent.helper.alive() {
-                // The extension degrades (fallbacks) without it; restart it in place.
-                println!("gatehouse: the helper exited; restarting it");
-                let sock = a.runtime_dir.join("helper.sock");
-                let bin = sibling("gatehouse-helper")?;
-                agent.helper.child = Some(
-                    Command::new(&bin)
-                        .arg("--socket")
-                        .arg(&sock)
-                        .stdin(Stdio::null())
-                        .spawn()
-                        .with_context(|| format!("restarting {}", bin.display()))?,
-                );
+            let hups = sig.hups.load(Ordering::Acquire);
+            if hups != hups_seen {
+                hups_seen = hups;
+                match &ext {
+                    Some(e) => {
+                        say("gatehouse: SIGHUP: asking the extension to reload its policy");
+                        e.proc.signal(Signal::SIGHUP);
+                    }
+                    None => say("gatehouse: SIGHUP: no extension running to reload"),
+                }
+            }
+            let now = Instant::now();
+
+            // The extension: dead, or alive but silent past its watchdog.
+            if let Some(e) = ext.as_mut() {
+                let gone = e
+                    .proc
+                    .exited()
+                    .map(|st| format!("exited ({})", describe(st)));
+                let gone = gone.or_else(|| {
+                    (watchdog.is_some() && now >= e.deadline).then(|| {
+                        e.proc.kill_now();
+                        "missed its watchdog (no heartbeat in time: stopped or stuck); killed it, which released every event it held".to_owned()
+                    })
+                });
+                if let Some(why) = gone {
+                    if !e.ready {
+                        failed_starts += 1;
+                    }
+                    let uptime = e.proc.started.elapsed();
+                    ext = None;
+                    if failed_starts >= MAX_FAILED_STARTS {
+                        break Err(anyhow::anyhow!(
+                            "the extension {why}, and failed to start {failed_starts} times in a row; giving up (see its errors above)"
+                        ));
+                    }
+                    let delay = next_backoff(ext_backoff, uptime);
+                    ext_backoff = Some(delay);
+                    ext_restart_at = Some(now + delay);
+                    say(format!(
+                        "gatehouse: the extension {why}; restarting it in {delay:?}"
+                    ));
+                }
+            }
+            if ext.is_none() && ext_restart_at.is_some_and(|t| now >= t) {
+                ext_restart_at = None;
+                match spec.extension() {
+                    Ok(p) => {
+                        say(format!(
+                            "gatehouse: extension restarted, extension pid {}",
+                            p.pid().map_or(0, Pid::as_raw)
+                        ));
+                        ext = Some(Extension {
+                            proc: p,
+                            ready: false,
+                            deadline: now + START_GRACE,
+                        });
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+
+            // The helper: the extension degrades (fallbacks) without it.
+            if let Some(h) = helper.as_mut()
+                && let Some(st) = h.exited()
+            {
+                let delay = next_backoff(helper_backoff, h.started.elapsed());
+                helper_backoff = Some(delay);
+                helper_restart_at = Some(now + delay);
+                helper = None;
+                say(format!(
+                    "gatehouse: the helper exited ({}); restarting it in {delay:?}",
+                    describe(st)
+                ));
+            }
+            if helper.is_none() && helper_restart_at.is_some_and(|t| now >= t) {
+                helper_restart_at = None;
+                match spec.helper() {
+                    Ok(p) => {
+                        say(format!(
+                            "gatehouse: helper restarted, helper pid {}",
+                            p.pid().map_or(0, Pid::as_raw)
+                        ));
+                        helper = Some(p);
+                    }
+                    Err(e) => break Err(e),
+                }
             }
         };
-        agent.extension.stop(Duration::from_secs(10));
-        agent.helper.stop(Duration::from_secs(5));
-        tail.poll();
-        println!("gatehouse: stopped");
-        Ok(code)
+        tail_stop.store(true, Ordering::Release);
+        // The extension first: it answers what it holds before the helper goes.
+        if let Some(mut e) = ext {
+            e.proc.stop(Duration::from_secs(10));
+        }
+        if let Some(mut h) = helper {
+            h.stop(Duration::from_secs(5));
+        }
+        result
     }
+
+    // ---- demo -----------------------------------------------------------------------------
 
     /// The demo's scratch tmpfs: unmounted and removed on drop.
     struct ScratchMount {
@@ -335,6 +806,45 @@ mod linux {
         fn drop(&mut self) {
             let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+
+    /// Move this process into a mount namespace of its own whose mounts do not propagate back,
+    /// so the demo's tmpfs disappears with the process tree even after a SIGKILL. Must run
+    /// before any thread exists: namespaces belong to the calling thread.
+    fn private_mount_namespace() -> anyhow::Result<()> {
+        use nix::mount::MsFlags;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .context("making / private in the demo's mount namespace")?;
+        Ok(())
+    }
+
+    /// Remove the empty mount points a SIGKILLed demo left in `tmp` (its mount died with its
+    /// namespace; the directory, on the shared filesystem, stays). `remove_dir` only removes
+    /// an empty directory, and only for a demo pid that is no longer running.
+    fn sweep_stale_demo_dirs(tmp: &Path) {
+        let Ok(entries) = std::fs::read_dir(tmp) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("gatehouse-demo-"))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir(e.path());
+            }
         }
     }
 
@@ -349,18 +859,18 @@ mod linux {
         let out = match cmd.stdin(Stdio::null()).output() {
             Ok(o) => o,
             Err(e) => {
-                println!("  $ {what}\n    -> refused: {e}");
+                say(format!("  $ {what}\n    -> refused: {e}"));
                 return Err(e);
             }
         };
         let err = String::from_utf8_lossy(&out.stderr);
         let text = String::from_utf8_lossy(&out.stdout);
-        println!(
+        say(format!(
             "  $ {what}\n    -> {} {}{}",
             if out.status.success() { "ok" } else { "FAILED" },
             text.trim(),
             err.trim()
-        );
+        ));
         Ok(out)
     }
 
@@ -404,8 +914,19 @@ processes = [{{ binary_path = "{reader}" }}]
         if let Some(code) = require_root("demo") {
             return Ok(code);
         }
-        let stop = stop_flag()?;
-        let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
+        // Before any thread (the printer's included).
+        private_mount_namespace()?;
+        let code = demo_in_namespace(&a);
+        flush_output(Duration::from_secs(1));
+        code
+    }
+
+    fn demo_in_namespace(a: &DemoArgs) -> anyhow::Result<ExitCode> {
+        let sig = signals()?;
+        let halted = || sig.stop.load(Ordering::Acquire) || stdout_gone();
+        let tmp = std::env::temp_dir();
+        sweep_stale_demo_dirs(&tmp);
+        let dir = tmp.join(format!("gatehouse-demo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).context("creating the demo directory")?;
         nix::mount::mount(
             Some("gatehouse-demo"),
@@ -416,7 +937,10 @@ processes = [{{ binary_path = "{reader}" }}]
         )
         .context("mounting the demo tmpfs")?;
         let scratch = ScratchMount { path: dir.clone() };
-        println!("gatehouse demo: scratch tmpfs at {}", dir.display());
+        say(format!(
+            "gatehouse demo: scratch tmpfs at {} (private mount namespace: visible to the demo's processes only)",
+            dir.display()
+        ));
 
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin)?;
@@ -438,88 +962,200 @@ processes = [{{ binary_path = "{reader}" }}]
                 &reader,
             ),
         )?;
-        println!(
+        say(format!(
             "gatehouse demo: policy blocks {} by SHA-256 and lets only {} open {}",
             blocked.display(),
             reader.display(),
             secret.display()
-        );
+        ));
 
         let runtime = dir.join("run");
-        let mut agent = start_agent(
+        let spec = Spec::new(
             Some(&policy_path),
             &runtime,
             std::slice::from_ref(&dir),
             runtime.join("events.jsonl"),
+            None,
         )?;
-        // Wait for the control socket: the extension is up and its marks are in place.
+        let notify = NotifySocket::bind(&spec.notify_socket)?;
+        // Dropped in reverse order on an early return: the extension stops before the helper.
+        let mut helper = spec.helper()?;
+        let mut extension = spec.extension()?;
+        // READY=1: the extension is up and its marks are in place.
+        let ext_pid = extension.pid().map(Pid::as_raw);
         let end = Instant::now() + Duration::from_secs(15);
-        while !agent.control_socket.exists() && Instant::now() < end && agent.extension.alive() {
-            std::thread::sleep(Duration::from_millis(50));
+        let mut ready = false;
+        while !ready && Instant::now() < end && !halted() {
+            if extension.exited().is_some() {
+                bail!("the extension exited during start-up (see its output above)");
+            }
+            ready = notify
+                .recv(TICK)
+                .iter()
+                .any(|(from, t)| *from == ext_pid && parse_notice(t).ready);
         }
-        std::thread::sleep(Duration::from_millis(500));
-        if !agent.extension.alive() {
-            bail!("the extension exited during start-up (see its output above)");
+        if !ready && !halted() {
+            bail!("the extension did not become ready within 15 s");
         }
 
         let gatehouse = std::env::current_exe()?;
         let mut ok = true;
-        if !stop.load(Ordering::Acquire) {
-            println!("\n1. exec of the blocked binary (expect EPERM):");
-            let o = step(
-                &format!("{} hello", blocked.display()),
-                Command::new(&blocked).arg("hello"),
-            );
-            ok &= match &o {
-                Ok(o) => !o.status.success(),
-                Err(e) => e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32),
-            };
-            println!("\n2. exec of an allowed binary (expect success):");
-            let o = step(&allowed.display().to_string(), &mut Command::new(&allowed));
-            ok &= matches!(&o, Ok(o) if o.status.success());
-            println!("\n3. open of the protected file by an unlisted process (expect EPERM):");
-            let o = step(
-                &format!("/bin/cat {}", secret.display()),
-                Command::new("/bin/cat").arg(&secret),
-            );
-            ok &= matches!(&o, Ok(o) if !o.status.success());
-            println!("\n4. open of the protected file by the allowed process (expect success):");
-            let o = step(
-                &format!("{} {}", reader.display(), secret.display()),
-                Command::new(&reader).arg(&secret),
-            );
-            ok &= matches!(&o, Ok(o) if o.status.success());
-            println!("\n5. stats:");
-            let _ = Command::new(&gatehouse)
-                .arg("stats")
-                .arg("--control-socket")
-                .arg(&agent.control_socket)
-                .status();
-            println!("\n6. events log:");
-            let mut tail = Tail::new(&agent.control_socket);
-            tail.poll();
+        let steps: [&dyn Fn() -> bool; 6] = [
+            &|| {
+                say("\n1. exec of the blocked binary (expect EPERM):");
+                match &step(
+                    &format!("{} hello", blocked.display()),
+                    Command::new(&blocked).arg("hello"),
+                ) {
+                    Ok(o) => !o.status.success(),
+                    Err(e) => e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32),
+                }
+            },
+            &|| {
+                say("\n2. exec of an allowed binary (expect success):");
+                let o = step(&allowed.display().to_string(), &mut Command::new(&allowed));
+                matches!(&o, Ok(o) if o.status.success())
+            },
+            &|| {
+                say("\n3. open of the protected file by an unlisted process (expect EPERM):");
+                let o = step(
+                    &format!("/bin/cat {}", secret.display()),
+                    Command::new("/bin/cat").arg(&secret),
+                );
+                matches!(&o, Ok(o) if !o.status.success())
+            },
+            &|| {
+                say("\n4. open of the protected file by the allowed process (expect success):");
+                let o = step(
+                    &format!("{} {}", reader.display(), secret.display()),
+                    Command::new(&reader).arg(&secret),
+                );
+                matches!(&o, Ok(o) if o.status.success())
+            },
+            &|| {
+                say("\n5. stats:");
+                if let Ok(o) = Command::new(&gatehouse)
+                    .arg("stats")
+                    .arg("--control-socket")
+                    .arg(&spec.control_socket)
+                    .stdin(Stdio::null())
+                    .output()
+                {
+                    say(String::from_utf8_lossy(&o.stdout).trim_end().to_owned());
+                }
+                true
+            },
+            &|| {
+                say("\n6. events log:");
+                let mut f = crate::control::EventFollower::new(&spec.control_socket, 1000);
+                for line in f.poll().unwrap_or_default() {
+                    if let Some(s) = summarize(&line) {
+                        say(s);
+                    }
+                }
+                true
+            },
+        ];
+        let mut completed = true;
+        for s in steps {
+            if halted() {
+                completed = false;
+                break;
+            }
+            ok &= s();
         }
-        if a.verbose {
+        if a.verbose && !halted() {
             for e in std::fs::read_dir(&bin)?.flatten() {
-                println!("  {}", e.path().display());
+                say(format!("  {}", e.path().display()));
             }
         }
-        agent.extension.stop(Duration::from_secs(10));
-        agent.helper.stop(Duration::from_secs(5));
-        drop(agent);
+        extension.stop(Duration::from_secs(10));
+        helper.stop(Duration::from_secs(5));
+        drop(notify);
         drop(scratch);
-        println!(
+        if !completed {
+            eprintln!(
+                "gatehouse demo: stopped early ({}); everything cleaned up, scratch tmpfs unmounted",
+                if stdout_gone() {
+                    "stdout closed"
+                } else {
+                    "signal"
+                }
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        say(format!(
             "\ngatehouse demo: {}; scratch tmpfs unmounted",
             if ok {
                 "every step behaved as expected"
             } else {
                 "SOME STEPS DID NOT BEHAVE AS EXPECTED"
             }
-        );
+        ));
         Ok(if ok {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn notices_follow_sd_notify() {
+            let cases = [
+                (
+                    "READY=1",
+                    Notice {
+                        ready: true,
+                        ..Notice::default()
+                    },
+                ),
+                (
+                    "WATCHDOG=1\n",
+                    Notice {
+                        watchdog: true,
+                        ..Notice::default()
+                    },
+                ),
+                (
+                    "RELOADING=1\nMONOTONIC_USEC=123\n",
+                    Notice {
+                        reloading: true,
+                        ..Notice::default()
+                    },
+                ),
+                (
+                    "STOPPING=1",
+                    Notice {
+                        stopping: true,
+                        ..Notice::default()
+                    },
+                ),
+                ("READY=0\nWATCHDOG=trigger\nSTATUS=x", Notice::default()),
+                ("", Notice::default()),
+            ];
+            for (text, want) in cases {
+                assert_eq!(parse_notice(text), want, "{text:?}");
+            }
+        }
+
+        #[test]
+        fn backoff_doubles_to_a_cap_and_resets_after_a_good_run() {
+            let s = Duration::from_secs;
+            let ms = Duration::from_millis;
+            let cases = [
+                (None, s(0), BACKOFF_MIN),
+                (Some(ms(100)), s(1), ms(200)),
+                (Some(ms(3000)), s(1), BACKOFF_MAX),
+                (Some(BACKOFF_MAX), s(1), BACKOFF_MAX),
+                (Some(BACKOFF_MAX), BACKOFF_RESET, BACKOFF_MIN),
+            ];
+            for (prev, up, want) in cases {
+                assert_eq!(next_backoff(prev, up), want, "{prev:?} after {up:?}");
+            }
+        }
     }
 }

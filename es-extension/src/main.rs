@@ -62,7 +62,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..CoreConfig::fanotify()
     };
     // The Linux backend (issue 6) owns the delivery thread, signals and shutdown.
-    let mut options = es_extension::sys::linux::LinuxOptions::default();
+    let mut options = es_extension::sys::linux::LinuxOptions {
+        policy_path: args.policy.clone(),
+        ..Default::default()
+    };
     if !args.scope.is_empty() {
         options.scope = args.scope;
     }
@@ -94,7 +97,16 @@ fn run(_args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Under `gatehouse run`/`demo`: die with it, before any thread or mark exists.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = es_extension::sys::linux::supervise::die_with_parent() {
+        eprintln!("gatehouse-extension: error: prctl(PR_SET_PDEATHSIG) failed: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
+        // A closed stderr must not panic the process (tracing would report the failed write
+        // on stderr itself, and that panics).
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

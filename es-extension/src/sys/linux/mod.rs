@@ -12,6 +12,7 @@
 //! - `selfmute`: our own and the helper's (pidfd-verified) events, allowed at once.
 //! - `delivery`: the delivery thread's loop.
 //! - `liveness`: the guard.
+//! - `supervise`: sd_notify readiness and watchdog heartbeats, SIGHUP reloads, parent death.
 //! - `run`: the extension's Linux entry point (core + backend + signals).
 
 pub mod convert;
@@ -24,5 +25,6 @@ pub mod opener;
 pub mod responder;
 pub mod run;
 pub mod selfmute;
+pub mod supervise;
 
 pub use run::{LinuxOptions, run};

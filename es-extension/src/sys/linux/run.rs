@@ -1,6 +1,6 @@
 //! `gatehouse-extension` on Linux: wires the fanotify backend into the core and runs until
 //! SIGINT/SIGTERM, then stops cleanly (marks removed, every pending event answered, group
-//! closed).
+//! closed); SIGHUP reloads the policy file.
 //!
 //! Start-up order matters: signals are blocked before any thread exists (so `sigwait` on the
 //! main thread sees them); the group is created after the helper exists (the helper is spawned
@@ -25,6 +25,7 @@ use super::liveness::{Liveness, LivenessConfig, Progress, kill_self};
 use super::marks::{self, MarkPlan, MarkReport};
 use super::responder::{FanotifyResponder, Shared};
 use super::selfmute::Muted;
+use super::supervise::{self, Heartbeat, Notifier};
 use crate::backend::{BackendError, Delivery, KernelControl};
 use crate::core::{Core, CoreConfig};
 
@@ -43,6 +44,8 @@ pub struct LinuxOptions {
     pub test_stall_after: Option<u64>,
     /// Print a one-line status on start and counters on exit (stdout).
     pub status_line: bool,
+    /// The policy file SIGHUP reloads (`None`: the embedded policy, nothing to reload).
+    pub policy_path: Option<PathBuf>,
 }
 
 impl Default for LinuxOptions {
@@ -53,6 +56,7 @@ impl Default for LinuxOptions {
             liveness_limit: None,
             test_stall_after: None,
             status_line: true,
+            policy_path: None,
         }
     }
 }
@@ -252,7 +256,7 @@ fn raise_nofile() {
     }
 }
 
-/// Run the fanotify backend under the core until SIGINT, SIGTERM or SIGHUP.
+/// Run the fanotify backend under the core until SIGINT or SIGTERM; SIGHUP reloads the policy.
 pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Result<()> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -333,6 +337,30 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
         Box::new(kill_self),
     )
     .context("spawning the liveness guard")?;
+    // Supervision from outside (systemd or `gatehouse run`): heartbeats only while the
+    // delivery loop progresses, so a stopped or stuck extension gets killed from outside.
+    let notifier = match Notifier::from_env() {
+        Some(Ok(n)) => Some(Arc::new(n)),
+        Some(Err(e)) => {
+            eprintln!(
+                "gatehouse-extension: NOTIFY_SOCKET unusable ({e}); no supervisor notifications"
+            );
+            None
+        }
+        None => None,
+    };
+    let _heartbeat = match (&notifier, supervise::watchdog_from_env()) {
+        (Some(n), Some(w)) => Some(
+            Heartbeat::start(
+                Arc::clone(n),
+                Arc::clone(&group),
+                Arc::clone(&progress),
+                supervise::heartbeat_period(w),
+            )
+            .context("spawning the watchdog heartbeat")?,
+        ),
+        _ => None,
+    };
 
     // The helper's pid, re-resolved whenever it is unknown or gone (restarts).
     let resolver_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -378,7 +406,7 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
         .context("spawning the subdirectory follower")?;
     if opts.status_line {
         let snap = core.policy();
-        println!(
+        supervise::print_line(format!(
             "gatehouse-extension: fanotify on {} filesystem(s) ({}), {} protected file(s), {} directory mark(s) (new subdirectories followed); policy {} v{} ({:?} mode); liveness {:?}; pid {}",
             report.filesystems,
             opts.scope
@@ -393,10 +421,25 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
             snap.policy.mode(),
             liveness_limit,
             std::process::id(),
-        );
+        ));
+    }
+    if let Some(n) = &notifier {
+        let _ = n.send("READY=1");
     }
 
-    let sig = signals.wait().context("sigwait")?;
+    // SIGHUP reloads the policy file; SIGINT/SIGTERM stop.
+    let sig = loop {
+        let sig = signals.wait().context("sigwait")?;
+        if sig != Signal::SIGHUP {
+            break sig;
+        }
+        supervise::reload(opts.policy_path.as_deref(), notifier.as_deref(), |o, t| {
+            core.load_policy(o, t)
+        });
+    };
+    if let Some(n) = &notifier {
+        let _ = n.send("STOPPING=1");
+    }
 
     // Clean stop: no new marks, no new events, stop reading, answer everything pending, close
     // the group.
@@ -411,11 +454,11 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
     if opts.status_line {
         let c = control.counters();
         let line: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        supervise::print_line(format!(
             "gatehouse-extension: stopped on {sig:?}; pending={} {}",
             progress.pending(),
             line.join(" ")
-        );
+        ));
     }
     match delivered {
         Ok(r) => r.context("the fanotify delivery loop failed")?,
