@@ -166,6 +166,38 @@ fn counter(s: &StatsReport, name: &str) -> u64 {
         .map_or(0, |(_, v)| *v)
 }
 
+/// The events log's health in one line, from the `log_*` counters: a full disk first, then
+/// every kind of record loss (each counted by the extension, none silent).
+pub fn events_log_state(s: &StatsReport) -> String {
+    let c = |n: &str| counter(s, n);
+    let mut out = if c("log_disk_full") > 0 {
+        format!(
+            "DISK FULL: records are not being written ({} so far, counted; a gap line follows when space returns)",
+            c("log_write_failed")
+        )
+    } else {
+        format!("ok, {} records written", c("log_written"))
+    };
+    let mut lost = Vec::new();
+    if c("log_dropped") > 0 {
+        lost.push(format!("{} dropped (queue full)", c("log_dropped")));
+    }
+    if c("log_disk_full") == 0 && c("log_write_failed") > 0 {
+        lost.push(format!("{} not written", c("log_write_failed")));
+    }
+    if c("log_rotated_out_files") > 0 {
+        lost.push(format!(
+            "{} rotated out in {} old files",
+            c("log_rotated_out_records"),
+            c("log_rotated_out_files")
+        ));
+    }
+    if !lost.is_empty() {
+        out += &format!("; {}", lost.join(", "));
+    }
+    out
+}
+
 fn latency_line(l: &LatencySummary) -> String {
     format!(
         "  {:<18} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
@@ -208,10 +240,10 @@ pub fn format_stats(s: &StatsReport) -> String {
         c("queue_full")
     );
     out += &format!(
-        "deadline misses:   {}\nduplicate answers: {}\nlog lines dropped: {}\n",
+        "deadline misses:   {}\nduplicate answers: {}\nevents log:        {}\n",
         c("deadline_misses"),
         c("duplicate_answers"),
-        c("log_dropped")
+        events_log_state(s)
     );
     out += &format!("fallbacks:         {}\n", c("fallbacks"));
     for (name, v) in &s.counters {
@@ -267,6 +299,10 @@ pub fn status(a: ReadArgs) -> anyhow::Result<ExitCode> {
         ControlResponse::Status(s) if a.json => print_json(&s),
         ControlResponse::Status(s) => {
             print!("{}", format_status(&s));
+            // The events log's state travels with the counters (no status field for it).
+            if let Ok(ControlResponse::Stats(st)) = ask(&a.control_socket, &ControlRequest::Stats) {
+                println!("events log:   {}", events_log_state(&st));
+            }
             Ok(ExitCode::SUCCESS)
         }
         other => Err(unexpected("status", &other)),
@@ -607,6 +643,47 @@ mod tests {
                 !quiet.contains(absent),
                 "{absent} shown with nothing to say:\n{quiet}"
             );
+        }
+    }
+
+    #[test]
+    fn events_log_state_table() {
+        let cases: &[(&[(&str, u64)], &str)] = &[
+            (&[("log_written", 5)], "ok, 5 records written"),
+            (
+                &[
+                    ("log_written", 5),
+                    ("log_dropped", 2),
+                    ("log_write_failed", 3),
+                ],
+                "ok, 5 records written; 2 dropped (queue full), 3 not written",
+            ),
+            (
+                &[("log_disk_full", 1), ("log_write_failed", 7)],
+                "DISK FULL: records are not being written (7 so far",
+            ),
+            (
+                &[
+                    ("log_written", 9),
+                    ("log_rotated_out_files", 2),
+                    ("log_rotated_out_records", 40),
+                ],
+                "ok, 9 records written; 40 rotated out in 2 old files",
+            ),
+        ];
+        for (counters, want) in cases {
+            let s = StatsReport {
+                counters: counters
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), *v))
+                    .collect(),
+                latencies: Vec::new(),
+                queue_depth: 0,
+                queue_capacity: 0,
+            };
+            let got = events_log_state(&s);
+            assert!(got.starts_with(want), "{counters:?}: {got:?}");
+            assert!(format_stats(&s).contains(want), "{counters:?}");
         }
     }
 

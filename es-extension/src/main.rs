@@ -31,6 +31,15 @@ struct Args {
     /// JSON-lines log of denies, fallbacks and would-denies (rotated by size).
     #[arg(long, default_value = "/var/log/gatehouse/events.jsonl")]
     events_log: PathBuf,
+    /// Rotate the events log before it would pass this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    events_log_max_bytes: u64,
+    /// Rotated events-log files kept (`FILE.1` ..= `FILE.N`); the oldest is then removed and
+    /// counted in `log_rotated_out_files` / `log_rotated_out_records`. Disk use is at most
+    /// about max-bytes x (N + 1).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    events_log_keep: usize,
     /// Filesystems whose execs are authorized (fanotify filesystem marks), repeatable; `/` when
     /// omitted. Bind mounts of a marked filesystem are covered.
     #[cfg(target_os = "linux")]
@@ -59,6 +68,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         helper_socket: Some(args.helper_socket),
         control_socket: Some(args.control_socket),
         events_log: Some(args.events_log),
+        events_log_max_bytes: args.events_log_max_bytes,
+        events_log_keep: args.events_log_keep,
         ..CoreConfig::fanotify()
     };
     // The Linux backend (issue 6) owns the delivery thread, signals and shutdown.
@@ -79,6 +90,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let opts = es_extension::sys::macos::MacOptions {
         policy: args.policy,
         events_log: Some(args.events_log),
+        events_log_max_bytes: args.events_log_max_bytes,
+        events_log_keep: args.events_log_keep,
         control_socket: Some(args.control_socket),
         helper_requirement: args.helper_requirement,
         ..es_extension::sys::macos::MacOptions::default()

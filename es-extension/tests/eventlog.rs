@@ -107,3 +107,51 @@ fn events_log_rotates_by_size() {
         assert!(!read_lines(p).is_empty());
     }
 }
+
+#[test]
+fn rotation_keeps_n_files_and_counts_what_falls_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let generation = |g: usize| dir.path().join(format!("events.jsonl.{g}"));
+    // A file left by an earlier run, about to fall off: its records are counted too.
+    std::fs::write(generation(2), "{\"old\":1}\n{\"old\":2}\n{\"gap\":5}\n").unwrap();
+    let mut cfg = test_config(None);
+    cfg.events_log = Some(log.clone());
+    cfg.events_log_max_bytes = 4096;
+    cfg.events_log_keep = 2;
+    // Big enough that nothing is dropped: this test is about rotation only.
+    cfg.log_channel_capacity = 100_000;
+    let rig = start(cfg);
+    const N: u64 = 400;
+    for i in 0..N {
+        let (_, d) = rig.backend.delivery(
+            events::exec(3_000_000, "/usr/local/bin/tool", 100 + i),
+            Duration::from_secs(1),
+        );
+        rig.core.deliver(d);
+    }
+    settle(&rig.core, N);
+    rig.core.shutdown();
+    assert_eq!(counter(&rig.core, "log_dropped"), 0);
+    assert_eq!(counter(&rig.core, "log_write_failed"), 0);
+    assert_eq!(counter(&rig.core, "log_written"), N);
+    assert!(!generation(3).exists(), "more than `keep` rotated files");
+    let mut on_disk = 0;
+    for p in [log.clone(), generation(1), generation(2)] {
+        let len = std::fs::metadata(&p).unwrap().len();
+        assert!(len <= 4096, "{} is {len} bytes", p.display());
+        let lines = read_lines(&p);
+        assert!(
+            lines.iter().all(|l| l.get("old").is_none()),
+            "the earlier run's file is still there"
+        );
+        on_disk += lines.len() as u64;
+    }
+    let files = counter(&rig.core, "log_rotated_out_files");
+    assert!(files > 0);
+    assert_eq!(
+        on_disk + counter(&rig.core, "log_rotated_out_records"),
+        N + 2,
+        "every record is on disk or counted as rotated out (the earlier run's two included)"
+    );
+}

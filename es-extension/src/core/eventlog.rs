@@ -1,18 +1,39 @@
 //! The events log: one JSON object per notable decision (deny, fallback, monitor-mode
 //! would-deny, audit-only), written by its own thread AFTER the answer was sent.
 //!
-//! Answering threads only `try_send` into a bounded channel; when it is full the record is
-//! dropped and counted, and the writer puts a `{"gap": N}` line where the loss happened, so a
-//! loss is never silent. The file is rotated by size (`FILE` -> `FILE.1`). The writer also keeps
-//! the last lines in memory for `gatehouse events tail`.
+//! # Accounting: no record is lost without being counted
+//! Answering threads only `try_send` into a bounded channel; a full channel drops the record
+//! and counts it (`log_dropped`). The writer turns each record into exactly one of:
+//! - a whole line on disk (`log_written`), or
+//! - a counted loss (`log_write_failed`: disk full, I/O error, no file).
+//!
+//! Every loss, from the channel or the disk, is also noted in the file: the next successful
+//! write starts with a gap line `{"gap":N,"queue_full":Q,"write_failed":W,"time_ms":T}` (N =
+//! Q + W records missing at that point). A line is never written in part: each batch is one
+//! `write(2)` per file of whole lines, and after a short or failed write the file is truncated
+//! back to its last whole line, so every line on disk parses. On ENOSPC (or EDQUOT) the
+//! `log_disk_full` gauge is 1 and the writer retries every `retry` (records in between are
+//! counted as failed without a write), until a write succeeds.
+//!
+//! # Rotation
+//! `FILE` is rotated by size to `FILE.1`, `FILE.1` to `FILE.2` ... up to `FILE.<keep>`; the
+//! oldest falls off. That is the administrator's retention choice (size x (keep + 1) bytes),
+//! not a silent loss: each removed file is counted (`log_rotated_out_files`) with the records
+//! it held (`log_rotated_out_records`; a file left by an earlier run is counted by reading it
+//! when it falls off). A gap line in a removed file goes with it; its records were counted
+//! when they were lost. So for the files one run wrote:
+//! `notable decisions = log_written + log_dropped + log_write_failed`, and
+//! `record lines on disk = log_written - log_rotated_out_records`.
+//!
+//! The writer also keeps the last lines in memory for `gatehouse events tail`.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use model::{Decision, Event};
@@ -49,10 +70,7 @@ struct Line<'a> {
 impl LogRecord {
     pub fn to_json(&self) -> String {
         let line = Line {
-            time_ms: self
-                .at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            time_ms: epoch_ms(self.at),
             kind: self.event.kind().as_str(),
             verdict: self.decision.verdict,
             reason: &self.decision.reason,
@@ -132,117 +150,968 @@ pub fn channel(
     )
 }
 
-/// A size-rotated JSON-lines file.
-struct Rotating {
-    path: PathBuf,
-    max_bytes: u64,
-    file: Option<BufWriter<File>>,
-    size: u64,
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Rotating {
-    fn open(path: &Path, max_bytes: u64) -> Self {
-        let mut r = Self {
-            path: path.to_owned(),
-            max_bytes,
-            file: None,
-            size: 0,
-        };
-        r.reopen();
-        r
+/// The line that stands where records are missing: `gap` is the total, split by cause.
+fn gap_line(queue_full: u64, write_failed: u64) -> String {
+    format!(
+        "{{\"gap\":{},\"queue_full\":{queue_full},\"write_failed\":{write_failed},\"time_ms\":{}}}",
+        queue_full + write_failed,
+        epoch_ms(SystemTime::now())
+    )
+}
+
+/// Whether a line on disk is a gap line rather than a record.
+fn is_gap(line: &[u8]) -> bool {
+    line.starts_with(b"{\"gap\"")
+}
+
+/// The rotated set of files, by generation: 0 is the file being written (`FILE`), `g` is
+/// `FILE.g`. The real one is [`DiskFiles`]; tests use a fake that fails on cue.
+pub(crate) trait LogFiles {
+    /// Open generation 0 for appending (creating it); returns its length.
+    fn open(&mut self) -> io::Result<u64>;
+    fn close(&mut self);
+    /// One `write(2)` to the open file; may be short.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Length of the open file now.
+    fn len(&mut self) -> io::Result<u64>;
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    fn exists(&self, generation: usize) -> bool;
+    /// Record lines (gap lines excluded) in a generation.
+    fn count_records(&self, generation: usize) -> io::Result<u64>;
+    /// Remove a generation; a missing one is not an error.
+    fn remove(&mut self, generation: usize) -> io::Result<()>;
+    /// Rename `from` to `from + 1`; a missing `from` is not an error.
+    fn shift(&mut self, from: usize) -> io::Result<()>;
+}
+
+/// [`LogFiles`] on the filesystem: `FILE`, `FILE.1`, ...
+pub(crate) struct DiskFiles {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl DiskFiles {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path, file: None }
     }
 
-    fn reopen(&mut self) {
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+    fn generation(&self, g: usize) -> PathBuf {
+        if g == 0 {
+            return self.path.clone();
         }
-        match OpenOptions::new()
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{g}"));
+        p.into()
+    }
+
+    fn file(&mut self) -> io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the events log is not open"))
+    }
+}
+
+fn not_found_is_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+impl LogFiles for DiskFiles {
+    fn open(&mut self) -> io::Result<u64> {
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let f = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.path)
-        {
-            Ok(f) => {
-                self.size = f.metadata().map_or(0, |m| m.len());
-                self.file = Some(BufWriter::new(f));
+            .open(&self.path)?;
+        let len = f.metadata()?.len();
+        self.file = Some(f);
+        Ok(len)
+    }
+
+    fn close(&mut self) {
+        self.file = None;
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Unbuffered: one call is one write(2) of whole lines (O_APPEND), so what reaches the
+        // file is known exactly when it fails.
+        self.file()?.write(buf)
+    }
+
+    fn len(&mut self) -> io::Result<u64> {
+        Ok(self.file()?.metadata()?.len())
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file()?.set_len(len)
+    }
+
+    fn exists(&self, g: usize) -> bool {
+        std::fs::symlink_metadata(self.generation(g)).is_ok()
+    }
+
+    fn count_records(&self, g: usize) -> io::Result<u64> {
+        let mut r = BufReader::new(File::open(self.generation(g))?);
+        let (mut n, mut line) = (0, Vec::new());
+        loop {
+            line.clear();
+            if r.read_until(b'\n', &mut line)? == 0 {
+                return Ok(n);
             }
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot open the events log; lines are kept in memory only");
-                self.file = None;
+            if !is_gap(&line) {
+                n += 1;
             }
         }
     }
 
-    fn write_line(&mut self, line: &str) {
-        let len = line.len() as u64 + 1;
-        if self.size > 0 && self.size + len > self.max_bytes {
-            if let Some(mut f) = self.file.take() {
-                let _ = f.flush();
-            }
-            let mut rotated = self.path.clone().into_os_string();
-            rotated.push(".1");
-            let _ = std::fs::rename(&self.path, rotated);
-            self.reopen();
-        }
-        if let Some(f) = &mut self.file
-            && f.write_all(line.as_bytes())
-                .and_then(|()| f.write_all(b"\n"))
-                .is_ok()
-        {
-            self.size += len;
+    fn remove(&mut self, g: usize) -> io::Result<()> {
+        not_found_is_ok(std::fs::remove_file(self.generation(g)))
+    }
+
+    fn shift(&mut self, from: usize) -> io::Result<()> {
+        not_found_is_ok(std::fs::rename(
+            self.generation(from),
+            self.generation(from + 1),
+        ))
+    }
+}
+
+/// How the writer rotates and retries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    /// Rotate before a line would take the file past this (a single longer line still goes
+    /// into an empty file whole).
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` ..= `FILE.<keep>`).
+    pub keep: usize,
+    /// After a failed write, records are counted as failed without a write for this long.
+    pub retry: Duration,
+}
+
+/// The writer's file state: whole lines only, every loss counted and noted in a gap line.
+pub(crate) struct Writer<F: LogFiles> {
+    files: F,
+    cfg: WriterConfig,
+    open: bool,
+    /// Bytes in generation 0, as this writer knows them.
+    size: u64,
+    /// Record lines per generation (`0..=keep`); `None`: a file from before this writer, not
+    /// yet counted.
+    records: Vec<Option<u64>>,
+    /// Losses not yet noted in a gap line on disk, by cause.
+    lost_queue: u64,
+    lost_write: u64,
+    /// No write is tried before this (after a failure).
+    retry_at: Option<Instant>,
+    /// A torn tail could not be cut: truncate to this before writing again.
+    repair: Option<u64>,
+    /// Writes are failing (logged once per episode, not per record).
+    failing: bool,
+}
+
+/// One entry of a write: its end offset in the buffer, and the gap counts if it is a gap line.
+type Placed = (usize, Option<(u64, u64)>);
+
+impl<F: LogFiles> Writer<F> {
+    pub(crate) fn new(files: F, cfg: WriterConfig) -> Self {
+        Self {
+            files,
+            cfg,
+            open: false,
+            size: 0,
+            records: vec![None; cfg.keep + 1],
+            lost_queue: 0,
+            lost_write: 0,
+            retry_at: None,
+            repair: None,
+            failing: false,
         }
     }
 
-    fn flush(&mut self) {
-        if let Some(f) = &mut self.file {
-            let _ = f.flush();
+    #[cfg(test)]
+    fn files(&self) -> &F {
+        &self.files
+    }
+
+    /// Write `lines` (whole records, no newline) after a gap line for any losses so far,
+    /// `queue_dropped` (records the channel refused since the last call) included. Returns the
+    /// gap line if one was written. Never writes part of a line; every record not written is
+    /// counted in `log_write_failed`.
+    pub(crate) fn write(
+        &mut self,
+        lines: &[String],
+        queue_dropped: u64,
+        now: Instant,
+        m: &Metrics,
+    ) -> Option<String> {
+        self.lost_queue += queue_dropped;
+        let gap = (self.lost_queue + self.lost_write > 0).then(|| {
+            (
+                self.lost_queue,
+                self.lost_write,
+                gap_line(self.lost_queue, self.lost_write),
+            )
+        });
+        if lines.is_empty() && gap.is_none() {
+            return None;
+        }
+        if !self.ready(now, m) {
+            self.fail_records(lines.len() as u64, m);
+            return None;
+        }
+        let mut gap_written = None;
+        let entries = gap
+            .iter()
+            .map(|(q, w, text)| (text.as_str(), Some((*q, *w))))
+            .chain(lines.iter().map(|l| (l.as_str(), None)));
+        let mut buf = Vec::new();
+        let mut placed: Vec<Placed> = Vec::new();
+        let mut left = lines.len() as u64;
+        for (text, is_gap) in entries {
+            let len = text.len() as u64 + 1;
+            let used = self.size + buf.len() as u64;
+            if used > 0 && used + len > self.cfg.max_bytes {
+                if !buf.is_empty() {
+                    let ok = self.flush(&buf, &placed, now, m, &mut left, &mut gap_written);
+                    buf.clear();
+                    placed.clear();
+                    if !ok {
+                        self.fail_records(left, m);
+                        return gap_written;
+                    }
+                }
+                if let Err(e) = self.rotate(m) {
+                    self.failed(&e, "rotate", now, m);
+                    self.fail_records(left, m);
+                    return gap_written;
+                }
+            }
+            buf.extend_from_slice(text.as_bytes());
+            buf.push(b'\n');
+            placed.push((buf.len(), is_gap));
+        }
+        if !buf.is_empty() && !self.flush(&buf, &placed, now, m, &mut left, &mut gap_written) {
+            self.fail_records(left, m);
+        }
+        gap_written
+    }
+
+    /// Before shutdown: one last try, whatever the retry timer says, to note pending losses.
+    pub(crate) fn finish(
+        &mut self,
+        queue_dropped: u64,
+        now: Instant,
+        m: &Metrics,
+    ) -> Option<String> {
+        self.retry_at = None;
+        self.write(&[], queue_dropped, now, m)
+    }
+
+    /// Whether a write may be tried now: not backing off, no torn tail left, file open.
+    fn ready(&mut self, now: Instant, m: &Metrics) -> bool {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        if !self.open {
+            match self.files.open() {
+                Ok(len) => {
+                    self.open = true;
+                    self.size = len;
+                    if len == 0 {
+                        self.records[0] = Some(0);
+                    }
+                }
+                Err(e) => {
+                    self.failed(&e, "open", now, m);
+                    return false;
+                }
+            }
+        }
+        if let Some(len) = self.repair {
+            if let Err(e) = self.files.truncate(len) {
+                self.failed(&e, "truncate", now, m);
+                return false;
+            }
+            self.repair = None;
+            self.size = len;
+        }
+        true
+    }
+
+    /// Write one buffer of whole lines to generation 0. On failure, cut what reached the file
+    /// back to its last whole line; entries that did not fully land are not written. Counts
+    /// records written into `left` (down) and the metrics; returns whether all of it landed.
+    fn flush(
+        &mut self,
+        buf: &[u8],
+        placed: &[Placed],
+        now: Instant,
+        m: &Metrics,
+        left: &mut u64,
+        gap_written: &mut Option<String>,
+    ) -> bool {
+        let mut done = 0;
+        let err = loop {
+            if done == buf.len() {
+                break None;
+            }
+            match self.files.write(&buf[done..]) {
+                Ok(0) => break Some(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        let whole = placed.iter().take_while(|(end, _)| *end <= done).count();
+        let kept = whole.checked_sub(1).map_or(0, |i| placed[i].0);
+        if done > kept {
+            // A torn line: cut it off. The file's own length locates it even if something else
+            // changed the file since we last looked.
+            let target = self
+                .files
+                .len()
+                .map_or(self.size + kept as u64, |l| l - (done - kept) as u64);
+            if self.files.truncate(target).is_err() {
+                self.repair = Some(target);
+            }
+        }
+        self.size += kept as u64;
+        for (i, (end, gap)) in placed[..whole].iter().enumerate() {
+            match gap {
+                Some((q, w)) => {
+                    self.lost_queue -= q;
+                    self.lost_write -= w;
+                    let from = if i == 0 { 0 } else { placed[i - 1].0 };
+                    let text = String::from_utf8_lossy(&buf[from..end - 1]).into_owned();
+                    *gap_written = Some(text);
+                }
+                None => {
+                    *left -= 1;
+                    if let Some(n) = self.records[0].as_mut() {
+                        *n += 1;
+                    }
+                    Metrics::inc(&m.log_written);
+                }
+            }
+        }
+        match err {
+            None => {
+                self.recovered(m);
+                true
+            }
+            Some(e) => {
+                self.failed(&e, "write", now, m);
+                false
+            }
+        }
+    }
+
+    /// Shift every generation up one; the oldest falls off, counted.
+    fn rotate(&mut self, m: &Metrics) -> io::Result<()> {
+        self.files.close();
+        self.open = false;
+        let last = self.cfg.keep;
+        if self.files.exists(last) {
+            let n = match self.records[last] {
+                Some(n) => n,
+                None => self.files.count_records(last).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot count the records of the oldest events-log file before removing it; they are not in log_rotated_out_records");
+                    0
+                }),
+            };
+            self.files.remove(last)?;
+            self.records[last] = Some(0);
+            Metrics::inc(&m.log_rotated_out_files);
+            m.log_rotated_out_records.fetch_add(n, Ordering::Relaxed);
+        }
+        for g in (0..last).rev() {
+            self.files.shift(g)?;
+            self.records[g + 1] = self.records[g];
+            self.records[g] = Some(0);
+        }
+        let len = self.files.open()?;
+        self.open = true;
+        self.size = len;
+        self.records[0] = (len == 0).then_some(0);
+        Ok(())
+    }
+
+    fn fail_records(&mut self, n: u64, m: &Metrics) {
+        self.lost_write += n;
+        m.log_write_failed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn failed(&mut self, e: &io::Error, what: &str, now: Instant, m: &Metrics) {
+        Metrics::inc(&m.log_write_errors);
+        let full = matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        );
+        if full {
+            m.log_disk_full.store(1, Ordering::Relaxed);
+        } else {
+            // Anything else may be a broken descriptor: start again from the path.
+            self.files.close();
+            self.open = false;
+        }
+        if !self.failing {
+            self.failing = true;
+            tracing::warn!(error = %e, operation = what, retry_ms = self.cfg.retry.as_millis() as u64,
+                "cannot write the events log; records are counted in log_write_failed and a gap line will note them when writing resumes (free space, or check the log's directory)");
+        }
+        self.retry_at = Some(now + self.cfg.retry);
+    }
+
+    fn recovered(&mut self, m: &Metrics) {
+        self.retry_at = None;
+        m.log_disk_full.store(0, Ordering::Relaxed);
+        if self.failing {
+            self.failing = false;
+            tracing::info!("the events log is writable again");
         }
     }
 }
+
+/// What the writer thread needs besides its channels.
+pub(crate) struct WriterSetup {
+    pub path: Option<PathBuf>,
+    pub cfg: WriterConfig,
+}
+
+/// Records the writer takes from the channel per write.
+const BATCH: usize = 1024;
+/// With nothing to write, pending losses are noted (and a failed disk retried) this often.
+const TICK: Duration = Duration::from_millis(500);
 
 /// The writer thread's body. Returns when `stop` is disconnected, after draining the channel.
 pub(crate) fn run_writer(
     rx: Receiver<LogRecord>,
     stop: Receiver<()>,
-    sender: Arc<super::Shared>,
+    shared: Arc<super::Shared>,
     recent: Arc<RecentLines>,
-    path: Option<PathBuf>,
-    max_bytes: u64,
+    setup: WriterSetup,
 ) {
-    let mut file = path.map(|p| Rotating::open(&p, max_bytes));
-    let mut emit = |line: String, file: &mut Option<Rotating>| {
-        if let Some(f) = file.as_mut() {
-            f.write_line(&line);
+    let m = &shared.metrics;
+    let mut writer = setup
+        .path
+        .map(|p| Writer::new(DiskFiles::new(p), setup.cfg));
+    let mut emit = |batch: Vec<String>, finish: bool| {
+        let dropped = shared.log.pending_gap.swap(0, Ordering::Relaxed);
+        let now = Instant::now();
+        let gap = match writer.as_mut() {
+            Some(w) if finish => w.finish(dropped, now, m),
+            Some(w) => w.write(&batch, dropped, now, m),
+            None => (dropped > 0).then(|| gap_line(dropped, 0)),
+        };
+        if let Some(g) = gap {
+            recent.push(g);
         }
-        recent.push(line);
-    };
-    let gap = |file: &mut Option<Rotating>, emit: &mut dyn FnMut(String, &mut Option<Rotating>)| {
-        let n = sender.log.pending_gap.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            emit(format!("{{\"gap\":{n}}}"), file);
+        for l in batch {
+            recent.push(l);
         }
     };
     loop {
         let first = crossbeam_channel::select! {
             recv(rx) -> r => r.ok(),
             recv(stop) -> _ => None,
-            default(Duration::from_millis(500)) => { gap(&mut file, &mut emit); if let Some(f) = file.as_mut() { f.flush(); } continue; }
+            default(TICK) => { emit(Vec::new(), false); continue; }
         };
         let Some(first) = first else { break };
-        gap(&mut file, &mut emit);
-        emit(first.to_json(), &mut file);
-        for rec in rx.try_iter().take(1024) {
-            emit(rec.to_json(), &mut file);
+        let batch: Vec<String> = std::iter::once(first)
+            .chain(rx.try_iter().take(BATCH - 1))
+            .map(|r| r.to_json())
+            .collect();
+        emit(batch, false);
+    }
+    loop {
+        let batch: Vec<String> = rx.try_iter().take(BATCH).map(|r| r.to_json()).collect();
+        if batch.is_empty() {
+            break;
         }
-        gap(&mut file, &mut emit);
-        if let Some(f) = file.as_mut() {
-            f.flush();
+        emit(batch, false);
+    }
+    // Last: note what the channel refused while draining, even if the disk is backing off.
+    emit(Vec::new(), true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk with a byte budget shared by all generations, writes capped at `short` bytes,
+    /// and truncates that fail while `truncate_fails` is set.
+    #[derive(Default)]
+    struct Fake {
+        gens: Vec<Option<Vec<u8>>>,
+        open: bool,
+        capacity: Option<usize>,
+        short: Option<usize>,
+        truncate_fails: bool,
+        writes: usize,
+    }
+
+    impl Fake {
+        fn gen_mut(&mut self, g: usize) -> &mut Option<Vec<u8>> {
+            if self.gens.len() <= g {
+                self.gens.resize(g + 1, None);
+            }
+            &mut self.gens[g]
+        }
+        fn used(&self) -> usize {
+            self.gens.iter().flatten().map(Vec::len).sum()
         }
     }
-    for rec in rx.try_iter() {
-        emit(rec.to_json(), &mut file);
+
+    impl LogFiles for Fake {
+        fn open(&mut self) -> io::Result<u64> {
+            self.open = true;
+            Ok(self.gen_mut(0).get_or_insert_with(Vec::new).len() as u64)
+        }
+        fn close(&mut self) {
+            self.open = false;
+        }
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            assert!(self.open, "write to a closed file");
+            self.writes += 1;
+            let avail = self
+                .capacity
+                .map_or(usize::MAX, |c| c.saturating_sub(self.used()));
+            if avail == 0 {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            let n = buf.len().min(avail).min(self.short.unwrap_or(usize::MAX));
+            self.gen_mut(0)
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn len(&mut self) -> io::Result<u64> {
+            Ok(self.gen_mut(0).as_ref().map_or(0, Vec::len) as u64)
+        }
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            if self.truncate_fails {
+                return Err(io::Error::other("truncate refused"));
+            }
+            if let Some(f) = self.gen_mut(0) {
+                f.truncate(len as usize);
+            }
+            Ok(())
+        }
+        fn exists(&self, g: usize) -> bool {
+            self.gens.get(g).is_some_and(Option::is_some)
+        }
+        fn count_records(&self, g: usize) -> io::Result<u64> {
+            let f = self.gens[g].as_ref().ok_or(io::ErrorKind::NotFound)?;
+            Ok(f.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty() && !is_gap(l))
+                .count() as u64)
+        }
+        fn remove(&mut self, g: usize) -> io::Result<()> {
+            *self.gen_mut(g) = None;
+            Ok(())
+        }
+        fn shift(&mut self, from: usize) -> io::Result<()> {
+            let f = self.gen_mut(from).take();
+            *self.gen_mut(from + 1) = f;
+            Ok(())
+        }
     }
-    gap(&mut file, &mut emit);
-    if let Some(f) = file.as_mut() {
-        f.flush();
+
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// Hand the writer this many new records.
+        Records(u64),
+        /// The channel refused this many (they come with the next call).
+        Dropped(u64),
+        /// Bytes the disk holds in all (`None`: unlimited).
+        Capacity(Option<usize>),
+        Short(Option<usize>),
+        TruncateFails(bool),
+        /// Let time pass (the retry timer is 1 s).
+        Advance(u64),
+        /// The idle tick: no records, pending losses only.
+        Tick,
+        Finish,
+    }
+    use Step::*;
+
+    /// Every record line here is 16 bytes with its newline (`{"seq":1000000}`).
+    const LINE: usize = 16;
+
+    struct Case {
+        name: &'static str,
+        max_lines: usize,
+        keep: usize,
+        /// Generations present before the writer starts: record lines, then one gap line.
+        inherited: &'static [(usize, u64)],
+        steps: &'static [Step],
+        // Expected.
+        on_disk: u64,
+        gap_total: u64,
+        failed: u64,
+        disk_full: u64,
+        rotated_files: u64,
+        rotated_records: u64,
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "plain",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[Records(10)],
+            on_disk: 10,
+            gap_total: 0,
+            failed: 0,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "short writes are continued, never torn",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[Short(Some(7)), Records(10)],
+            on_disk: 10,
+            gap_total: 0,
+            failed: 0,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "ENOSPC mid-line: cut back to the last whole line, rest counted",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[Capacity(Some(3 * LINE + 7)), Records(10)],
+            on_disk: 3,
+            gap_total: 0,
+            failed: 7,
+            disk_full: 1,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "space back: a gap line notes the loss, gauge clears",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[
+                Capacity(Some(3 * LINE + 7)),
+                Records(10),
+                Capacity(None),
+                Advance(1000),
+                Records(5),
+            ],
+            on_disk: 8,
+            gap_total: 7,
+            failed: 7,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "backing off: records counted without a write, the tick writes the gap",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[
+                Capacity(Some(0)),
+                Records(10),
+                Capacity(None),
+                Advance(500),
+                Records(5),
+                Advance(500),
+                Tick,
+            ],
+            on_disk: 0,
+            gap_total: 15,
+            failed: 15,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "the gap line itself does not fit: kept for later",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[
+                Capacity(Some(2 * LINE)),
+                Records(4),
+                Advance(1000),
+                Tick,
+                Capacity(None),
+                Advance(1000),
+                Records(1),
+            ],
+            on_disk: 3,
+            gap_total: 2,
+            failed: 2,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "channel drops leave a gap line where they happened",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[Records(3), Dropped(4), Records(3)],
+            on_disk: 6,
+            gap_total: 4,
+            failed: 0,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "rotation keeps `keep` files and counts what falls off",
+            max_lines: 5,
+            keep: 2,
+            inherited: &[],
+            steps: &[Records(40)],
+            on_disk: 15,
+            gap_total: 0,
+            failed: 0,
+            disk_full: 0,
+            rotated_files: 5,
+            rotated_records: 25,
+        },
+        Case {
+            name: "keep 0: only the current file",
+            max_lines: 5,
+            keep: 0,
+            inherited: &[],
+            steps: &[Records(12)],
+            on_disk: 2,
+            gap_total: 0,
+            failed: 0,
+            disk_full: 0,
+            rotated_files: 2,
+            rotated_records: 10,
+        },
+        Case {
+            name: "files from an earlier run are counted when they fall off",
+            max_lines: 5,
+            keep: 1,
+            inherited: &[(0, 5), (1, 3)],
+            steps: &[Records(5)],
+            // The current file was full: it rotates (FILE.1, 3 records and a gap line, falls
+            // off), then the five new records fill the new FILE.
+            on_disk: 10,
+            gap_total: 0,
+            failed: 0,
+            disk_full: 0,
+            rotated_files: 1,
+            rotated_records: 3,
+        },
+        Case {
+            name: "a torn tail that cannot be cut is cut before the next write",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[
+                TruncateFails(true),
+                Capacity(Some(3 * LINE + 7)),
+                Records(10),
+                Capacity(None),
+                Advance(1000),
+                Records(1),
+                TruncateFails(false),
+                Advance(1000),
+                Records(2),
+            ],
+            on_disk: 5,
+            gap_total: 8,
+            failed: 8,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+        Case {
+            name: "finish tries once more despite the retry timer",
+            max_lines: 1000,
+            keep: 2,
+            inherited: &[],
+            steps: &[Capacity(Some(0)), Records(3), Capacity(None), Finish],
+            on_disk: 0,
+            gap_total: 3,
+            failed: 3,
+            disk_full: 0,
+            rotated_files: 0,
+            rotated_records: 0,
+        },
+    ];
+
+    fn lines_of(f: &[u8]) -> Vec<serde_json::Value> {
+        assert!(
+            f.is_empty() || f.ends_with(b"\n"),
+            "torn tail {:?}",
+            String::from_utf8_lossy(f)
+        );
+        f.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice(l).unwrap_or_else(|e| {
+                    panic!("unparsable line {:?}: {e}", String::from_utf8_lossy(l))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writer_table() {
+        for c in CASES {
+            let mut fake = Fake::default();
+            for &(g, n) in c.inherited {
+                let mut f = Vec::new();
+                for i in 0..n {
+                    f.extend_from_slice(format!("{{\"seq\":{}}}\n", 9_000_000 + i).as_bytes());
+                }
+                if g == 1 {
+                    f.extend_from_slice(b"{\"gap\":1}\n");
+                }
+                *fake.gen_mut(g) = Some(f);
+            }
+            let m = Metrics::default();
+            let mut w = Writer::new(
+                fake,
+                WriterConfig {
+                    max_bytes: (c.max_lines * LINE) as u64,
+                    keep: c.keep,
+                    retry: Duration::from_secs(1),
+                },
+            );
+            let mut now = Instant::now();
+            let (mut seq, mut dropped, mut submitted) = (0u64, 0u64, 0u64);
+            for step in c.steps {
+                match *step {
+                    Records(n) => {
+                        let lines: Vec<String> = (seq..seq + n)
+                            .map(|i| format!("{{\"seq\":{}}}", 1_000_000 + i))
+                            .collect();
+                        seq += n;
+                        submitted += n;
+                        w.write(&lines, std::mem::take(&mut dropped), now, &m);
+                    }
+                    Dropped(n) => dropped += n,
+                    Capacity(cap) => w.files.capacity = cap,
+                    Short(s) => w.files.short = s,
+                    TruncateFails(b) => w.files.truncate_fails = b,
+                    Advance(ms) => now += Duration::from_millis(ms),
+                    Tick => {
+                        w.write(&[], std::mem::take(&mut dropped), now, &m);
+                    }
+                    Finish => {
+                        w.finish(std::mem::take(&mut dropped), now, &m);
+                    }
+                }
+            }
+            let (mut on_disk, mut gap_total) = (0, 0);
+            let mut seqs = Vec::new();
+            for (g, f) in w.files().gens.iter().enumerate() {
+                let Some(f) = f else { continue };
+                assert!(g <= c.keep, "{}: generation {g} beyond keep", c.name);
+                for l in lines_of(f) {
+                    match l.get("gap") {
+                        Some(n) => gap_total += n.as_u64().unwrap(),
+                        None => {
+                            on_disk += 1;
+                            seqs.push(l["seq"].as_u64().unwrap());
+                        }
+                    }
+                }
+            }
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            let got = (
+                on_disk,
+                gap_total,
+                get(&m.log_write_failed),
+                get(&m.log_disk_full),
+                get(&m.log_rotated_out_files),
+                get(&m.log_rotated_out_records),
+            );
+            let want = (
+                c.on_disk,
+                c.gap_total,
+                c.failed,
+                c.disk_full,
+                c.rotated_files,
+                c.rotated_records,
+            );
+            assert_eq!(
+                got, want,
+                "{}: (on disk, gap total, failed, disk full, rotated files, rotated records)",
+                c.name
+            );
+            // Every record handed over was written or counted as failed, once.
+            assert_eq!(
+                get(&m.log_written) + get(&m.log_write_failed),
+                submitted,
+                "{}",
+                c.name
+            );
+            let inherited: u64 = c.inherited.iter().map(|(_, n)| n).sum();
+            assert_eq!(
+                on_disk,
+                get(&m.log_written) + inherited - get(&m.log_rotated_out_records),
+                "{}: what is on disk is what was written less what rotated out",
+                c.name
+            );
+            seqs.sort_unstable();
+            seqs.dedup();
+            assert_eq!(
+                seqs.len() as u64,
+                on_disk,
+                "{}: a record written twice",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn backing_off_makes_no_write() {
+        let m = Metrics::default();
+        let cfg = WriterConfig {
+            max_bytes: 1 << 20,
+            keep: 1,
+            retry: Duration::from_secs(1),
+        };
+        let mut w = Writer::new(
+            Fake {
+                capacity: Some(0),
+                ..Fake::default()
+            },
+            cfg,
+        );
+        let t0 = Instant::now();
+        w.write(&["{}".to_owned()], 0, t0, &m);
+        let writes = w.files().writes;
+        for i in 1..100 {
+            w.write(&["{}".to_owned()], 0, t0 + Duration::from_millis(i * 5), &m);
+        }
+        assert_eq!(
+            w.files().writes,
+            writes,
+            "a write was tried while backing off"
+        );
+        assert_eq!(m.log_write_failed.load(Ordering::Relaxed), 100);
+        assert_eq!(m.log_write_errors.load(Ordering::Relaxed), 1);
     }
 }

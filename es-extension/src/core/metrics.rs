@@ -101,7 +101,20 @@ pub struct Metrics {
     pub duplicate_answers: AtomicU64,
     pub queue_full: AtomicU64,
     pub respond_errors: AtomicU64,
+    /// Events-log records refused by the writer's full channel (never reached the writer).
     pub log_dropped: AtomicU64,
+    /// Events-log records written to disk as whole lines.
+    pub log_written: AtomicU64,
+    /// Events-log records the writer could not write (disk full, I/O error, no file).
+    pub log_write_failed: AtomicU64,
+    /// Failed events-log operations (open, write, truncate, rotate), however many records each
+    /// cost.
+    pub log_write_errors: AtomicU64,
+    /// Events-log files removed by rotation (the oldest of `keep`), and the records they held.
+    pub log_rotated_out_files: AtomicU64,
+    pub log_rotated_out_records: AtomicU64,
+    /// Gauge: 1 while the events log's last write failed with ENOSPC or EDQUOT.
+    pub log_disk_full: AtomicU64,
     pub helper_connects: AtomicU64,
     pub helper_disconnects: AtomicU64,
     pub helper_protocol_errors: AtomicU64,
@@ -185,7 +198,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 23] = [
+        let named: [(&str, &AtomicU64); 29] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -198,6 +211,12 @@ impl Metrics {
             ("queue_full", &self.queue_full),
             ("respond_errors", &self.respond_errors),
             ("log_dropped", &self.log_dropped),
+            ("log_written", &self.log_written),
+            ("log_write_failed", &self.log_write_failed),
+            ("log_write_errors", &self.log_write_errors),
+            ("log_rotated_out_files", &self.log_rotated_out_files),
+            ("log_rotated_out_records", &self.log_rotated_out_records),
+            ("log_disk_full", &self.log_disk_full),
             ("helper_connects", &self.helper_connects),
             ("helper_disconnects", &self.helper_disconnects),
             ("helper_protocol_errors", &self.helper_protocol_errors),

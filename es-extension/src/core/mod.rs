@@ -65,8 +65,14 @@ pub struct CoreConfig {
     pub helper_transport: Option<Arc<dyn HelperTransport>>,
     /// The events log; `None` keeps notable decisions in memory only (`events tail`).
     pub events_log: Option<PathBuf>,
-    /// Rotate the events log past this size.
+    /// Rotate the events log before a line would take it past this size.
     pub events_log_max_bytes: u64,
+    /// Rotated events-log files kept (`FILE.1` ..= `FILE.<n>`); the oldest is removed, counted
+    /// (`log_rotated_out_files`, `log_rotated_out_records`). 0 keeps only the current file.
+    pub events_log_keep: usize,
+    /// After a failed events-log write (disk full), records are counted as lost without a
+    /// write for this long, then writing is tried again.
+    pub events_log_retry: Duration,
     /// Log records waiting for the writer; beyond this they are dropped and counted.
     pub log_channel_capacity: usize,
     /// Lines kept in memory for `events tail`.
@@ -113,6 +119,8 @@ impl CoreConfig {
             helper_transport: None,
             events_log: None,
             events_log_max_bytes: 16 * 1024 * 1024,
+            events_log_keep: 5,
+            events_log_retry: Duration::from_secs(1),
             log_channel_capacity: 4096,
             recent_lines: 1000,
             control_socket: None,
@@ -404,13 +412,17 @@ impl<R: Responder> Core<R> {
 
         let mut threads = Vec::new();
         let log_thread = {
-            let (s, path, max) = (
-                Arc::clone(&shared),
-                cfg.events_log.clone(),
-                cfg.events_log_max_bytes,
-            );
+            let s = Arc::clone(&shared);
+            let setup = eventlog::WriterSetup {
+                path: cfg.events_log.clone(),
+                cfg: eventlog::WriterConfig {
+                    max_bytes: cfg.events_log_max_bytes,
+                    keep: cfg.events_log_keep,
+                    retry: cfg.events_log_retry,
+                },
+            };
             spawn("eventlog", move || {
-                eventlog::run_writer(log_rx, log_stop_rx, s, recent, path, max);
+                eventlog::run_writer(log_rx, log_stop_rx, s, recent, setup);
             })?
         };
         {

@@ -40,6 +40,9 @@ pub struct MacOptions {
     /// The policy file, loaded after the first subscription; `None` keeps the embedded default.
     pub policy: Option<PathBuf>,
     pub events_log: Option<PathBuf>,
+    /// Events-log rotation size and rotated files kept (`CoreConfig::events_log_*`).
+    pub events_log_max_bytes: u64,
+    pub events_log_keep: usize,
     pub control_socket: Option<PathBuf>,
     /// The helper's mach service (`dev.gatehouse.helper`).
     pub helper_service: String,
@@ -55,6 +58,8 @@ impl Default for MacOptions {
         Self {
             policy: Some(PathBuf::from(format!("{SUPPORT_DIR}/policy.toml"))),
             events_log: Some(PathBuf::from("/var/log/gatehouse/events.jsonl")),
+            events_log_max_bytes: CoreConfig::endpoint_security().events_log_max_bytes,
+            events_log_keep: CoreConfig::endpoint_security().events_log_keep,
             control_socket: Some(PathBuf::from(format!("{SUPPORT_DIR}/control.sock"))),
             helper_service: HELPER_SERVICE.to_owned(),
             helper_requirement: None,
@@ -183,6 +188,8 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
     };
     let config = CoreConfig {
         events_log: opts.events_log.clone(),
+        events_log_max_bytes: opts.events_log_max_bytes,
+        events_log_keep: opts.events_log_keep,
         control_socket: opts.control_socket.clone(),
         ..CoreConfig::endpoint_security()
     }
