@@ -12,6 +12,7 @@
 //! - `selfmute`: our own and the helper's (pidfd-verified) events, allowed at once.
 //! - `delivery`: the delivery thread's loop.
 //! - `liveness`: the guard.
+//! - `trusted_ids`: pins our own binaries and their interpreters at start-up.
 //! - `run`: the extension's Linux entry point (core + backend + signals).
 
 pub mod convert;
@@ -24,5 +25,6 @@ pub mod opener;
 pub mod responder;
 pub mod run;
 pub mod selfmute;
+pub mod trusted_ids;
 
 pub use run::{LinuxOptions, run};
