@@ -160,6 +160,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 Reason::InvalidSignature => "bad-signature protection".into(),
                 Reason::Muted => "muted".into(),
                 Reason::Cached => "cached".into(),
+                Reason::SlowPathDependency => "slow-path dependency (pinned at start)".into(),
                 Reason::Fallback { why } => format!("fallback ({})", why.as_str()),
             };
             let mut flags = Vec::new();

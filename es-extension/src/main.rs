@@ -45,6 +45,17 @@ struct Args {
     #[cfg(target_os = "linux")]
     #[arg(long, value_name = "PATH")]
     scope: Vec<PathBuf>,
+    /// The helper's executable, pinned at start so that restarting the helper never waits for
+    /// the helper (its exec is allowed on the fast path while the file is unchanged);
+    /// `gatehouse-helper` next to this executable when omitted.
+    #[cfg(target_os = "linux")]
+    #[arg(long, value_name = "PATH")]
+    helper_binary: Option<PathBuf>,
+    /// The `gatehouse` CLI's executable, pinned like the helper's; `gatehouse` next to this
+    /// executable, else `/usr/local/bin/gatehouse`, when omitted.
+    #[cfg(target_os = "linux")]
+    #[arg(long, value_name = "PATH")]
+    cli_binary: Option<PathBuf>,
 }
 
 #[cfg(target_os = "linux")]
@@ -80,6 +91,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !args.scope.is_empty() {
         options.scope = args.scope;
     }
+    options.pin = Some(es_extension::sys::linux::trusted_ids::PinSources {
+        own_exe: true,
+        helper: args.helper_binary,
+        cli: args.cli_binary,
+    });
     es_extension::sys::linux::run(config, policy, options)
 }
 

@@ -154,6 +154,7 @@ pub(crate) fn stats_report<R: Responder>(
 ) -> StatsReport {
     let mut counters = shared.metrics.counters();
     counters.extend(shared.control.counters());
+    counters.extend(shared.config.trusted.counters());
     counters.extend(backend_counters(shared.kernel.counters()));
     StatsReport {
         counters,

@@ -25,6 +25,7 @@ pub mod helper_unix;
 pub mod kernel_retry;
 pub mod metrics;
 pub mod pending;
+pub mod trusted;
 pub mod watchdog;
 
 use std::path::PathBuf;
@@ -105,6 +106,9 @@ pub struct CoreConfig {
     pub kernel_retry_backoff: Duration,
     /// ... for at most this many attempts.
     pub kernel_retry_attempts: u32,
+    /// The slow path's own dependencies, pinned by the backend at start-up: an exec of one is
+    /// allowed on the fast path (`slow-path-never-gates-itself`). Empty by default.
+    pub trusted: Arc<trusted::TrustedSet>,
 }
 
 impl CoreConfig {
@@ -137,6 +141,7 @@ impl CoreConfig {
             // es_clear_cache is rate-limited machine-wide: start near its one-second window.
             kernel_retry_backoff: Duration::from_millis(500),
             kernel_retry_attempts: 8,
+            trusted: Arc::new(trusted::TrustedSet::empty()),
         }
     }
 
@@ -538,6 +543,15 @@ impl<R: Responder> Core<R> {
             Metrics::inc(&m.muted);
             return now_answer(
                 Decision::allow(Reason::Muted, Cacheability::Never),
+                responder,
+                &snapshot,
+            );
+        }
+        // Before the cache and the policy: the helper's own launch must never wait for the
+        // helper, whatever the policy says (`slow-path-never-gates-itself`).
+        if s.config.trusted.matching(&event).is_some() {
+            return now_answer(
+                Decision::allow(Reason::SlowPathDependency, Cacheability::Kernel),
                 responder,
                 &snapshot,
             );

@@ -99,6 +99,11 @@ pub enum Reason {
     Cached,
     /// The policy's explicit fallback.
     Fallback { why: FallbackReason },
+    /// A file the slow path itself depends on (Gatehouse's own binaries and the ELF interpreter
+    /// they name), matched against the identity pinned when the extension started: allowed on
+    /// the fast path so that restarting the helper never waits for the helper. Last, so the
+    /// variant indices before it stay as they were.
+    SlowPathDependency,
 }
 
 /// A verdict with its reason and how it may be cached.

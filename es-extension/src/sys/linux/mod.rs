@@ -13,6 +13,7 @@
 //! - `delivery`: the delivery thread's loop.
 //! - `liveness`: the guard.
 //! - `supervise`: sd_notify readiness and watchdog heartbeats, SIGHUP reloads, parent death.
+//! - `trusted_ids`: pins our own binaries and their interpreters at start-up.
 //! - `run`: the extension's Linux entry point (core + backend + signals).
 
 pub mod convert;
@@ -26,5 +27,6 @@ pub mod responder;
 pub mod run;
 pub mod selfmute;
 pub mod supervise;
+pub mod trusted_ids;
 
 pub use run::{LinuxOptions, run};

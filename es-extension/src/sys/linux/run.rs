@@ -46,6 +46,9 @@ pub struct LinuxOptions {
     pub status_line: bool,
     /// The policy file SIGHUP reloads (`None`: the embedded policy, nothing to reload).
     pub policy_path: Option<PathBuf>,
+    /// The executables whose exec is allowed on the fast path, pinned at start-up
+    /// (`slow-path-never-gates-itself`); `None` pins nothing.
+    pub pin: Option<super::trusted_ids::PinSources>,
 }
 
 impl Default for LinuxOptions {
@@ -57,6 +60,7 @@ impl Default for LinuxOptions {
             test_stall_after: None,
             status_line: true,
             policy_path: None,
+            pin: Some(super::trusted_ids::PinSources::default()),
         }
     }
 }
@@ -256,8 +260,31 @@ fn raise_nofile() {
     }
 }
 
+/// Pin the slow path's dependencies, reporting what was pinned (stdout) and what could not be
+/// (stderr; the exec of such a file then goes through the policy).
+fn pin_trusted(
+    sources: &super::trusted_ids::PinSources,
+    print: bool,
+) -> anyhow::Result<crate::core::trusted::TrustedSet> {
+    let (set, errors) =
+        super::trusted_ids::pin_all(sources).context("pinning the slow path's dependencies")?;
+    for e in &errors {
+        eprintln!(
+            "gatehouse-extension: warning: {e}; its exec will need the helper like any other"
+        );
+    }
+    if print {
+        for (dep, _) in set.entries() {
+            super::supervise::print_line(format!(
+                "gatehouse-extension: pinned slow-path dependency {dep}"
+            ));
+        }
+    }
+    Ok(set)
+}
+
 /// Run the fanotify backend under the core until SIGINT or SIGTERM; SIGHUP reloads the policy.
-pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Result<()> {
+pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Result<()> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         signals.add(s);
@@ -275,6 +302,11 @@ pub fn run(config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow::Re
         .liveness_limit
         .unwrap_or((max_deadline * 2).max(Duration::from_secs(2)));
     let helper_socket = config.helper_socket.clone();
+
+    // Before the group exists: our own reads raise no events, and nothing here waits on a daemon.
+    if let Some(sources) = &opts.pin {
+        config.trusted = Arc::new(pin_trusted(sources, opts.status_line)?);
+    }
 
     let group = Arc::new(Group::new().context(
         "fanotify_init(FAN_CLASS_CONTENT) failed: needs root (CAP_SYS_ADMIN) and a kernel with fanotify permission events",

@@ -189,6 +189,7 @@ pub fn summary(o: &Outcome) -> String {
                 Reason::InvalidSignature => "invalid_signature".into(),
                 Reason::Muted => "muted".into(),
                 Reason::Cached => "cached".into(),
+                Reason::SlowPathDependency => "slow_path_dependency".into(),
                 Reason::Fallback { why } => format!("fallback_{}", why.as_str()),
             };
             if d.would_deny {
