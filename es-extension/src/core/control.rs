@@ -13,6 +13,7 @@
 //! send each request, as deadlines rather than per-read timeouts, so a silent or trickling
 //! client holds a handler only briefly.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -139,20 +140,24 @@ pub(crate) fn push_mutes(shared: &Shared, before: &[MuteSpec], after: &[MuteSpec
             tracing::warn!(error = %e, "kernel mute update failed; the in-process mute still applies");
         }
     };
-    for m in before.iter().filter(|m| !after.contains(m)) {
+    // Set lookups: a policy with thousands of mutes must not make a load quadratic.
+    let (b, a): (HashSet<&MuteSpec>, HashSet<&MuteSpec>) =
+        (before.iter().collect(), after.iter().collect());
+    for m in before.iter().filter(|m| !a.contains(m)) {
         note(shared.kernel.unmute_path(m));
     }
-    for m in after.iter().filter(|m| !before.contains(m)) {
+    for m in after.iter().filter(|m| !b.contains(m)) {
         note(shared.kernel.mute_path(m));
     }
 }
 
 pub(crate) fn stats_report<R: Responder>(
     shared: &Shared,
-    _helper: &HelperClient<R>,
+    helper: &HelperClient<R>,
     queue: &Sender<WorkItem<R>>,
 ) -> StatsReport {
     let mut counters = shared.metrics.counters();
+    counters.extend(helper.breaker_counters());
     counters.extend(shared.control.counters());
     counters.extend(backend_counters(shared.kernel.counters()));
     StatsReport {
@@ -457,43 +462,44 @@ impl<R: Responder> Server<R> {
                 },
             },
             ControlRequest::MuteAdd(spec) => {
+                // Copy-on-write under the update lock: O(log n) whatever the number of mutes,
+                // and only the one new mute is pushed to the kernel.
                 let _update = s.control.update_lock();
-                let before = s.mutes.load().all();
-                {
-                    let mut r = s.runtime_mutes.lock().unwrap_or_else(|e| e.into_inner());
-                    if !r.contains(&spec) {
-                        r.push(spec);
+                let mut next = (**s.mutes.load()).clone();
+                match next.add_runtime(&spec) {
+                    Ok(added) => {
+                        s.mutes.store(Arc::new(next));
+                        if added {
+                            push_mutes(s, &[], std::slice::from_ref(&spec));
+                        }
+                        ControlResponse::Ok
                     }
+                    Err(e) => ControlResponse::Error {
+                        message: format!("mute not added: {e}"),
+                    },
                 }
-                s.refresh_mutes();
-                push_mutes(s, &before, &s.mutes.load().all());
-                ControlResponse::Ok
             }
             ControlRequest::MuteRemove(spec) => {
                 let _update = s.control.update_lock();
-                let before = s.mutes.load().all();
-                let removed = {
-                    let mut r = s.runtime_mutes.lock().unwrap_or_else(|e| e.into_inner());
-                    let n = r.len();
-                    r.retain(|m| *m != spec);
-                    n != r.len()
-                };
-                if !removed {
-                    let in_policy = s.store.load().policy.mutes().contains(&spec);
-                    return ControlResponse::Error {
-                        message: if in_policy {
-                            format!(
-                                "{} is muted by the policy file; edit the policy and `gatehouse policy load` it",
-                                spec.path
-                            )
-                        } else {
-                            format!("{} is not muted (see `gatehouse mute list`)", spec.path)
-                        },
-                    };
+                let mut next = (**s.mutes.load()).clone();
+                match next.remove_runtime(&spec) {
+                    Some(lifted) => {
+                        s.mutes.store(Arc::new(next));
+                        if lifted {
+                            push_mutes(s, std::slice::from_ref(&spec), &[]);
+                        }
+                        ControlResponse::Ok
+                    }
+                    None if next.in_policy(&spec) => ControlResponse::Error {
+                        message: format!(
+                            "{} is muted by the policy file; edit the policy and `gatehouse policy load` it",
+                            spec.path
+                        ),
+                    },
+                    None => ControlResponse::Error {
+                        message: format!("{} is not muted (see `gatehouse mute list`)", spec.path),
+                    },
                 }
-                s.refresh_mutes();
-                push_mutes(s, &before, &s.mutes.load().all());
-                ControlResponse::Ok
             }
             ControlRequest::MuteList => ControlResponse::Mutes(s.mutes.load().all()),
             ControlRequest::EventsTail { max } => {
