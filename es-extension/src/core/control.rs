@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,7 +88,9 @@ impl ControlState {
     }
 }
 
-/// Bind the control socket, replacing a stale one, with mode 0600.
+/// Bind the control socket, replacing a stale one, with mode 0600. Anything at `path` that is
+/// not a socket (a regular file, a symlink, a directory) is refused, never deleted: a mistyped
+/// `--control-socket` must not cost someone their file.
 pub fn bind(path: &Path) -> Result<UnixListener, CoreError> {
     let err = |source| CoreError::ControlSocket {
         path: path.to_owned(),
@@ -99,14 +101,35 @@ pub fn bind(path: &Path) -> Result<UnixListener, CoreError> {
     {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    // A socket file left by a previous run refuses bind; a live server would answer a connect.
-    if UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(CoreError::NotASocket(path.to_owned()));
+        }
+        // A socket file left by a previous run refuses bind; a live server answers a connect
+        // (and then bind fails, naming the address in use).
+        Ok(_) => {
+            if UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
     let l = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     l.set_nonblocking(true).map_err(err)?;
     Ok(l)
+}
+
+/// Remove our socket at shutdown, only if `path` still is the socket we bound (same inode):
+/// whatever replaced it meanwhile is not ours to delete.
+fn remove_own_socket(path: &Path, bound: Option<(u64, u64)>) {
+    if let (Ok(m), Some(ours)) = (std::fs::symlink_metadata(path), bound)
+        && m.file_type().is_socket()
+        && (m.dev(), m.ino()) == ours
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Parse and swap in a new policy. A bad file changes nothing.
@@ -216,6 +239,10 @@ pub(crate) fn accept_loop(
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_owned));
+    let bound = path
+        .as_deref()
+        .and_then(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()));
     let me = own_uid();
     loop {
         match listener.accept() {
@@ -237,7 +264,7 @@ pub(crate) fn accept_loop(
         }
     }
     if let Some(p) = path {
-        let _ = std::fs::remove_file(p);
+        remove_own_socket(&p, bound);
     }
 }
 

@@ -201,6 +201,10 @@ pub enum CoreError {
     },
     #[error("invalid core configuration: {0}")]
     Config(String),
+    #[error(
+        "{0} exists and is not a socket; refusing to replace it: remove it yourself or choose another control socket path"
+    )]
+    NotASocket(PathBuf),
 }
 
 /// State shared by every core thread. Nothing the delivery thread reads here is behind a lock.
