@@ -46,6 +46,10 @@ counters! {
     cache_misses,
     /// Answers that could not be delivered (peer gone or not reading before the deadline).
     responses_dropped,
+    /// Connections closed because the peer did not complete its hello within the deadline.
+    hello_timeouts,
+    /// Connections closed because no request came within the idle limit.
+    idle_closed,
 }
 
 impl Stats {
@@ -64,7 +68,7 @@ mod tests {
         Stats::bump(&s.timeouts);
         Stats::bump(&s.timeouts);
         let snap = s.snapshot();
-        assert_eq!(snap.len(), 15);
+        assert_eq!(snap.len(), 17);
         assert!(snap.contains(&("timeouts".to_owned(), 2)));
         assert!(snap.contains(&("cache_hits".to_owned(), 0)));
     }

@@ -4,13 +4,21 @@
 //! Bounded everywhere: a fixed worker pool with a bounded queue (`Busy` when full), a cap on
 //! connections (two threads each), a cap on requests in flight per connection, and the frame
 //! limit. A malformed or oversized frame closes only its own connection.
+//!
+//! Deadlines, so that silent or trickling peers cannot hold every connection slot: the hello
+//! must be complete within [`HELLO_DEADLINE`] of the accept (a deadline, not a per-read
+//! timeout, so a byte at a time does not extend it); the first request must follow within
+//! [`IDLE_LIMIT`]; a CLI peer gets the same limit before each later request. The extension's
+//! connection is long-lived and may be quiet for hours, so after its first request (it pings
+//! right after the handshake) it has no idle limit. Once a frame has started, each read must
+//! come within [`FRAME_READ_TIMEOUT`].
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,8 +39,12 @@ use crate::pool::{Pool, Submitter};
 use crate::service::Service;
 use crate::stats::Stats;
 
-/// How long a peer has to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer has, from its accept, to complete the handshake.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a connection may wait before its first request (a CLI peer: before each request).
+pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
+/// Once a frame's first byte has arrived, how long each further read may take.
+const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a write to a peer that does not read may block the connection's writer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the accept loop looks at the shutdown flag.
@@ -80,6 +92,8 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Listener {
     listener: UnixListener,
+    /// The socket file's (device, inode) right after bind.
+    bound: Option<(u64, u64)>,
     config: Config,
     service: Arc<Service>,
 }
@@ -109,8 +123,12 @@ impl Listener {
                 source,
             },
         )?;
+        let bound = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         Ok(Self {
             listener,
+            bound,
             config,
             service,
         })
@@ -178,7 +196,7 @@ impl Listener {
             }
         }
         tracing::info!("shutting down: no longer accepting");
-        let _ = std::fs::remove_file(&self.config.socket);
+        remove_own_socket(&self.config.socket, self.bound);
         for s in lock(&conns).values() {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -195,6 +213,17 @@ impl Listener {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Remove our socket at shutdown only if the path still names the socket we bound (same
+/// inode): a file put there since is not ours to delete.
+fn remove_own_socket(path: &Path, bound: Option<(u64, u64)>) {
+    if let (Ok(m), Some(ours)) = (std::fs::symlink_metadata(path), bound)
+        && m.file_type().is_socket()
+        && (m.dev(), m.ino()) == ours
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// A leftover socket from a helper that died is removed; a live one is an error.
@@ -228,7 +257,8 @@ struct Connection {
 impl Connection {
     fn serve(self) {
         let stats = self.service.stats();
-        match self.admit() {
+        let accepted = Instant::now();
+        match self.admit(accepted) {
             Ok(role) => {
                 Stats::bump(&stats.connections_accepted);
                 self.serve_requests(role);
@@ -241,19 +271,27 @@ impl Connection {
                 Stats::bump(&stats.handshake_failures);
                 tracing::warn!(conn = self.id, error = %e, "handshake failed");
             }
+            Err(Refusal::HelloTimeout) => {
+                Stats::bump(&stats.hello_timeouts);
+                tracing::debug!(conn = self.id, "no hello within the deadline; closed");
+            }
         }
         let _ = self.stream.shutdown(Shutdown::Both);
         lock(&self.conns).remove(&self.id);
     }
 
     /// Authenticate the peer, then run the handshake. A refused peer is told why.
-    fn admit(&self) -> Result<Role, Refusal> {
+    fn admit(&self, accepted: Instant) -> Result<Role, Refusal> {
         let s = &self.stream;
-        let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
         let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+        let mut io = Deadline {
+            stream: s,
+            until: accepted + HELLO_DEADLINE,
+            expired: false,
+        };
         if let Err(e) = self.peers.authorize(s) {
             // Read its hello first so our answer is not lost to a connection reset.
-            let _ = protocol::frame::read_frame_body(&mut &*s, 1024);
+            let _ = protocol::frame::read_frame_body(&mut io, 1024);
             let reply = HelloReply::Rejected {
                 reason: format!("peer not authorized: {e}"),
                 supported: PROTOCOL_VERSION,
@@ -261,14 +299,15 @@ impl Connection {
             let _ = protocol::frame::write_frame(&mut &*s, &reply, 1024);
             return Err(Refusal::Auth(e.to_string()));
         }
-        let (role, _agent) = handshake::server(
-            &mut &*s,
-            &[Role::Extension, Role::Cli],
-            self.service.agent(),
-        )
-        .map_err(Refusal::Handshake)?;
-        let _ = s.set_read_timeout(None);
-        Ok(role)
+        let hs = handshake::server(&mut io, &[Role::Extension, Role::Cli], self.service.agent());
+        match hs {
+            Ok((role, _agent)) => {
+                let _ = s.set_read_timeout(Some(FRAME_READ_TIMEOUT));
+                Ok(role)
+            }
+            Err(_) if io.expired => Err(Refusal::HelloTimeout),
+            Err(e) => Err(Refusal::Handshake(e)),
+        }
     }
 
     fn serve_requests(&self, role: Role) {
@@ -296,7 +335,15 @@ impl Connection {
             }
         };
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let mut first = true;
         loop {
+            let idle = (first || role == Role::Cli).then_some(IDLE_LIMIT);
+            if !wait_readable(&self.stream, idle) {
+                Stats::bump(&stats.idle_closed);
+                tracing::debug!(conn = self.id, "no request within the idle limit; closed");
+                break;
+            }
+            first = false;
             match recv_frame::<Request<HelperRequest>>(&self.stream, HELPER_MAX_FRAME) {
                 Ok((req, fds)) => {
                     if !self.dispatch(role, req, fds, &tx, &in_flight) {
@@ -402,4 +449,71 @@ impl Connection {
 enum Refusal {
     Auth(String),
     Handshake(ProtocolError),
+    HelloTimeout,
+}
+
+/// Reads under one deadline: each read waits at most the time left, so a peer that trickles
+/// bytes still runs into it.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+    expired: bool,
+}
+
+impl io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.expired = true;
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match (&mut &*self.stream).read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.expired = true;
+                Err(io::ErrorKind::TimedOut.into())
+            }
+            r => r,
+        }
+    }
+}
+
+impl io::Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Wait until `s` has something to read (or is closed), for at most `limit` (`None`: forever).
+/// False when the limit passed first.
+fn wait_readable(s: &UnixStream, limit: Option<Duration>) -> bool {
+    let until = limit.map(|l| Instant::now() + l);
+    loop {
+        let timeout = match until {
+            None => PollTimeout::NONE,
+            Some(u) => {
+                let left = u.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                PollTimeout::try_from(left.as_millis().max(1).min(60_000) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            // Readable, hung up or in error: the read that follows tells which.
+            Ok(_) | Err(_) => return true,
+        }
+    }
 }

@@ -13,8 +13,9 @@
 //! send each request, as deadlines rather than per-read timeouts, so a silent or trickling
 //! client holds a handler only briefly.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,7 +88,9 @@ impl ControlState {
     }
 }
 
-/// Bind the control socket, replacing a stale one, with mode 0600.
+/// Bind the control socket, replacing a stale one, with mode 0600. Anything at `path` that is
+/// not a socket (a regular file, a symlink, a directory) is refused, never deleted: a mistyped
+/// `--control-socket` must not cost someone their file.
 pub fn bind(path: &Path) -> Result<UnixListener, CoreError> {
     let err = |source| CoreError::ControlSocket {
         path: path.to_owned(),
@@ -98,14 +101,35 @@ pub fn bind(path: &Path) -> Result<UnixListener, CoreError> {
     {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    // A socket file left by a previous run refuses bind; a live server would answer a connect.
-    if UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(CoreError::NotASocket(path.to_owned()));
+        }
+        // A socket file left by a previous run refuses bind; a live server answers a connect
+        // (and then bind fails, naming the address in use).
+        Ok(_) => {
+            if UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
     let l = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     l.set_nonblocking(true).map_err(err)?;
     Ok(l)
+}
+
+/// Remove our socket at shutdown, only if `path` still is the socket we bound (same inode):
+/// whatever replaced it meanwhile is not ours to delete.
+fn remove_own_socket(path: &Path, bound: Option<(u64, u64)>) {
+    if let (Ok(m), Some(ours)) = (std::fs::symlink_metadata(path), bound)
+        && m.file_type().is_socket()
+        && (m.dev(), m.ino()) == ours
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Parse and swap in a new policy. A bad file changes nothing.
@@ -139,20 +163,24 @@ pub(crate) fn push_mutes(shared: &Shared, before: &[MuteSpec], after: &[MuteSpec
             tracing::warn!(error = %e, "kernel mute update failed; the in-process mute still applies");
         }
     };
-    for m in before.iter().filter(|m| !after.contains(m)) {
+    // Set lookups: a policy with thousands of mutes must not make a load quadratic.
+    let (b, a): (HashSet<&MuteSpec>, HashSet<&MuteSpec>) =
+        (before.iter().collect(), after.iter().collect());
+    for m in before.iter().filter(|m| !a.contains(m)) {
         note(shared.kernel.unmute_path(m));
     }
-    for m in after.iter().filter(|m| !before.contains(m)) {
+    for m in after.iter().filter(|m| !b.contains(m)) {
         note(shared.kernel.mute_path(m));
     }
 }
 
 pub(crate) fn stats_report<R: Responder>(
     shared: &Shared,
-    _helper: &HelperClient<R>,
+    helper: &HelperClient<R>,
     queue: &Sender<WorkItem<R>>,
 ) -> StatsReport {
     let mut counters = shared.metrics.counters();
+    counters.extend(helper.breaker_counters());
     counters.extend(shared.control.counters());
     counters.extend(shared.config.trusted.counters());
     counters.extend(backend_counters(shared.kernel.counters()));
@@ -212,6 +240,10 @@ pub(crate) fn accept_loop(
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_owned));
+    let bound = path
+        .as_deref()
+        .and_then(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()));
     let me = own_uid();
     loop {
         match listener.accept() {
@@ -233,7 +265,7 @@ pub(crate) fn accept_loop(
         }
     }
     if let Some(p) = path {
-        let _ = std::fs::remove_file(p);
+        remove_own_socket(&p, bound);
     }
 }
 
@@ -458,43 +490,44 @@ impl<R: Responder> Server<R> {
                 },
             },
             ControlRequest::MuteAdd(spec) => {
+                // Copy-on-write under the update lock: O(log n) whatever the number of mutes,
+                // and only the one new mute is pushed to the kernel.
                 let _update = s.control.update_lock();
-                let before = s.mutes.load().all();
-                {
-                    let mut r = s.runtime_mutes.lock().unwrap_or_else(|e| e.into_inner());
-                    if !r.contains(&spec) {
-                        r.push(spec);
+                let mut next = (**s.mutes.load()).clone();
+                match next.add_runtime(&spec) {
+                    Ok(added) => {
+                        s.mutes.store(Arc::new(next));
+                        if added {
+                            push_mutes(s, &[], std::slice::from_ref(&spec));
+                        }
+                        ControlResponse::Ok
                     }
+                    Err(e) => ControlResponse::Error {
+                        message: format!("mute not added: {e}"),
+                    },
                 }
-                s.refresh_mutes();
-                push_mutes(s, &before, &s.mutes.load().all());
-                ControlResponse::Ok
             }
             ControlRequest::MuteRemove(spec) => {
                 let _update = s.control.update_lock();
-                let before = s.mutes.load().all();
-                let removed = {
-                    let mut r = s.runtime_mutes.lock().unwrap_or_else(|e| e.into_inner());
-                    let n = r.len();
-                    r.retain(|m| *m != spec);
-                    n != r.len()
-                };
-                if !removed {
-                    let in_policy = s.store.load().policy.mutes().contains(&spec);
-                    return ControlResponse::Error {
-                        message: if in_policy {
-                            format!(
-                                "{} is muted by the policy file; edit the policy and `gatehouse policy load` it",
-                                spec.path
-                            )
-                        } else {
-                            format!("{} is not muted (see `gatehouse mute list`)", spec.path)
-                        },
-                    };
+                let mut next = (**s.mutes.load()).clone();
+                match next.remove_runtime(&spec) {
+                    Some(lifted) => {
+                        s.mutes.store(Arc::new(next));
+                        if lifted {
+                            push_mutes(s, std::slice::from_ref(&spec), &[]);
+                        }
+                        ControlResponse::Ok
+                    }
+                    None if next.in_policy(&spec) => ControlResponse::Error {
+                        message: format!(
+                            "{} is muted by the policy file; edit the policy and `gatehouse policy load` it",
+                            spec.path
+                        ),
+                    },
+                    None => ControlResponse::Error {
+                        message: format!("{} is not muted (see `gatehouse mute list`)", spec.path),
+                    },
                 }
-                s.refresh_mutes();
-                push_mutes(s, &before, &s.mutes.load().all());
-                ControlResponse::Ok
             }
             ControlRequest::MuteList => ControlResponse::Mutes(s.mutes.load().all()),
             ControlRequest::EventsTail { max } => {

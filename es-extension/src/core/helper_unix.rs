@@ -20,6 +20,9 @@ use super::helper_link::{HelperTransport, LinkSink, TransportError};
 /// Handshake and connect must not hang the connector on a wedged helper.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(25);
+/// The request id of the ping sent right after the handshake (the helper client's ids start
+/// at 1).
+const CONNECT_PING: u64 = 0;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -68,6 +71,15 @@ impl UnixTransport {
             .map_err(|e| e.to_string())?;
         let agent = format!("gatehouse-extension/{}", env!("CARGO_PKG_VERSION"));
         protocol::handshake::client(&mut s, Role::Extension, &agent).map_err(|e| e.to_string())?;
+        // The helper closes a connection that sends no request within its idle limit, until
+        // the first one: ours may stay quiet for hours, so it asks at once. The answer (id
+        // `CONNECT_PING`, which the client never uses) is dropped by the reader.
+        let hello = Request {
+            id: CONNECT_PING,
+            budget_us: HANDSHAKE_TIMEOUT.as_micros() as u64,
+            body: HelperRequest::Ping,
+        };
+        protocol::unix::send_frame(&s, &hello, &[], HELPER_MAX_FRAME).map_err(|e| e.to_string())?;
         s.set_read_timeout(None)
             .and_then(|()| s.set_write_timeout(Some(self.write_timeout)))
             .map_err(|e| e.to_string())?;
@@ -96,7 +108,9 @@ impl UnixTransport {
                 Ok((resp, _fds)) => {
                     // A helper that answers is healthy: reconnect quickly next time.
                     *backoff = BACKOFF_START;
-                    sink.response(resp);
+                    if resp.id != CONNECT_PING {
+                        sink.response(resp);
+                    }
                 }
                 Err(protocol::ProtocolError::Decode(e)) => {
                     tracing::warn!(error = %e, "malformed frame from the helper; reconnecting");

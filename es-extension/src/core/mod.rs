@@ -24,6 +24,7 @@ pub mod helper_link;
 pub mod helper_unix;
 pub mod kernel_retry;
 pub mod metrics;
+pub mod mutes;
 pub mod pending;
 pub mod trusted;
 pub mod watchdog;
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use model::{Cacheability, Decision, Event, FallbackReason, MuteScope, MuteSpec, Outcome, Reason};
+use model::{Cacheability, Decision, FallbackReason, Outcome, Reason};
 use policy::{Policy, PolicyStore, Snapshot, VerdictCache};
 
 use crate::backend::{Delivery, KernelControl, Responder};
@@ -44,6 +45,7 @@ use helper_client::{HelperClient, WorkItem};
 pub use helper_link::{HelperEndpoint, HelperTransport, LinkSink, TransportError};
 pub use helper_unix::UnixTransport;
 use metrics::Metrics;
+pub use mutes::MuteSet;
 use pending::Slot;
 use watchdog::WatchdogHandle;
 
@@ -97,6 +99,14 @@ pub struct CoreConfig {
     pub helper_write_timeout: Duration,
     /// How long past its deadline a late helper answer is still awaited to fill the cache.
     pub late_answer_grace: Duration,
+    /// Helper timeouts in a row (no answer in time) that open the circuit breaker: while open,
+    /// analysis gets the `helper_unavailable` fallback at once. 0 never opens it.
+    pub helper_breaker_threshold: u32,
+    /// While the breaker is open, a Ping probes the helper this often (also how often an idle
+    /// worker looks for timeouts)...
+    pub helper_probe_interval: Duration,
+    /// ... and must be answered within this long to close the breaker.
+    pub helper_probe_timeout: Duration,
     /// Longest wait between helper reconnection attempts.
     pub reconnect_backoff_max: Duration,
     /// Named in `gatehouse status` ("endpoint-security", "fanotify", "test").
@@ -136,6 +146,9 @@ impl CoreConfig {
             max_in_flight: 1024,
             helper_write_timeout: Duration::from_millis(250),
             late_answer_grace: Duration::from_secs(2),
+            helper_breaker_threshold: 3,
+            helper_probe_interval: Duration::from_millis(250),
+            helper_probe_timeout: Duration::from_millis(200),
             reconnect_backoff_max: Duration::from_secs(1),
             backend_name: "endpoint-security".to_owned(),
             // es_clear_cache is rate-limited machine-wide: start near its one-second window.
@@ -201,47 +214,10 @@ pub enum CoreError {
     },
     #[error("invalid core configuration: {0}")]
     Config(String),
-}
-
-/// Muted paths, mirrored in-process: the policy's `[mute]` lists plus runtime `mute add`s.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct MuteSet {
-    pub process: Vec<MuteSpec>,
-    pub target: Vec<MuteSpec>,
-}
-
-impl MuteSet {
-    pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a MuteSpec>) -> Self {
-        let mut s = MuteSet::default();
-        for m in specs {
-            let list = match m.scope {
-                MuteScope::Process => &mut s.process,
-                MuteScope::Target => &mut s.target,
-            };
-            if !list.contains(m) {
-                list.push(m.clone());
-            }
-        }
-        s
-    }
-
-    pub fn all(&self) -> Vec<MuteSpec> {
-        self.process.iter().chain(&self.target).cloned().collect()
-    }
-
-    /// Muted when the acting process's executable is muted, or when every path the event
-    /// touches is target-muted (a rename into a guarded directory is not muted by its source).
-    pub fn matches(&self, event: &Event) -> bool {
-        let exe = &event.process.executable.path;
-        if self.process.iter().any(|m| m.matches(exe)) {
-            return true;
-        }
-        !self.target.is_empty()
-            && event
-                .target_paths()
-                .iter()
-                .all(|p| self.target.iter().any(|m| m.matches(p)))
-    }
+    #[error(
+        "{0} exists and is not a socket; refusing to replace it: remove it yourself or choose another control socket path"
+    )]
+    NotASocket(PathBuf),
 }
 
 /// State shared by every core thread. Nothing the delivery thread reads here is behind a lock.
@@ -253,9 +229,8 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub log: eventlog::LogSender,
     pub recent: Arc<eventlog::RecentLines>,
+    /// The policy's mutes plus the runtime ones; replaced only under the control update lock.
     pub mutes: ArcSwap<MuteSet>,
-    /// Runtime mutes added over the control channel (control thread only).
-    pub runtime_mutes: Mutex<Vec<MuteSpec>>,
     pub pids: ArcSwap<Vec<u32>>,
     /// Serialises pid-mute updates (never held by the delivery thread, which only loads).
     pub pids_update: Mutex<()>,
@@ -292,17 +267,12 @@ impl Shared {
         });
     }
 
-    /// Recompute the in-process mute mirror from the current policy and the runtime mutes.
+    /// Recompute the in-process mute mirror from the current policy, keeping the runtime
+    /// mutes. Call at start-up or under the control update lock.
     pub fn refresh_mutes(&self) {
         let snap = self.store.load();
-        let runtime = self
-            .runtime_mutes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        self.mutes.store(Arc::new(MuteSet::from_specs(
-            snap.policy.mutes().iter().chain(&runtime),
-        )));
+        let next = self.mutes.load().with_policy(snap.policy.mutes());
+        self.mutes.store(Arc::new(next));
     }
 }
 
@@ -317,7 +287,6 @@ pub(crate) fn test_shared(policy: Policy) -> Arc<Shared> {
         log,
         recent,
         mutes: ArcSwap::from_pointee(MuteSet::default()),
-        runtime_mutes: Mutex::new(Vec::new()),
         pids: ArcSwap::from_pointee(vec![]),
         pids_update: Mutex::new(()),
         shutting_down: AtomicBool::new(false),
@@ -395,7 +364,6 @@ impl<R: Responder> Core<R> {
             log,
             recent: Arc::clone(&recent),
             mutes: ArcSwap::from_pointee(MuteSet::default()),
-            runtime_mutes: Mutex::new(Vec::new()),
             pids: ArcSwap::from_pointee(vec![std::process::id()]),
             pids_update: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -457,7 +425,10 @@ impl<R: Responder> Core<R> {
                             Err(_) => break,
                         },
                         recv(stop) -> _ => break,
+                        default(h.tick_interval()) => {}
                     }
+                    // Helper timeouts and the breaker's probe (helper_client docs).
+                    h.tick();
                 }
                 for item in rx.try_iter() {
                     item.slot.answer_fallback(FallbackReason::Shutdown);
@@ -570,7 +541,8 @@ impl<R: Responder> Core<R> {
             }
             Outcome::Analyze(req) => req,
         };
-        if !self.helper.connected() {
+        // A stuck helper (breaker open) is answered exactly as a missing one: at once.
+        if !self.helper.connected() || self.helper.fast_fail() {
             return now_answer(
                 fallback(FallbackReason::HelperUnavailable),
                 responder,
