@@ -505,7 +505,7 @@ fn wait_readable(s: &UnixStream, limit: Option<Duration>) -> bool {
                 if left.is_zero() {
                     return false;
                 }
-                PollTimeout::try_from(left.as_millis().max(1).min(60_000) as i32)
+                PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
                     .unwrap_or(PollTimeout::MAX)
             }
         };
