@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use es_extension::backend::{Answer, Delivery, Responder};
 use es_extension::sys::linux::delivery::{DeliveryLoop, Sink, StallKnob, Waker};
-use es_extension::sys::linux::fanotify::Group;
+use es_extension::sys::linux::fanotify::Groups;
 use es_extension::sys::linux::liveness::{Liveness, LivenessConfig, Progress, kill_self};
 use es_extension::sys::linux::marks::{self, MarkPlan};
 use es_extension::sys::linux::responder::{FanotifyResponder, Shared};
@@ -99,7 +99,7 @@ impl Sink for WorkerSink {
 }
 
 fn gatehouse_listener(scratch: &std::path::Path, stall: bool) {
-    let group = Arc::new(Group::new().expect("fanotify group"));
+    let group = Arc::new(Groups::new().expect("fanotify groups"));
     let plan = MarkPlan {
         exec_filesystems: vec![scratch.to_owned()],
         protected: vec![scratch.to_owned()],

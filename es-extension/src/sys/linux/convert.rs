@@ -71,7 +71,14 @@ pub fn process(pid: i32) -> Process {
 /// the target is the same pid with the file being executed as its executable.
 /// `pid` is the opener's thread id (the group reports thread ids): procfs answers for a thread
 /// id as for a process id, and `/proc/<tid>/syscall` names the blocked thread's own call.
-pub fn to_event(kind: PermKind, pid: i32, fd: BorrowedFd<'_>) -> Event {
+/// `access` is how an open's opener opens the file (`opener::read`, done by the delivery loop
+/// for a whole batch before any answer); it is ignored for exec.
+pub fn to_event(
+    kind: PermKind,
+    pid: i32,
+    fd: BorrowedFd<'_>,
+    access: Option<model::AccessFlags>,
+) -> Event {
     let file = FileRef {
         path: fd_path(fd),
         identity: file_identity(fd),
@@ -85,12 +92,9 @@ pub fn to_event(kind: PermKind, pid: i32, fd: BorrowedFd<'_>) -> Event {
                 target: Box::new(target),
             }
         }
-        // fanotify carries no open flags (DESIGN.md 6): read them from the blocked thread's
+        // fanotify carries no open flags (DESIGN.md 6): they come from the blocked thread's
         // system call; `None` (not understood) counts as possibly modifying.
-        PermKind::Open => EventBody::Open {
-            file,
-            access: super::opener::read(pid),
-        },
+        PermKind::Open => EventBody::Open { file, access },
     };
     Event {
         process: caller,
@@ -128,11 +132,11 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"abc").unwrap();
         let f = std::fs::File::open(&path).unwrap();
-        let ev = to_event(PermKind::Open, std::process::id() as i32, f.as_fd());
+        let ev = to_event(PermKind::Open, std::process::id() as i32, f.as_fd(), None);
         let file = ev.subject_file().unwrap();
         assert_eq!(file.path, path.to_string_lossy());
         assert_eq!(file.identity.unwrap().size, 3);
-        let ev = to_event(PermKind::Exec, std::process::id() as i32, f.as_fd());
+        let ev = to_event(PermKind::Exec, std::process::id() as i32, f.as_fd(), None);
         assert_eq!(ev.kind(), model::EventKind::Exec);
         assert_eq!(ev.subject_file().unwrap().path, path.to_string_lossy());
     }

@@ -1,6 +1,12 @@
-//! A small safe wrapper over one fanotify permission group: init, marks (including the
+//! A small safe wrapper over the fanotify permission groups: init, marks (including the
 //! evictable inode ignore marks nix has flags for but no helper), reading event batches with the
 //! event descriptors owned at once, and writing answers.
+//!
+//! Two groups ([`Groups`]), because `FAN_MARK_FLUSH` is per mark class per group and not
+//! selective within a class: the exec group holds the filesystem exec marks and the evictable
+//! inode ignore marks (the kernel allow cache), so flushing its inode marks drops exactly the
+//! cache; the open group holds the inode and directory open marks of protected paths, which a
+//! cache clear therefore never touches.
 //!
 //! nix's `Fanotify` covers init, mark and the response write; reading is our own because nix's
 //! `FanotifyEvent` closes its descriptor on drop and we hand that descriptor on instead (shared
@@ -38,6 +44,39 @@ pub enum RawEvent {
     /// A record we did not ask for (a newer kernel's notification bit); its fd, if any, was
     /// closed. Permission bits are never silently dropped: they parse as `Perm`.
     Other { mask: u64 },
+}
+
+/// The two permission groups. An event's kind names its group: the exec group marks only
+/// `FAN_OPEN_EXEC_PERM`, the open group only `FAN_OPEN_PERM` (an exec of a protected file raises
+/// one event in each), so an answer always goes back to the group the event came from.
+#[derive(Debug)]
+pub struct Groups {
+    /// `FAN_OPEN_EXEC_PERM` filesystem marks and the exec allow cache (inode ignore marks).
+    pub exec: Group,
+    /// `FAN_OPEN_PERM` inode/directory marks on protected paths; never kernel-cached.
+    pub open: Group,
+}
+
+impl Groups {
+    pub fn new() -> io::Result<Groups> {
+        Ok(Groups {
+            exec: Group::new()?,
+            open: Group::new()?,
+        })
+    }
+
+    /// The group that delivers events of `kind`, and takes their answers.
+    pub fn of(&self, kind: PermKind) -> &Group {
+        match kind {
+            PermKind::Exec => &self.exec,
+            PermKind::Open => &self.open,
+        }
+    }
+
+    /// Both, exec first.
+    pub fn both(&self) -> [&Group; 2] {
+        [&self.exec, &self.open]
+    }
 }
 
 /// A fanotify permission group. Every descriptor of the group is `O_CLOEXEC`, so no child we
@@ -153,13 +192,25 @@ impl Group {
             .write_response(FanotifyResponse::new(event_fd, r))
     }
 
-    /// Read whatever is queued (non-blocking) into `out`. Returns `Ok(0)` when nothing is
-    /// queued. Every returned permission event owns its descriptor.
-    pub fn read_batch(&self, buf: &mut [u8], out: &mut Vec<RawEvent>) -> io::Result<usize> {
-        let n = match nix::unistd::read(self.inner.as_fd(), buf) {
+    /// Read at most `max_records` queued records (non-blocking) into `out`, using `buf` (which
+    /// must hold that many metadata records). Returns `Ok(0)` when nothing is queued. Every
+    /// returned permission event owns its descriptor.
+    ///
+    /// A read can fail for one record while the group is sound: the kernel opens a descriptor
+    /// for each permission record as it copies it, so `EMFILE`, `ENFILE`, `ENOMEM` (or an LSM
+    /// refusing that open) fail the read when no earlier record was copied. The kernel answers
+    /// that one record itself (deny) and keeps the rest queued; the error is returned as is.
+    pub fn read_batch(
+        &self,
+        buf: &mut [u8],
+        max_records: usize,
+        out: &mut Vec<RawEvent>,
+    ) -> Result<usize, Errno> {
+        let len = (max_records * META_LEN).min(buf.len());
+        let n = match nix::unistd::read(self.inner.as_fd(), &mut buf[..len]) {
             Ok(n) => n,
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(0),
-            Err(e) => return Err(e.into()),
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(e),
         };
         let before = out.len();
         parse_records(&buf[..n], out);
@@ -179,7 +230,8 @@ fn cwd() -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
 
-const META_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
+/// One record's metadata; our groups report no info records, so this is one record's length.
+pub const META_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
 
 /// Split one `read(2)` result into records. Ownership of each record's fd moves into the
 /// returned event at once, so every path (including a malformed record) closes it.

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::fanotify::Group;
+use super::fanotify::Groups;
 
 /// Most directory marks added by following, over the agent's lifetime between policy loads.
 pub const MAX_FOLLOWED: u64 = 4096;
@@ -62,12 +62,16 @@ pub struct FollowCounters {
 struct State {
     /// Watch descriptor -> the protected directory it names.
     watches: HashMap<i32, PathBuf>,
+    /// Directories this follower marked since the last reset (at most [`MAX_FOLLOWED`]): the
+    /// marks a policy change must remove when the new policy no longer covers them.
+    followed: Vec<PathBuf>,
 }
 
 /// The follower: owns the inotify instance and its thread.
 pub struct Follower {
     inotify: OwnedFd,
-    group: Arc<Group>,
+    /// Followed marks go to the open group, with the policy's own open marks.
+    groups: Arc<Groups>,
     state: Mutex<State>,
     pub counters: FollowCounters,
     stop: AtomicBool,
@@ -91,12 +95,13 @@ fn inotify_init() -> io::Result<OwnedFd> {
 
 impl Follower {
     /// A follower with no watches yet; call [`Follower::reset`] with the marked directories.
-    pub fn new(group: Arc<Group>) -> io::Result<Arc<Follower>> {
+    pub fn new(groups: Arc<Groups>) -> io::Result<Arc<Follower>> {
         Ok(Arc::new(Follower {
             inotify: inotify_init()?,
-            group,
+            groups,
             state: Mutex::new(State {
                 watches: HashMap::new(),
+                followed: Vec::new(),
             }),
             counters: FollowCounters::default(),
             stop: AtomicBool::new(false),
@@ -115,12 +120,20 @@ impl Follower {
         self.stop.store(true, Ordering::Release);
     }
 
+    /// The directories marked by following since the last reset, as open marks.
+    pub fn followed(&self) -> Vec<(PathBuf, bool)> {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.followed.iter().map(|d| (d.clone(), true)).collect()
+    }
+
     /// Watch exactly `dirs` (the directories the policy marks), dropping earlier watches.
-    /// Called after each (re-)application of the marks, off the delivery thread.
+    /// Called after each (re-)application of the marks, off the delivery thread. The caller
+    /// took [`Follower::followed`] first: the new application marked (again) every followed
+    /// directory still under a protected one, and removed the rest.
     pub fn reset(&self, dirs: &[PathBuf]) {
-        // The re-application flushed every inode mark, followed ones included.
         self.counters.live.store(0, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.followed.clear();
         for wd in st.watches.keys() {
             // SAFETY: plain syscall on our inotify fd with a watch descriptor by value.
             let _ = unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), *wd) };
@@ -243,7 +256,7 @@ impl Follower {
                     .fetch_add(1 + queue.len() as u64, Ordering::Relaxed);
                 return;
             }
-            if self.group.mark_open(&d, true).is_err() {
+            if self.groups.open.mark_open(&d, true).is_err() {
                 self.counters
                     .subdir_mark_errors
                     .fetch_add(1, Ordering::Relaxed);
@@ -255,6 +268,7 @@ impl Follower {
             self.counters.live.fetch_add(1, Ordering::Relaxed);
             {
                 let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                st.followed.push(d.clone());
                 if self.watch(&mut st, &d).is_err() {
                     self.counters
                         .subdir_mark_errors

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::fanotify::Group;
+use super::fanotify::Groups;
 
 /// Progress counters shared by the delivery thread, the responders and the guard. Plain
 /// atomics: the delivery thread never waits on them.
@@ -27,6 +27,14 @@ pub struct Progress {
     pub answered: AtomicU64,
     /// Bumped by the delivery thread on every loop turn (even an idle one).
     pub heartbeat: AtomicU64,
+    /// Times the whole process was not running for [`PROCESS_STALL`] or more (SIGSTOP, CPU
+    /// starvation, a suspended machine), seen by the guard as a late tick of its own timer,
+    /// and the longest such gap in ms. Every event that arrived meanwhile waited that long.
+    pub process_stalls: AtomicU64,
+    pub process_stall_max_ms: AtomicU64,
+    /// The longest time events waited (read but unanswered, or queued and unread) with no
+    /// read and no answer at all, in ms, as the guard saw it at its ticks.
+    pub no_progress_max_ms: AtomicU64,
 }
 
 impl Progress {
@@ -36,6 +44,10 @@ impl Progress {
         r.saturating_sub(a)
     }
 }
+
+/// A gap between two of the guard's ticks this much longer than the tick means the process
+/// was not running.
+pub const PROCESS_STALL: Duration = Duration::from_millis(250);
 
 /// What the guard does when it fires. Production: log to stderr and SIGKILL ourselves.
 pub type OnStall = Box<dyn Fn(&str) + Send>;
@@ -68,10 +80,10 @@ pub fn kill_self(reason: &str) {
 }
 
 impl Liveness {
-    /// Start watching `group`. It is stalled when events wait (read but unanswered, or queued
+    /// Start watching both groups. It is stalled when events wait (read but unanswered, or queued
     /// in the kernel and unread) and neither an answer nor a read has happened for `limit`.
     pub fn start(
-        group: Arc<Group>,
+        group: Arc<Groups>,
         progress: Arc<Progress>,
         config: LivenessConfig,
         on_stall: OnStall,
@@ -89,7 +101,7 @@ impl Liveness {
 }
 
 fn guard_loop(
-    group: &Group,
+    group: &Groups,
     progress: &Progress,
     config: LivenessConfig,
     stop: &AtomicBool,
@@ -97,9 +109,22 @@ fn guard_loop(
 ) {
     let mut last_mark = (u64::MAX, u64::MAX);
     let mut last_progress = Instant::now();
+    let mut last_tick = Instant::now();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(config.tick);
         let now = Instant::now();
+        let gap = now.duration_since(last_tick);
+        last_tick = now;
+        if gap >= config.tick + PROCESS_STALL {
+            // Nothing of ours ran (this thread's timer is late by that much): count it, and do
+            // not blame the delivery thread for time it could not run; it gets a full limit
+            // from now, like after any progress.
+            progress.process_stalls.fetch_add(1, Ordering::Relaxed);
+            progress
+                .process_stall_max_ms
+                .fetch_max(millis(gap), Ordering::Relaxed);
+            last_progress = now;
+        }
         let mark = (
             progress.answered.load(Ordering::Acquire),
             progress.received.load(Ordering::Acquire),
@@ -111,6 +136,9 @@ fn guard_loop(
             continue;
         }
         let stalled_for = now.duration_since(last_progress);
+        progress
+            .no_progress_max_ms
+            .fetch_max(millis(stalled_for), Ordering::Relaxed);
         if stalled_for >= config.limit {
             on_stall(&format!(
                 "{} event(s) pending, none read or answered for {:?} (limit {:?})",
@@ -123,9 +151,17 @@ fn guard_loop(
     }
 }
 
-/// Is anything queued in the kernel that the delivery thread has not read?
-fn kernel_has_events(group: &Group) -> bool {
-    let mut fds = [PollFd::new(group.as_fd(), PollFlags::POLLIN)];
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Is anything queued in either group that the delivery thread has not read?
+pub(super) fn kernel_has_events(groups: &Groups) -> bool {
+    let [a, b] = groups.both();
+    let mut fds = [
+        PollFd::new(a.as_fd(), PollFlags::POLLIN),
+        PollFd::new(b.as_fd(), PollFlags::POLLIN),
+    ];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 

@@ -1,6 +1,7 @@
 //! Answering one fanotify permission event from any thread: one `write` of a
-//! `fanotify_response` on the group fd, an optional evictable inode ignore mark (the kernel's
-//! allow cache, bounded by a budget), then the responder lets go of the event fd (it closes
+//! `fanotify_response` on the fd of the group the event came from, an optional evictable inode
+//! ignore mark in the exec group (the kernel's exec allow cache, bounded by a budget that the
+//! cache keeper (`cache.rs`) replenishes off every hot thread), then the responder lets go of the event fd (it closes
 //! when the core's slow-path item, if any, has sent its copy to the helper too).
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use model::Verdict;
 
-use super::fanotify::{Group, PermKind};
+use super::fanotify::{Groups, PermKind};
 use super::liveness::Progress;
 use crate::backend::{Answer, BackendError, Responder, SubjectFd};
 
@@ -26,14 +27,33 @@ pub struct Counters {
     /// `FAN_Q_OVERFLOW` records: the kernel dropped events. A security event.
     pub overflows: AtomicU64,
     pub ignore_marks_added: AtomicU64,
-    /// Cacheable allows not kernel-cached because the budget was spent.
+    /// Cacheable allows not kernel-cached because the budget was spent (the keeper is then
+    /// asked to recount or flush).
     pub ignore_budget_exhausted: AtomicU64,
+    /// Cacheable open allows not kernel-cached: open marks are never flushed, so an ignore
+    /// mark in the open group could not be cleared on a policy change.
+    pub open_not_kernel_cached: AtomicU64,
     pub ignore_mark_errors: AtomicU64,
     pub respond_errors: AtomicU64,
     /// Responders dropped unanswered (a core bug); answered allow by our drop guard.
     pub dropped_unanswered: AtomicU64,
     /// Times the ignore marks were removed (policy change).
     pub cache_clears: AtomicU64,
+    /// Reads that returned records, and the most records one read returned.
+    pub reads: AtomicU64,
+    pub records_max_per_read: AtomicU64,
+    /// Failed reads by cause (each retried; the kernel denied the one record it could not
+    /// hand over): no descriptor (`EMFILE`/`ENFILE`), no memory, a signal, anything else.
+    pub read_fd_exhausted: AtomicU64,
+    pub read_nomem: AtomicU64,
+    pub read_interrupted: AtomicU64,
+    pub read_other_errors: AtomicU64,
+    /// Reads held back because the descriptor headroom was spent (records left queued).
+    pub fd_headroom_waits: AtomicU64,
+    /// Loop turns that backed off (after a failed or held-back read).
+    pub read_backoffs: AtomicU64,
+    /// How the opener's flags were read (`opener.rs`).
+    pub opener: super::opener::OpenerCounters,
 }
 
 impl Counters {
@@ -65,6 +85,38 @@ impl Counters {
                 g(&self.dropped_unanswered),
             ),
             ("fanotify.cache_clears".into(), g(&self.cache_clears)),
+            (
+                "fanotify.open_not_kernel_cached".into(),
+                g(&self.open_not_kernel_cached),
+            ),
+            ("delivery.reads".into(), g(&self.reads)),
+            (
+                "delivery.records_max_per_read".into(),
+                g(&self.records_max_per_read),
+            ),
+            (
+                "delivery.read_fd_exhausted".into(),
+                g(&self.read_fd_exhausted),
+            ),
+            ("delivery.read_nomem".into(), g(&self.read_nomem)),
+            (
+                "delivery.read_interrupted".into(),
+                g(&self.read_interrupted),
+            ),
+            (
+                "delivery.read_other_errors".into(),
+                g(&self.read_other_errors),
+            ),
+            (
+                "delivery.fd_headroom_waits".into(),
+                g(&self.fd_headroom_waits),
+            ),
+            ("delivery.read_backoffs".into(), g(&self.read_backoffs)),
+            ("opener.flags_read".into(), g(&self.opener.read)),
+            ("opener.running".into(), g(&self.opener.running)),
+            ("opener.parked".into(), g(&self.opener.parked)),
+            ("opener.still_running".into(), g(&self.opener.still_running)),
+            ("opener.park_us_max".into(), g(&self.opener.park_us_max)),
         ]
     }
 }
@@ -72,23 +124,30 @@ impl Counters {
 /// State every responder shares with the backend.
 #[derive(Debug)]
 pub struct Shared {
-    pub group: Arc<Group>,
+    pub groups: Arc<Groups>,
     pub progress: Arc<Progress>,
     pub counters: Counters,
-    /// Ignore marks added since the last clear; bounded by `ignore_budget`. Evictable marks
-    /// may already be gone (inode reclaimed), so this over-counts, which is the safe side.
+    /// Ignore marks in the exec group, bounded by `ignore_budget`: reserved before each add,
+    /// zeroed by a cache clear, and set to the kernel's own count by the keeper when the budget
+    /// runs out (evictable marks go away with their inodes, which nothing tells us about).
     pub ignore_marks: AtomicU64,
     pub ignore_budget: u64,
+    /// Wakes the cache keeper when the budget is spent (capacity one: requests coalesce).
+    pub keeper: crossbeam_channel::Sender<()>,
+    pub keeper_rx: crossbeam_channel::Receiver<()>,
 }
 
 impl Shared {
-    pub fn new(group: Arc<Group>, progress: Arc<Progress>, ignore_budget: u64) -> Shared {
+    pub fn new(groups: Arc<Groups>, progress: Arc<Progress>, ignore_budget: u64) -> Shared {
+        let (keeper, keeper_rx) = crossbeam_channel::bounded(1);
         Shared {
-            group,
+            groups,
             progress,
             counters: Counters::default(),
             ignore_marks: AtomicU64::new(0),
             ignore_budget,
+            keeper,
+            keeper_rx,
         }
     }
 
@@ -101,9 +160,15 @@ impl Shared {
             .is_ok()
     }
 
-    /// Answer `fd` now: used by the delivery thread for muted pids and by the responder.
-    pub fn answer(&self, fd: BorrowedFd<'_>, allow: bool) -> Result<(), nix::errno::Errno> {
-        let r = self.group.respond(fd, allow);
+    /// Answer `fd` now, on the group that delivers `kind`: used by the delivery thread for
+    /// muted pids and by the responder.
+    pub fn answer(
+        &self,
+        kind: PermKind,
+        fd: BorrowedFd<'_>,
+        allow: bool,
+    ) -> Result<(), nix::errno::Errno> {
+        let r = self.groups.of(kind).respond(fd, allow);
         self.progress.answered.fetch_add(1, Ordering::AcqRel);
         if r.is_err() {
             self.counters.respond_errors.fetch_add(1, Ordering::Relaxed);
@@ -141,12 +206,17 @@ impl Responder for FanotifyResponder {
             return Ok(());
         };
         let allow = answer.verdict == Verdict::Allow;
-        let r = self.shared.answer(fd.as_fd(), allow);
+        let r = self.shared.answer(self.kind, fd.as_fd(), allow);
         // The kernel cache is added after the answer so the opener is released first; a
         // failure only costs a later event.
-        if allow && answer.cache {
+        if allow && answer.cache && self.kind == PermKind::Open {
+            self.shared
+                .counters
+                .open_not_kernel_cached
+                .fetch_add(1, Ordering::Relaxed);
+        } else if allow && answer.cache {
             if self.shared.take_ignore_slot() {
-                match self.shared.group.add_ignore(fd.as_fd(), self.kind) {
+                match self.shared.groups.exec.add_ignore(fd.as_fd(), self.kind) {
                     Ok(()) => {
                         self.shared
                             .counters
@@ -166,6 +236,8 @@ impl Responder for FanotifyResponder {
                     .counters
                     .ignore_budget_exhausted
                     .fetch_add(1, Ordering::Relaxed);
+                // Never blocks: full means the keeper already has a request.
+                let _ = self.shared.keeper.try_send(());
             }
         }
         // Respond first, let go last: this share drops only after the write (and the mark).
@@ -194,7 +266,7 @@ impl Drop for FanotifyResponder {
                 .counters
                 .dropped_unanswered
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = self.shared.answer(fd.as_fd(), true);
+            let _ = self.shared.answer(self.kind, fd.as_fd(), true);
         }
     }
 }

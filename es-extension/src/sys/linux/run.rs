@@ -18,11 +18,12 @@ use model::EventKind;
 use nix::sys::signal::{SigSet, Signal};
 use policy::Policy;
 
+use super::cache::{self, KeeperCounters};
 use super::delivery::{DeliveryLoop, Sink, StallKnob, Waker};
-use super::fanotify::Group;
+use super::fanotify::Groups;
 use super::follow::Follower;
 use super::liveness::{Liveness, LivenessConfig, Progress, kill_self};
-use super::marks::{self, MarkPlan, MarkReport};
+use super::marks::{self, MarkPlan, MarkReport, OpenMark};
 use super::responder::{FanotifyResponder, Shared};
 use super::selfmute::Muted;
 use super::supervise::{self, Heartbeat, Notifier};
@@ -102,10 +103,12 @@ struct FanotifyControl {
     shared: Arc<Shared>,
     follower: Arc<Follower>,
     gauges: MarkGauges,
+    keeper: Arc<KeeperCounters>,
     scope: Vec<PathBuf>,
     core: OnceLock<Weak<LinuxCore>>,
-    /// Serialises mark rebuilds (control thread only; never the delivery thread).
-    rebuild: Mutex<()>,
+    /// The open marks in place (the policy's, not the follower's), and the lock that
+    /// serialises mark rebuilds (control thread only; never the delivery thread).
+    rebuild: Mutex<Vec<OpenMark>>,
 }
 
 impl KernelControl for FanotifyControl {
@@ -118,8 +121,11 @@ impl KernelControl for FanotifyControl {
         Err(BackendError::Unsupported("fanotify path mutes"))
     }
 
+    /// On a policy change: the open marks move to the new policy's protected set (new ones
+    /// added before old ones go, so a path both protect is never unmarked), then the exec
+    /// allow cache is flushed. Open marks are never flushed.
     fn clear_cache(&self) -> Result<(), BackendError> {
-        let _g = self
+        let mut current = self
             .rebuild
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -127,19 +133,40 @@ impl KernelControl for FanotifyControl {
             return Ok(());
         };
         let plan = plan_for(&core.policy().policy, &self.scope);
-        let report =
-            marks::clear_cache(&self.shared.group, &plan).map_err(|e| BackendError::Control {
-                call: "fanotify_mark(FAN_MARK_FLUSH)",
-                detail: e.to_string(),
-            })?;
-        self.gauges.set(&report, None);
-        self.follower.reset(&report.marked_dirs);
-        self.shared.ignore_marks.store(0, Ordering::Release);
-        self.shared
-            .counters
-            .cache_clears
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let mut old = current.clone();
+        old.extend(self.follower.followed());
+        let mut report = MarkReport::default();
+        let updated = marks::update_open(&self.shared.groups, &plan, &old, &mut report);
+        if updated.is_ok() {
+            *current = std::mem::take(&mut report.open_marks);
+            self.gauges.set(&report, None);
+            self.follower.reset(&report.marked_dirs);
+        } else {
+            // Nothing was removed: keep every mark known, old and new.
+            current.extend(std::mem::take(&mut report.open_marks));
+        }
+        let before = self.shared.ignore_marks.load(Ordering::Acquire);
+        let flushed = marks::clear_cache(&self.shared.groups);
+        if flushed.is_ok() {
+            let _ =
+                self.shared
+                    .ignore_marks
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(before))
+                    });
+            self.shared
+                .counters
+                .cache_clears
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        updated.map_err(|e| BackendError::Control {
+            call: "fanotify_mark(FAN_MARK_ADD) for a protected path",
+            detail: e.to_string(),
+        })?;
+        flushed.map_err(|e| BackendError::Control {
+            call: "fanotify_mark(FAN_MARK_FLUSH) of the exec allow cache",
+            detail: e.to_string(),
+        })
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
@@ -154,6 +181,14 @@ impl KernelControl for FanotifyControl {
                 g(&self.shared.ignore_marks),
             ),
             ("fanotify.ignore_budget".into(), self.shared.ignore_budget),
+            (
+                "fanotify.ignore_budget_flushes".into(),
+                g(&self.keeper.budget_flushes),
+            ),
+            (
+                "fanotify.ignore_flush_errors".into(),
+                g(&self.keeper.flush_errors),
+            ),
             ("marks.filesystems".into(), g(&m.filesystems)),
             ("marks.files".into(), g(&m.files)),
             ("marks.directories".into(), g(&m.directories)),
@@ -170,6 +205,15 @@ impl KernelControl for FanotifyControl {
             ("liveness.answered".into(), g(&p.answered)),
             ("liveness.pending".into(), p.pending()),
             ("liveness.heartbeat".into(), g(&p.heartbeat)),
+            ("liveness.process_stalls".into(), g(&p.process_stalls)),
+            (
+                "liveness.process_stall_max_ms".into(),
+                g(&p.process_stall_max_ms),
+            ),
+            (
+                "liveness.no_progress_max_ms".into(),
+                g(&p.no_progress_max_ms),
+            ),
         ]);
         v
     }
@@ -246,18 +290,44 @@ pub fn listener_pid(socket: &Path) -> Option<i32> {
     None
 }
 
-/// Raise the soft descriptor limit to the hard one: every pending event holds an fd.
-fn raise_nofile() {
+/// The descriptor limit we ask for at start: every pending event holds an fd (the core bounds
+/// them by its queue and in-flight limits, a few thousand), plus sockets and logs.
+pub const MIN_NOFILE: u64 = 65_536;
+
+/// Raise the soft descriptor limit to the hard one, and the hard one to [`MIN_NOFILE`] when it
+/// is lower (root has `CAP_SYS_RESOURCE`; without it the hard limit stays). Returns the soft
+/// limit in force. The delivery loop still sizes every read by the headroom left.
+pub fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit struct through a valid, exclusive pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit reads one rlimit struct through a valid pointer.
-        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
     }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(MIN_NOFILE);
+    if lim.rlim_max < MIN_NOFILE {
+        let want = libc::rlimit {
+            rlim_cur: MIN_NOFILE.min(nr_open),
+            rlim_max: MIN_NOFILE.min(nr_open),
+        };
+        // SAFETY: setrlimit reads one rlimit struct through a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return want.rlim_cur;
+        }
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads one rlimit struct through a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        return lim.rlim_cur;
+    }
+    // SAFETY: as above.
+    let _ = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur
 }
 
 /// Pin the slow path's dependencies, reporting what was pinned (stdout) and what could not be
@@ -291,7 +361,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     }
     // Before any thread exists, so every thread inherits the mask and only sigwait sees them.
     signals.thread_block().context("blocking SIGINT/SIGTERM")?;
-    raise_nofile();
+    let nofile = raise_nofile();
 
     let max_deadline = EventKind::ALL
         .iter()
@@ -308,24 +378,26 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
         config.trusted = Arc::new(pin_trusted(sources, opts.status_line)?);
     }
 
-    let group = Arc::new(Group::new().context(
+    let groups = Arc::new(Groups::new().context(
         "fanotify_init(FAN_CLASS_CONTENT) failed: needs root (CAP_SYS_ADMIN) and a kernel with fanotify permission events",
     )?);
     let progress = Arc::new(Progress::default());
     let shared = Arc::new(Shared::new(
-        Arc::clone(&group),
+        Arc::clone(&groups),
         Arc::clone(&progress),
         opts.ignore_budget,
     ));
     let muted = Arc::new(Muted::new());
-    let follower = Follower::new(Arc::clone(&group)).context("inotify_init1 for the follower")?;
+    let follower = Follower::new(Arc::clone(&groups)).context("inotify_init1 for the follower")?;
+    let keeper = Arc::new(KeeperCounters::default());
     let control = Arc::new(FanotifyControl {
         shared: Arc::clone(&shared),
         follower: Arc::clone(&follower),
         gauges: MarkGauges::default(),
+        keeper: Arc::clone(&keeper),
         scope: opts.scope.clone(),
         core: OnceLock::new(),
-        rebuild: Mutex::new(()),
+        rebuild: Mutex::new(Vec::new()),
     });
     let core = Arc::new(
         Core::<FanotifyResponder>::start(
@@ -360,7 +432,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
             .context("spawning the delivery thread")?
     };
     let guard = Liveness::start(
-        Arc::clone(&group),
+        Arc::clone(&groups),
         Arc::clone(&progress),
         LivenessConfig {
             limit: liveness_limit,
@@ -385,7 +457,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
         (Some(n), Some(w)) => Some(
             Heartbeat::start(
                 Arc::clone(n),
-                Arc::clone(&group),
+                Arc::clone(&groups),
                 Arc::clone(&progress),
                 supervise::heartbeat_period(w),
             )
@@ -413,17 +485,22 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
             .context("spawning the helper-pid resolver")?;
     }
 
+    let keeper_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper_thread = cache::spawn(Arc::clone(&shared), keeper, Arc::clone(&keeper_stop))
+        .context("spawning the kernel cache keeper")?;
+
     // The rebuild lock orders this first application against a concurrent policy load.
-    let rebuild = control
+    let mut rebuild = control
         .rebuild
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let plan = plan_for(&core.policy().policy, &opts.scope);
-    let report = match marks::apply(&group, &plan) {
+    let mut report = match marks::apply(&groups, &plan) {
         Ok(r) => r,
         Err(e) => {
             drop(rebuild);
-            marks::remove_all(&group);
+            marks::remove_all(&groups);
+            keeper_stop.store(true, Ordering::Release);
             waker.stop();
             let _ = delivery.join();
             core.shutdown();
@@ -432,6 +509,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     };
     control.gauges.set(&report, Some(report.filesystems));
     follower.reset(&report.marked_dirs);
+    *rebuild = std::mem::take(&mut report.open_marks);
     drop(rebuild);
     let follow_thread = follower
         .spawn()
@@ -439,7 +517,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     if opts.status_line {
         let snap = core.policy();
         supervise::print_line(format!(
-            "gatehouse-extension: fanotify on {} filesystem(s) ({}), {} protected file(s), {} directory mark(s) (new subdirectories followed); policy {} v{} ({:?} mode); liveness {:?}; pid {}",
+            "gatehouse-extension: fanotify on {} filesystem(s) ({}), {} protected file(s), {} directory mark(s) (new subdirectories followed); policy {} v{} ({:?} mode); liveness {:?}; nofile {}; pid {}",
             report.filesystems,
             opts.scope
                 .iter()
@@ -452,6 +530,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
             snap.version,
             snap.policy.mode(),
             liveness_limit,
+            nofile,
             std::process::id(),
         ));
     }
@@ -477,11 +556,13 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     // the group.
     follower.stop();
     let _ = follow_thread.join();
-    marks::remove_all(&group);
+    marks::remove_all(&groups);
     waker.stop();
     let delivered = delivery.join();
     core.shutdown();
     resolver_stop.store(true, Ordering::Release);
+    keeper_stop.store(true, Ordering::Release);
+    let _ = keeper_thread.join();
     drop(guard);
     if opts.status_line {
         let c = control.counters();

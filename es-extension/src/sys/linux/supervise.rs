@@ -15,18 +15,17 @@
 //! blocking, path-only `connect` does not do.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, sendto, socket};
 
-use super::fanotify::Group;
-use super::liveness::Progress;
+use super::fanotify::Groups;
+use super::liveness::{Progress, kernel_has_events};
 
 /// Environment variable naming the supervising parent's pid (`gatehouse run`, `gatehouse
 /// demo`): the child sets `PR_SET_PDEATHSIG` so it dies with that parent.
@@ -144,10 +143,10 @@ pub struct HeartbeatCounters {
 }
 
 impl Heartbeat {
-    /// Beat every `period` while [`delivery_progressing`] holds for `group` and `progress`.
+    /// Beat every `period` while [`delivery_progressing`] holds for `groups` and `progress`.
     pub fn start(
         notifier: Arc<Notifier>,
-        group: Arc<Group>,
+        groups: Arc<Groups>,
         progress: Arc<Progress>,
         period: Duration,
     ) -> std::io::Result<Heartbeat> {
@@ -159,7 +158,7 @@ impl Heartbeat {
             .spawn(move || {
                 let look = || Look {
                     received: progress.received.load(Ordering::Acquire),
-                    kernel_queued: kernel_has_events(&group),
+                    kernel_queued: kernel_has_events(&groups),
                 };
                 let mut prev = None;
                 let mut due = Instant::now();
@@ -197,12 +196,6 @@ impl Drop for Heartbeat {
             let _ = t.join();
         }
     }
-}
-
-/// Is anything queued in the kernel that the delivery thread has not read?
-fn kernel_has_events(group: &Group) -> bool {
-    let mut fds = [PollFd::new(group.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// `MONOTONIC_USEC=` for a `RELOADING=1` notification (systemd 253+ requires it).
