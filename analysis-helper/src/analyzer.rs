@@ -10,7 +10,7 @@
 //! Implementations: Linux in `crate::linux` (fd hashing, dpkg, sysfs/udev, code signing
 //! unsupported); macOS in `crate::macos` (DiskArbitration, Security framework).
 //!
-//! Platform rule (invariant 4, and DESIGN.md 6): on Linux an analyzer reads file contents only
+//! Platform rule (invariant 4, and docs/DESIGN.md 6): on Linux an analyzer reads file contents only
 //! through the descriptor the extension passed ([`Input::fd`]), with positioned reads (`pread`)
 //! so the opener's shared file offset is never moved, plus procfs, sysfs and the dpkg database.
 //! It never re-opens [`Input::file`]'s path: the path is for display and package lookup only.

@@ -9,7 +9,7 @@
 //!
 //! The helper never re-enters an agent: on Linux it reads files only through descriptors the
 //! extension passed, plus procfs, sysfs and the dpkg database (none of which the extension
-//! marks), and the extension mutes the helper by pid (DESIGN.md 4) so even those reads are
+//! marks), and the extension mutes the helper by pid (docs/DESIGN.md 4) so even those reads are
 //! answered on the delivery thread without analysis.
 // Only the macOS module (Security framework, DiskArbitration) needs FFI; every other module
 // forbids unsafe code itself.

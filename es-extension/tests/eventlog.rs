@@ -1,5 +1,5 @@
 //! The events log: notable decisions only, written after the answer, and a loss under
-//! pressure is recorded as a `{"gap": N}` line rather than silently (DESIGN.md 5, 6).
+//! pressure is recorded as a `{"gap": N}` line rather than silently (docs/DESIGN.md 5, 6).
 
 mod common;
 

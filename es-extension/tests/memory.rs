@@ -1,4 +1,4 @@
-//! Memory stays bounded under a flood of one million events (DESIGN.md 7: "Threads fixed
+//! Memory stays bounded under a flood of one million events (docs/DESIGN.md 7: "Threads fixed
 //! regardless of load; memory bounded under a flood of one million events").
 //!
 //! A real `Core` (default fanotify capacities, events log on disk, control server) takes a mix

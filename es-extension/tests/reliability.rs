@@ -1,5 +1,5 @@
 //! Reliability of the core against a misbehaving helper and floods: every event gets exactly
-//! one answer, none after its deadline (DESIGN.md 7, "Reliability"). Each test checks every
+//! one answer, none after its deadline (docs/DESIGN.md 7, "Reliability"). Each test checks every
 //! event it sent through the test backend's recorder.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The core's thread count is fixed at start and does not grow under a flood (DESIGN.md 7:
+//! The core's thread count is fixed at start and does not grow under a flood (docs/DESIGN.md 7:
 //! "Threads fixed regardless of load"), neither under a flood of events nor under a flood of
 //! control connections. Its own test binary, so no other test's threads are counted in
 //! /proc/self/task.

@@ -1,5 +1,5 @@
 //! Open and exec overhead on a marked filesystem, side by side in one run, as ratios
-//! (DESIGN.md 7): open()+close() with no agent, under a minimal listener that allows
+//! (docs/DESIGN.md 7): open()+close() with no agent, under a minimal listener that allows
 //! everything inline, under Gatehouse warm (kernel ignore mark) and cold (decided on the
 //! delivery thread every time), and the kernel's own share of the warm path (a minimal
 //! listener with Gatehouse's marks plus the ignore mark, so the open never reaches it);
@@ -8,7 +8,7 @@
 //!
 //! `cargo bench -p tests --bench open_exec`. Root only (prints a skip otherwise).
 //!
-//! Safety (DESIGN.md "Testing fanotify safely"): only a tmpfs mounted here is marked; every
+//! Safety (docs/DESIGN.md "Testing fanotify safely"): only a tmpfs mounted here is marked; every
 //! process holding a fanotify group is a child of this one (this binary re-run with
 //! `GH_BENCH_CHILD`), with `PR_SET_PDEATHSIG` and an `alarm` as hard kill timers and a drop
 //! guard that SIGKILLs and reaps it; the tmpfs is lazily unmounted on drop.
@@ -500,7 +500,7 @@ processes = [{{ binary_path = "{exe}" }}]
         );
         println!();
         println!(
-            "targets (DESIGN.md 7): warm <= 1.2x no agent; cold <= 1.1x minimal listener; known exec <= 1.05x no agent"
+            "targets (docs/DESIGN.md 7): warm <= 1.2x no agent; cold <= 1.1x minimal listener; known exec <= 1.05x no agent"
         );
         let pick = |k: &str| {
             counters

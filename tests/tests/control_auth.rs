@@ -1,5 +1,5 @@
 //! Unauthorized peers on the real `gatehouse-extension`'s control socket are refused, and the
-//! extension keeps serving a good client afterwards (DESIGN.md 7: "Unauthorized peers on the
+//! extension keeps serving a good client afterwards (docs/DESIGN.md 7: "Unauthorized peers on the
 //! helper and control sockets are refused"). Root only (fanotify, and `setpriv` to become uid
 //! 65534).
 //!
@@ -16,7 +16,7 @@
 //! two are connected, and a flood of them is partly refused at once (counted in
 //! `control_refused_busy`), the rest dropped, after which the CLI is served again.
 //!
-//! Safety (DESIGN.md "Testing fanotify safely"): `--scope` is a tmpfs mounted here and the
+//! Safety (docs/DESIGN.md "Testing fanotify safely"): `--scope` is a tmpfs mounted here and the
 //! policy watches no paths, so nothing else is marked. The extension runs as
 //! `timeout -s KILL <secs> gatehouse-extension ...` in its own process group, SIGKILLed as a
 //! group by its own pgid on drop; the tmpfs is unmounted by its guard.

@@ -3,7 +3,7 @@
 //! policy show/load, mutes, events tail, helper ping), a non-root `gatehouse run` refused
 //! with a clear message, and `gatehouse demo` running to completion and cleaning up.
 //!
-//! Safety (DESIGN.md "Testing fanotify safely"): `--scope` is always a tmpfs mounted here. The
+//! Safety (docs/DESIGN.md "Testing fanotify safely"): `--scope` is always a tmpfs mounted here. The
 //! agent runs as `timeout -s KILL <secs> gatehouse ...` in its own process group, so the hard
 //! kill timer and the drop guard (SIGKILL to the whole group, by its own pgid) both reach the
 //! extension and the helper that `gatehouse run` spawns, not only `gatehouse run` itself.

@@ -5,7 +5,7 @@
 //! `log_rotated_out_records`), every line on disk must parse, the full disk must show in
 //! `gatehouse status` and `stats`, and a gap line must note the loss when writing resumes.
 //!
-//! Safety (DESIGN.md "Testing fanotify safely"): `--scope` is a tmpfs mounted here; the
+//! Safety (docs/DESIGN.md "Testing fanotify safely"): `--scope` is a tmpfs mounted here; the
 //! extension runs as `timeout -s KILL <secs> gatehouse-extension` in its own process group,
 //! killed as a group on drop.
 #![cfg(target_os = "linux")]

@@ -7,7 +7,7 @@
 //! - the kernel exec cache works again after its mark budget is spent;
 //! - a stopped agent shows the stall in `gatehouse stats` and is not killed for it.
 //!
-//! Safety (DESIGN.md "Testing fanotify safely"): only a tmpfs mounted here is marked; the
+//! Safety (docs/DESIGN.md "Testing fanotify safely"): only a tmpfs mounted here is marked; the
 //! extension and every opener are children with hard kill timers and drop guards.
 #![cfg(target_os = "linux")]
 

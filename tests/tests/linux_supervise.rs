@@ -6,7 +6,7 @@
 //! a helper whose stdout and stderr are broken pipes stops within 1 s of SIGTERM; the systemd
 //! units pass `systemd-analyze verify`.
 //!
-//! Safety (DESIGN.md "Testing fanotify safely"): `--scope` is always a tmpfs mounted here; each
+//! Safety (docs/DESIGN.md "Testing fanotify safely"): `--scope` is always a tmpfs mounted here; each
 //! agent runs in its own process group, SIGKILLed as a whole on drop, under `setpriv
 //! --pdeathsig KILL` when available (so it dies with the test thread), and `gatehouse run`'s own
 //! children die with it. The test process never opens a marked file itself: openers are child

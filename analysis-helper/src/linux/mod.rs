@@ -11,7 +11,7 @@ use crate::analyzer::{Analyzers, Unsupported};
 use crate::hash::FdHasher;
 
 /// The Linux analyzer set: fd hashing and dpkg trust capped at `max_file_size` bytes, sysfs
-/// volumes, and no code signing (Linux has none; DESIGN.md 3a).
+/// volumes, and no code signing (Linux has none; docs/DESIGN.md 3a).
 pub fn analyzers(max_file_size: u64) -> Analyzers {
     Analyzers {
         hasher: Box::new(FdHasher {

@@ -1,6 +1,6 @@
 //! Leaf certificates and team ids from the Security framework, for certificate rules (the ES
 //! message has no certificate hash). Used for rule matching only; the exec decision's identity
-//! is still the kernel's (`CS_VALID`, CDHash) — this never replaces it (DESIGN.md 6).
+//! is still the kernel's (`CS_VALID`, CDHash) — this never replaces it (docs/DESIGN.md 6).
 #![expect(
     unsafe_code,
     reason = "Security framework calls (SecStaticCode, SecCode, SecCertificate) are FFI; each block has a SAFETY proof"

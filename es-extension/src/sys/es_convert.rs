@@ -21,7 +21,7 @@ use crate::backend::Answer;
 // ---------------------------------------------------------------------------------------------
 
 /// How much of an event's remaining time is kept back as headroom: 20 % of the time left,
-/// clamped to `[min, max]` (Santa's rule, DESIGN.md 6). The slow path may use the rest; when it
+/// clamped to `[min, max]` (Santa's rule, docs/DESIGN.md 6). The slow path may use the rest; when it
 /// runs out the watchdog answers the policy's fallback, so the headroom is what is left for that
 /// answer to reach the kernel even on a loaded machine.
 ///
@@ -381,7 +381,7 @@ pub const ES_AUTH_RESULT_ALLOW: u32 = 0;
 pub const ES_AUTH_RESULT_DENY: u32 = 1;
 
 /// Flags for an allowed AUTH_OPEN: every bit. Allowing only the requested ones would let a
-/// cached answer deny a later open of the same file that asks for other flags (DESIGN.md 6).
+/// cached answer deny a later open of the same file that asks for other flags (docs/DESIGN.md 6).
 pub const OPEN_ALLOW_ALL_FLAGS: u32 = 0xffff_ffff;
 
 /// Which `es_respond_*` call answers an event, with its arguments.

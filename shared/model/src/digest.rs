@@ -1,6 +1,6 @@
 //! Fixed-size digests (SHA-256, CDHash) that print and parse as lower-case hex.
 //!
-//! Hashes compare lower-case (DESIGN.md 3a), so they are stored as bytes and only ever rendered
+//! Hashes compare lower-case (docs/DESIGN.md 3a), so they are stored as bytes and only ever rendered
 //! lower-case; parsing accepts either case so that policies written by hand still load.
 
 use std::fmt;

@@ -140,7 +140,7 @@ pub struct Process {
 }
 
 /// Open access flags, where the platform reports them (ES: `fflag`). Linux permission events
-/// carry no open flags (DESIGN.md 6), so there the backend sends `None` in [`EventBody::Open`].
+/// carry no open flags (docs/DESIGN.md 6), so there the backend sends `None` in [`EventBody::Open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct AccessFlags {
     #[serde(default)]

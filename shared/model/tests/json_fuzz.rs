@@ -1,5 +1,5 @@
 //! Fuzzing the model's JSON decoders, which read untrusted files (`gatehouse policy eval
-//! --event EVENT.json --facts FACTS.json`; DESIGN.md 7: decoders of every untrusted input never
+//! --event EVENT.json --facts FACTS.json`; docs/DESIGN.md 7: decoders of every untrusted input never
 //! panic): arbitrary bytes, mutated valid events and facts, and deep nesting decode to `Ok` or
 //! `Err`, never a panic; every valid event and facts value round-trips through JSON.
 

@@ -1,6 +1,6 @@
 //! decide() latency with 10 and 10,000 rules of mixed kinds (SHA-256, CDHash, signing ID,
 //! certificate, team ID, path prefixes, watch items), for representative events. The goal is
-//! p99 under 1 µs at 10,000 rules (DESIGN.md 7).
+//! p99 under 1 µs at 10,000 rules (docs/DESIGN.md 7).
 
 use std::hint::black_box;
 

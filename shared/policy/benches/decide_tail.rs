@@ -1,6 +1,6 @@
 //! Tail latency of decide(): every call timed on its own and recorded in an HDR histogram, so
 //! the p99 and p99.9 that divan's medians do not show are measured (goal: p99 under 1 µs with
-//! 10,000 rules, DESIGN.md 7). Timing each call adds one clock read (~20-30 ns) to every sample,
+//! 10,000 rules, docs/DESIGN.md 7). Timing each call adds one clock read (~20-30 ns) to every sample,
 //! so the figures are an upper bound.
 
 use std::hint::black_box;

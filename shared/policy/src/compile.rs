@@ -259,7 +259,7 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != N * 2 {
         return None;
     }
-    // Accept either case; compare lower-case (DESIGN.md 3a) by storing bytes.
+    // Accept either case; compare lower-case (docs/DESIGN.md 3a) by storing bytes.
     let mut it = s.bytes();
     for o in out.iter_mut() {
         let hi = (it.next()? as char).to_digit(16)?;

@@ -169,7 +169,7 @@ impl Compiled {
     fn decide_exec(&self, target: &Process, facts: &Facts) -> Outcome {
         let cs = &target.signing;
         let file = &target.executable;
-        // Which identifiers this signature may match (DESIGN.md 3a).
+        // Which identifiers this signature may match (docs/DESIGN.md 3a).
         let (may_cdhash, may_team, may_cert) = match cs.status {
             SigningStatus::Production => (true, true, true),
             SigningStatus::Development => (true, false, true),
@@ -537,7 +537,7 @@ fn network_host(source: &str) -> Option<&str> {
 
 fn mount_matches(m: &CompiledMount, mount: &MountInfo, facts: &Facts) -> Tri {
     // Without an explicit list, rules cover external, network and unknown volumes, not
-    // internal disks or disk images (DESIGN.md 3a).
+    // internal disks or disk images (docs/DESIGN.md 3a).
     let disposition_ok = match &m.disposition {
         Some(list) => list.contains(&mount.disposition),
         None => matches!(

@@ -9,7 +9,7 @@
 //! - [`VerdictCache`] and [`CacheKey`]: bounded, reads never wait on a writer.
 //!
 //! The file format is documented in `FORMAT.md` beside this crate; the rule semantics follow
-//! DESIGN.md section 3a (Santa-compatible).
+//! docs/DESIGN.md section 3a (Santa-compatible).
 #![forbid(unsafe_code)]
 
 mod cache;

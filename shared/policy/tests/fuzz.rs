@@ -1,4 +1,4 @@
-//! Fuzzing the policy decoders, which read untrusted files (DESIGN.md 7: "Decoders of every
+//! Fuzzing the policy decoders, which read untrusted files (docs/DESIGN.md 7: "Decoders of every
 //! untrusted input ... never panic under fuzzing"): `Policy::parse` on arbitrary text and on
 //! mutations of the real example policies and the embedded default returns `Ok` or an error
 //! whose line and column point inside the text; Santa import on mutated inputs never panics.

@@ -1,7 +1,7 @@
 //! Private helpers for the Linux fanotify tests: skip reasons, a scratch tmpfs that is always
 //! unmounted, and child-process guards that always SIGKILL and reap.
 //!
-//! Safety rules (DESIGN.md "Testing fanotify safely"): only a tmpfs this test mounted itself is
+//! Safety rules (docs/DESIGN.md "Testing fanotify safely"): only a tmpfs this test mounted itself is
 //! ever marked; every process holding a fanotify group is a child with a hard kill timer (the
 //! guard's Drop, the child's own `alarm`, and `PR_SET_PDEATHSIG`).
 #![allow(

@@ -1,6 +1,6 @@
 //! Converting one fanotify permission record into the owned [`model::Event`].
 //!
-//! The only I/O here (documented exception to the delivery-thread rule, DESIGN.md 3) is on
+//! The only I/O here (documented exception to the delivery-thread rule, docs/DESIGN.md 3) is on
 //! procfs: `readlink("/proc/self/fd/N")` for the file's path, `readlink("/proc/<pid>/exe")` and
 //! one `stat("/proc/<pid>")` for the opener's ids, for open events one read of
 //! `/proc/<tid>/syscall` for the open flags (`opener`), plus `fstat` on the event fd for the
@@ -92,7 +92,7 @@ pub fn to_event(
                 target: Box::new(target),
             }
         }
-        // fanotify carries no open flags (DESIGN.md 6): they come from the blocked thread's
+        // fanotify carries no open flags (docs/DESIGN.md 6): they come from the blocked thread's
         // system call; `None` (not understood) counts as possibly modifying.
         PermKind::Open => EventBody::Open { file, access },
     };

@@ -9,7 +9,7 @@
 //! change that changes the protected set adds the new open marks before it removes the old.
 //!
 //! Why not one filesystem-wide `FAN_OPEN_PERM` mark filtered by path: every open on that
-//! filesystem would then block on our delivery thread (the ~26x open cost of DESIGN.md 7 for
+//! filesystem would then block on our delivery thread (the ~26x open cost of docs/DESIGN.md 7 for
 //! every file, not just the guarded ones). Subdirectories created after the marks were applied
 //! are marked by the follower (`follow.rs`) as they appear, with the race documented there.
 

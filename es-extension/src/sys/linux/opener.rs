@@ -1,5 +1,5 @@
 //! How the blocked opener is opening the file: its system call and flags, read from
-//! `/proc/<tid>/syscall` (DESIGN.md 6: a fanotify permission event carries no open flags).
+//! `/proc/<tid>/syscall` (docs/DESIGN.md 6: a fanotify permission event carries no open flags).
 //!
 //! Without this, every open of a watched path would count as possibly modifying, so
 //! `allow_read_access` could not be honoured and an exec of a protected binary (the kernel

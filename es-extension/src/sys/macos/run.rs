@@ -31,7 +31,7 @@ use crate::backend::KernelControl;
 use crate::core::{Core, CoreConfig, CoreError, HelperEndpoint, HelperTransport};
 use crate::sys::es_convert;
 
-/// Where the packaged binaries and files live (DESIGN.md 5).
+/// Where the packaged binaries and files live (docs/DESIGN.md 5).
 pub const SUPPORT_DIR: &str = "/Library/Application Support/Gatehouse";
 
 /// What `gatehouse-extension` needs on macOS.
