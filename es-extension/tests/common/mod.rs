@@ -76,6 +76,7 @@ pub struct FakeHelper {
     pub path: PathBuf,
     behaviour: Arc<Mutex<Behaviour>>,
     stop: Arc<AtomicBool>,
+    /// Analyze requests received (pings not counted).
     pub requests: Arc<AtomicU64>,
     pub connections: Arc<AtomicU64>,
     /// Analyze requests that arrived with `fd_attached` and exactly one readable descriptor.
@@ -194,7 +195,10 @@ fn serve(s: UnixStream, b: Behaviour, requests: &AtomicU64, stop: &AtomicBool, f
             break;
         };
         n += 1;
-        requests.fetch_add(1, Ordering::Relaxed);
+        // Analysis requests only: the extension's connect-time Ping is not work.
+        if matches!(req.body, HelperRequest::Analyze { .. }) {
+            requests.fetch_add(1, Ordering::Relaxed);
+        }
         if let HelperRequest::Analyze {
             fd_attached: true, ..
         } = req.body
