@@ -95,24 +95,7 @@ fn status(sock: &Path) -> serde_json::Value {
 }
 
 fn policy_text(secret: &Path, extra: &str) -> String {
-    format!(
-        r#"version = 1
-mode = "enforce"
-
-[defaults]
-fallback = "allow"
-helper_unavailable = "allow"
-deadline_ms = 2000
-
-[[watch]]
-name = "cli-secret"
-paths = [{{ path = "{}" }}]
-operations = ["open"]
-audit_only = false
-processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
-{extra}"#,
-        secret.display()
-    )
+    linux_common::watch_policy("cli-secret", secret, false, extra)
 }
 
 fn mounted(needle: &str) -> bool {

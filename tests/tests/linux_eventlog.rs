@@ -187,24 +187,7 @@ fn every_deny_is_a_whole_line_or_counted_through_a_full_disk() {
     let policy = scratch.join("policy.toml");
     std::fs::write(
         &policy,
-        format!(
-            r#"version = 1
-mode = "enforce"
-
-[defaults]
-fallback = "allow"
-helper_unavailable = "allow"
-deadline_ms = 2000
-
-[[watch]]
-name = "log-secret"
-paths = [{{ path = "{}" }}]
-operations = ["open"]
-audit_only = false
-processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
-"#,
-            secret.display()
-        ),
+        linux_common::watch_policy("log-secret", &secret, false, ""),
     )
     .unwrap();
     // The log's own tiny filesystem, outside the scope.

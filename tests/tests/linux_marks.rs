@@ -256,24 +256,7 @@ fn stop(mut g: Guarded) -> String {
 }
 
 fn watch_policy(secret: &Path, extra: &str) -> String {
-    format!(
-        r#"version = 1
-mode = "enforce"
-
-[defaults]
-fallback = "allow"
-helper_unavailable = "allow"
-deadline_ms = 2000
-
-[[watch]]
-name = "secret"
-paths = [{{ path = "{}" }}]
-operations = ["open"]
-audit_only = false
-processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
-{extra}"#,
-        secret.display()
-    )
+    linux_common::watch_policy("secret", secret, false, extra)
 }
 
 /// Issue 16 item 1: 8 unlisted processes open a protected file in loops while the policy is

@@ -125,24 +125,7 @@ fn group_members(pgid: Pid) -> Vec<i32> {
 }
 
 fn policy(secret: &Path, audit_only: bool) -> String {
-    format!(
-        r#"version = 1
-mode = "enforce"
-
-[defaults]
-fallback = "allow"
-helper_unavailable = "allow"
-deadline_ms = 2000
-
-[[watch]]
-name = "supervise-secret"
-paths = [{{ path = "{}" }}]
-operations = ["open"]
-audit_only = {audit_only}
-processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
-"#,
-        secret.display()
-    )
+    linux_common::watch_policy("supervise-secret", secret, audit_only, "")
 }
 
 /// A scratch tmpfs with a protected file, a policy file and a runtime directory.

@@ -253,3 +253,26 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// An enforce-mode policy with one watch item named `name` guarding opens of `secret` against
+/// every process but a nonexistent trusted reader (fallbacks allow), plus `extra` TOML.
+pub fn watch_policy(name: &str, secret: &Path, audit_only: bool, extra: &str) -> String {
+    format!(
+        r#"version = 1
+mode = "enforce"
+
+[defaults]
+fallback = "allow"
+helper_unavailable = "allow"
+deadline_ms = 2000
+
+[[watch]]
+name = "{name}"
+paths = [{{ path = "{}" }}]
+operations = ["open"]
+audit_only = {audit_only}
+processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
+{extra}"#,
+        secret.display()
+    )
+}
