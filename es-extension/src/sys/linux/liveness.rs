@@ -90,9 +90,13 @@ impl Liveness {
     ) -> std::io::Result<Liveness> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
+        // The guard's clock starts here, not when its thread first runs: on a busy machine the
+        // new thread may not be scheduled before the process is stopped, and a stall that began
+        // before its first instruction must still be seen as a late first tick.
+        let started = Instant::now();
         let thread = std::thread::Builder::new()
             .name("gh-liveness".into())
-            .spawn(move || guard_loop(&group, &progress, config, &stop2, on_stall))?;
+            .spawn(move || guard_loop(&group, &progress, config, &stop2, on_stall, started))?;
         Ok(Liveness {
             stop,
             thread: Some(thread),
@@ -106,10 +110,11 @@ fn guard_loop(
     config: LivenessConfig,
     stop: &AtomicBool,
     on_stall: OnStall,
+    started: Instant,
 ) {
     let mut last_mark = (u64::MAX, u64::MAX);
-    let mut last_progress = Instant::now();
-    let mut last_tick = Instant::now();
+    let mut last_progress = started;
+    let mut last_tick = started;
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(config.tick);
         let now = Instant::now();
