@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod control;
+mod docs_cmd;
 mod extension_cmd;
 mod policy_cmd;
 mod run;
@@ -50,6 +51,10 @@ enum Command {
     /// macOS: activate, deactivate or query the system extension.
     #[command(subcommand)]
     Extension(extension_cmd::ExtensionCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(docs_cmd::CompletionsArgs),
+    /// Write man pages for `gatehouse` and each subcommand into a directory.
+    Man(docs_cmd::ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +88,8 @@ fn main() -> ExitCode {
         Command::Events(c) => control::events(c),
         Command::Helper(c) => control::helper(c),
         Command::Extension(c) => extension_cmd::extension(c),
+        Command::Completions(a) => docs_cmd::completions::<Cli>(a),
+        Command::Man(a) => docs_cmd::man::<Cli>(a),
     };
     match result {
         Ok(code) => code,

@@ -53,7 +53,8 @@ pub struct PinSources {
     pub own_exe: bool,
     /// The helper executable; `None`: `gatehouse-helper` next to our own executable.
     pub helper: Option<PathBuf>,
-    /// The CLI; `None`: `gatehouse` next to our own executable, else `/usr/local/bin/gatehouse`.
+    /// The CLI; `None`: `gatehouse` next to our own executable, else the first of
+    /// `/usr/bin/gatehouse` (the packages) and `/usr/local/bin/gatehouse` (a manual install).
     pub cli: Option<PathBuf>,
 }
 
@@ -269,7 +270,7 @@ pub fn pin_all(sources: &PinSources) -> Result<(TrustedSet, Vec<PinError>), Trus
         None => {
             let found = sibling("gatehouse")
                 .into_iter()
-                .chain([PathBuf::from("/usr/local/bin/gatehouse")])
+                .chain(["/usr/bin/gatehouse", "/usr/local/bin/gatehouse"].map(PathBuf::from))
                 .find(|p| p.is_file());
             if let Some(p) = found {
                 wanted.push((Role::Cli, p, false));
