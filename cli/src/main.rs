@@ -7,6 +7,7 @@
 
 mod control;
 mod extension_cmd;
+mod input;
 mod policy_cmd;
 mod run;
 
