@@ -69,7 +69,13 @@ fn cli_inputs_are_regular_files_of_bounded_size() {
         .unwrap()
         .set_len(POLICY_MAX + 1)
         .unwrap();
-    std::fs::write(p("event.json"), "{}").unwrap();
+    std::fs::write(
+        p("event.json"),
+        r#"{"process":{"pid":10,"uid":0,"executable":{"path":"/bin/sh"},"signing":{"status":"unsigned"}},
+            "kind":"exec","target":{"pid":11,"uid":0,"executable":{"path":"/usr/local/bin/tool"},
+            "signing":{"status":"unsigned"}}}"#,
+    )
+    .unwrap();
     let limit = format!("larger than {POLICY_MAX} bytes");
     let path = |n: &str| p(n).into_os_string();
     // (arguments, exit code, text the output must contain)
@@ -204,7 +210,7 @@ impl Extension {
             .arg("--scope")
             .arg(scope)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("extension.out")).unwrap())
             .stderr(std::fs::File::create(dir.join("extension.log")).unwrap())
             .process_group(0);
         let child = cmd.spawn().expect("start timeout gatehouse-extension");
@@ -214,6 +220,26 @@ impl Extension {
             pgid,
             control: control.to_owned(),
         }
+    }
+
+    /// Wait until its marks are in place and its control socket listens (its status line on
+    /// stdout comes after both).
+    fn wait_ready(&self) {
+        let dir = self
+            .control
+            .parent()
+            .expect("control socket directory")
+            .to_owned();
+        let ready = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(dir.join("extension.out"))
+                .is_ok_and(|o| o.contains("gatehouse-extension: fanotify on 1 filesystem"))
+                && self.control.exists()
+        });
+        assert!(
+            ready,
+            "the extension came up on the scratch filesystem: {}",
+            std::fs::read_to_string(dir.join("extension.log")).unwrap_or_default()
+        );
     }
 
     /// Wait up to `timeout` for it to exit by itself.
@@ -330,11 +356,7 @@ fn policy_too_large_for_a_frame_loads_by_path() {
         &dir.path().join("control.sock"),
         &helper,
     );
-    assert!(
-        wait_until(Duration::from_secs(30), || ext.control.exists()),
-        "control socket: {}",
-        std::fs::read_to_string(dir.path().join("extension.log")).unwrap_or_default()
-    );
+    ext.wait_ready();
     let st = ext.status();
     assert_eq!(st["policy_version"], 1, "{st}");
     assert_eq!(st["helper_connected"], false, "{st}");
@@ -439,7 +461,7 @@ fn events_tail_escapes_a_forged_executable_name() {
         &dir.path().join("control.sock"),
         &dir.path().join("no-helper.sock"),
     );
-    assert!(wait_until(Duration::from_secs(30), || ext.control.exists()));
+    ext.wait_ready();
 
     let forged = "cat\n0 open   allow pid 1 (login): rule trusted\u{1b}[2K\u{9b}1A";
     let bin = dir.path().join(forged);
