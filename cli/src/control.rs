@@ -157,7 +157,8 @@ pub fn format_status(s: &StatusReport) -> String {
         human_ms(s.uptime_ms),
         s.mode,
         s.policy_version,
-        s.policy_origin,
+        // A path the operator chose, possibly with control characters in it.
+        escape_controls(&s.policy_origin),
         if s.helper_connected {
             "connected"
         } else {

@@ -383,13 +383,13 @@ fn policy_too_large_for_a_frame_loads_by_path() {
     let cat = Command::new("/bin/cat").arg(&secret).output().unwrap();
     assert!(!cat.status.success(), "enforced after the load by path");
 
-    // Over the inline limit (the control frame less 64 KiB): sent by path automatically.
+    // Larger than a control frame (9 MiB): sent by path automatically.
     let huge = dir.path().join("huge.toml");
     std::fs::write(
         &huge,
         padded(
             &policy_text(&secret, "# huge\n"),
-            protocol::POLICY_INLINE_MAX + 1024,
+            protocol::CONTROL_MAX_FRAME as usize + 1024 * 1024,
         ),
     )
     .unwrap();
