@@ -31,6 +31,8 @@ pub struct ReadArgs {
 /// (up to 16 MiB) is sent by path, automatically, and the extension reads the file itself.
 #[derive(Debug, Args)]
 pub struct PolicyLoadArgs {
+    /// The policy (TOML; a regular file of at most 16 MiB). Sent as text when it fits one
+    /// control frame (8 MiB less 64 KiB), else by path automatically (see --by-path).
     pub file: PathBuf,
     /// Send only the file's absolute path and let the extension read it (regular files only,
     /// at most 16 MiB), whatever its size. Chosen automatically for a policy too large to send

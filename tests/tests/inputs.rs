@@ -419,10 +419,13 @@ fn policy_too_large_for_a_frame_loads_by_path() {
         .set_len(POLICY_MAX + 1)
         .unwrap();
     let limit = format!("larger than {POLICY_MAX} bytes");
+    // Longer than PATH_MAX: refused on its length (it would be echoed in every status).
+    let long = PathBuf::from(format!("/{}/p.toml", "d/".repeat(2100)));
     for (file, want) in [
         (fifo.as_path(), "is a FIFO (named pipe), not a regular file"),
         (Path::new("/dev/zero"), "is a character device"),
         (sparse.as_path(), limit.as_str()),
+        (long.as_path(), "over the 4096-byte limit"),
     ] {
         let start = Instant::now();
         let out = ext.ctl(&[os("policy"), os("load"), os("--by-path"), file.as_os_str()]);

@@ -39,6 +39,9 @@ use crate::backend::{BackendError, Responder};
 const POLL: Duration = Duration::from_millis(100);
 /// A handshake reply is tiny (the protocol's hello limit).
 const HELLO_MAX_FRAME: u32 = 1024;
+/// Longest policy origin (a file's path) a client may name: Linux's `PATH_MAX`. The origin is
+/// echoed in `status` and `policy show`, whose answers must fit their frames.
+const ORIGIN_MAX: usize = 4096;
 
 /// The control server's counters, gauges and update lock, shared with [`Core`](super::Core).
 #[derive(Debug, Default)]
@@ -501,7 +504,7 @@ impl<R: Responder> Server<R> {
                 let (origin, text) = (snap.policy.origin(), snap.policy.source());
                 // A policy loaded by path may not fit the answer's frame; a frame that cannot
                 // be written would only close the connection, unexplained.
-                if text.len() > POLICY_INLINE_MAX || origin.len() > 4096 {
+                if text.len() > POLICY_INLINE_MAX {
                     return ControlResponse::Error {
                         message: format!(
                             "the running policy (version {}, {} bytes) is larger than the {} \
@@ -517,6 +520,18 @@ impl<R: Responder> Server<R> {
                     origin: snap.policy.origin().to_owned(),
                     version: snap.version,
                     text: snap.policy.source().to_owned(),
+                }
+            }
+            ControlRequest::PolicyLoad { origin, .. }
+            | ControlRequest::PolicyLoadPath { path: origin }
+                if origin.len() > ORIGIN_MAX =>
+            {
+                ControlResponse::Error {
+                    message: format!(
+                        "policy not loaded, the running policy is unchanged: its path is {} \
+                         bytes long, over the {ORIGIN_MAX}-byte limit",
+                        origin.len()
+                    ),
                 }
             }
             ControlRequest::PolicyLoad { origin, text } => match load_policy(s, &origin, &text) {
