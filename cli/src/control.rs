@@ -701,8 +701,10 @@ pub fn helper(c: HelperCommand) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 match round_trip_us {
-                    Some(us) => println!("helper answered in {us} us: {detail}"),
-                    None => println!("helper did not answer: {detail}"),
+                    Some(us) => {
+                        println!("helper answered in {us} us: {}", escape_controls(&detail))
+                    }
+                    None => println!("helper did not answer: {}", escape_controls(&detail)),
                 }
             }
             Ok(if round_trip_us.is_some() {
