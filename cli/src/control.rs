@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use model::{MuteScope, MuteSpec};
 use protocol::{
-    CONTROL_MAX_FRAME, ControlRequest, ControlResponse, LatencySummary, Role, StatsReport,
-    StatusReport,
+    CONTROL_MAX_FRAME, ControlRequest, ControlResponse, LatencySummary, POLICY_INLINE_MAX, Role,
+    StatsReport, StatusReport,
 };
 
 /// Default control socket (Linux).
@@ -27,9 +27,18 @@ pub struct ReadArgs {
     pub control_socket: PathBuf,
 }
 
+/// A policy up to the control frame's inline limit (about 8 MiB) is sent as text; a larger one
+/// (up to 16 MiB) is sent by path, automatically, and the extension reads the file itself.
 #[derive(Debug, Args)]
 pub struct PolicyLoadArgs {
+    /// The policy (TOML; a regular file of at most 16 MiB). Sent as text when it fits one
+    /// control frame (8 MiB less 64 KiB), else by path automatically (see --by-path).
     pub file: PathBuf,
+    /// Send only the file's absolute path and let the extension read it (regular files only,
+    /// at most 16 MiB), whatever its size. Chosen automatically for a policy too large to send
+    /// inline.
+    #[arg(long)]
+    pub by_path: bool,
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
 }
@@ -150,7 +159,8 @@ pub fn format_status(s: &StatusReport) -> String {
         human_ms(s.uptime_ms),
         s.mode,
         s.policy_version,
-        s.policy_origin,
+        // A path the operator chose, possibly with control characters in it.
+        escape_controls(&s.policy_origin),
         if s.helper_connected {
             "connected"
         } else {
@@ -294,14 +304,66 @@ pub fn format_stats(s: &StatsReport) -> String {
     out
 }
 
+/// `status --json`: the extension's [`StatusReport`] fields, in order, then the fields the CLI
+/// adds from the counters (appended, so existing consumers keep working; `null` when the
+/// extension did not report them).
+#[derive(Debug, serde::Serialize)]
+pub struct StatusJson<'a> {
+    #[serde(flatten)]
+    pub status: &'a StatusReport,
+    /// The helper circuit breaker is open (or probing): analysis requests get the policy's
+    /// fallback at once instead of waiting for a helper that keeps timing out.
+    pub helper_breaker_open: Option<bool>,
+    /// How many times the breaker has opened since the extension started.
+    pub helper_breaker_opens: Option<u64>,
+}
+
+fn find_counter(s: &StatsReport, name: &str) -> Option<u64> {
+    s.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+pub fn status_json<'a>(status: &'a StatusReport, stats: Option<&StatsReport>) -> StatusJson<'a> {
+    StatusJson {
+        status,
+        helper_breaker_open: stats
+            .and_then(|s| find_counter(s, "helper_breaker_open"))
+            .map(|v| v != 0),
+        helper_breaker_opens: stats.and_then(|s| find_counter(s, "helper_breaker_opens")),
+    }
+}
+
+/// The breaker in one line, from the `helper_breaker_*` counters; `None` when not reported.
+pub fn breaker_state(s: &StatsReport) -> Option<String> {
+    let open = find_counter(s, "helper_breaker_open")?;
+    let opens = find_counter(s, "helper_breaker_opens").unwrap_or(0);
+    Some(if open != 0 {
+        format!(
+            "OPEN (the helper kept timing out: analysis requests get the policy's fallback at \
+             once while it is probed; opened {opens} times)"
+        )
+    } else {
+        format!("closed (opened {opens} times)")
+    })
+}
+
 pub fn status(a: ReadArgs) -> anyhow::Result<ExitCode> {
     match ask(&a.control_socket, &ControlRequest::Status)? {
-        ControlResponse::Status(s) if a.json => print_json(&s),
         ControlResponse::Status(s) => {
+            // The events log's and the breaker's states travel with the counters (no status
+            // fields for them on the wire).
+            let stats = match ask(&a.control_socket, &ControlRequest::Stats) {
+                Ok(ControlResponse::Stats(st)) => Some(st),
+                _ => None,
+            };
+            if a.json {
+                return print_json(&status_json(&s, stats.as_ref()));
+            }
             print!("{}", format_status(&s));
-            // The events log's state travels with the counters (no status field for it).
-            if let Ok(ControlResponse::Stats(st)) = ask(&a.control_socket, &ControlRequest::Stats) {
-                println!("events log:   {}", events_log_state(&st));
+            if let Some(st) = &stats {
+                if let Some(b) = breaker_state(st) {
+                    println!("breaker:      {b}");
+                }
+                println!("events log:   {}", events_log_state(st));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -321,19 +383,48 @@ pub fn stats(a: ReadArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn policy_load(a: PolicyLoadArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&a.file)
-        .with_context(|| format!("cannot read policy file {}", a.file.display()))?;
-    let origin = a.file.display().to_string();
-    match ask(
-        &a.control_socket,
-        &ControlRequest::PolicyLoad { origin, text },
-    )? {
+    let (req, how) = policy_load_request(&a.file, a.by_path)?;
+    match ask(&a.control_socket, &req)? {
         ControlResponse::PolicyLoaded { version } => {
-            println!("loaded {} as policy version {version}", a.file.display());
+            println!(
+                "loaded {}{how} as policy version {version}",
+                a.file.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => Err(unexpected("policy load", &other)),
     }
+}
+
+/// Inline text when it fits a control frame, else (or when asked) the file's absolute path;
+/// with a note on how it was sent, for the success line.
+fn policy_load_request(file: &Path, by_path: bool) -> anyhow::Result<(ControlRequest, String)> {
+    let by_path_request = |note: String| -> anyhow::Result<(ControlRequest, String)> {
+        let abs = std::path::absolute(file)
+            .with_context(|| format!("cannot make {} an absolute path", file.display()))?;
+        let path = abs
+            .to_str()
+            .with_context(|| {
+                format!(
+                    "{} is not valid UTF-8; the control protocol carries paths as text: rename it",
+                    abs.display()
+                )
+            })?
+            .to_owned();
+        Ok((ControlRequest::PolicyLoadPath { path }, note))
+    };
+    if by_path {
+        return by_path_request(" by path".to_owned());
+    }
+    let text = crate::input::policy_text(file)?;
+    if text.len() > POLICY_INLINE_MAX {
+        return by_path_request(format!(
+            " by path ({} bytes is over the {POLICY_INLINE_MAX} bytes sent inline)",
+            text.len()
+        ));
+    }
+    let origin = file.display().to_string();
+    Ok((ControlRequest::PolicyLoad { origin, text }, String::new()))
 }
 
 pub fn policy_show(a: ReadArgs) -> anyhow::Result<ExitCode> {
@@ -379,7 +470,7 @@ pub fn format_mute(m: &MuteSpec) -> String {
             MuteScope::Target => "target",
         },
         if m.prefix { "prefix" } else { "literal" },
-        m.path
+        escape_controls(&m.path)
     )
 }
 
@@ -429,29 +520,84 @@ pub fn unseen<'a>(last_printed: Option<&str>, new: &'a [String]) -> &'a [String]
     }
 }
 
-fn print_event(line: &str, json: bool) {
+/// `s` safe to print on a terminal: every C0 control, DEL and C1 control (U+0080..U+009F), and
+/// the Unicode line separators and bidirectional overrides, written as a visible escape (`\n`,
+/// `\e`, `\x7f`, `\u{9b}`), and `\` as `\\` so an escape cannot be forged either. A path
+/// named with a newline and ESC cannot start a fake line or drive the terminal.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(bad) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{1b}' => out.push_str("\\e"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// A JSON line as `--json` prints it: control characters other than those serde already
+/// escapes (DEL, C1; and any C0, should a line not come from serde) as `\u00XX`. Outside a
+/// string JSON text is ASCII without controls, so this changes no value, only its spelling.
+pub fn escape_json_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(char::is_control) {
+        return line.into();
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// One events-log line as `events tail` prints it: the JSON line itself (escaped) with
+/// `--json`, else one human line in which every field is escaped ([`escape_controls`]).
+pub fn format_event(line: &str, json: bool) -> String {
     if json {
-        println!("{line}");
-        return;
+        return escape_json_line(line).into_owned();
     }
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-        println!("{line}");
-        return;
+        return escape_controls(line).into_owned();
     };
     if let Some(n) = v.get("gap") {
-        println!("-- {n} events not logged (log channel full) --");
-        return;
+        let n = n.to_string();
+        return format!(
+            "-- {} events not logged (log channel full) --",
+            escape_controls(&n)
+        );
     }
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
+    let s =
+        |k: &str| escape_controls(v.get(k).and_then(|x| x.as_str()).unwrap_or("?")).into_owned();
     let reason = match v.get("reason").and_then(|x| x.as_str()) {
         Some("fallback") => format!("fallback ({})", s("why")),
         Some("rule") => format!(
             "rule {}",
-            v.pointer("/rule/name")
-                .and_then(|x| x.as_str())
-                .unwrap_or("?")
+            escape_controls(
+                v.pointer("/rule/name")
+                    .and_then(|x| x.as_str())
+                    .unwrap_or("?")
+            )
         ),
-        Some(r) => r.to_owned(),
+        Some(r) => escape_controls(r).into_owned(),
         None => "?".to_owned(),
     };
     let flags = match (
@@ -466,16 +612,17 @@ fn print_event(line: &str, json: bool) {
         .pointer("/event/process/pid")
         .and_then(|x| x.as_u64())
         .unwrap_or(0);
-    let exe = v
-        .pointer("/event/process/executable/path")
-        .and_then(|x| x.as_str())
-        .unwrap_or("?");
-    println!(
+    let exe = escape_controls(
+        v.pointer("/event/process/executable/path")
+            .and_then(|x| x.as_str())
+            .unwrap_or("?"),
+    );
+    format!(
         "{} {:<6} {:<5} pid {pid} ({exe}): {reason}{flags}",
         v.get("time_ms").and_then(|x| x.as_u64()).unwrap_or(0),
         s("kind"),
         s("verdict"),
-    );
+    )
 }
 
 /// Follows the extension's in-memory events tail over the control socket. It reads no file, so
@@ -530,7 +677,7 @@ pub fn events(c: EventsCommand) -> anyhow::Result<ExitCode> {
     let mut follower = EventFollower::new(&a.control_socket, a.lines);
     loop {
         for l in follower.poll()? {
-            print_event(&l, a.json);
+            println!("{}", format_event(&l, a.json));
         }
         if !a.follow {
             return Ok(ExitCode::SUCCESS);
@@ -554,8 +701,10 @@ pub fn helper(c: HelperCommand) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 match round_trip_us {
-                    Some(us) => println!("helper answered in {us} us: {detail}"),
-                    None => println!("helper did not answer: {detail}"),
+                    Some(us) => {
+                        println!("helper answered in {us} us: {}", escape_controls(&detail))
+                    }
+                    None => println!("helper did not answer: {}", escape_controls(&detail)),
                 }
             }
             Ok(if round_trip_us.is_some() {
@@ -706,5 +855,149 @@ mod tests {
             };
             assert_eq!(format_mute(&m), want);
         }
+    }
+
+    #[test]
+    fn escape_controls_table() {
+        let cases = [
+            ("/usr/bin/ls", "/usr/bin/ls"),
+            ("a\nb", "a\\nb"),
+            ("a\r\tb", "a\\r\\tb"),
+            ("\u{1b}[2J", "\\e[2J"),
+            ("\u{7}\u{0}\u{7f}", "\\x07\\x00\\x7f"),
+            ("\u{9b}31m\u{85}", "\\u{9b}31m\\u{85}"),
+            ("x\u{2028}y\u{202e}z", "x\\u{2028}y\\u{202e}z"),
+            // A literal backslash-n in a name stays distinguishable from a newline.
+            ("a\\nb", "a\\\\nb"),
+            ("caf\u{e9} \u{1f600}", "caf\u{e9} \u{1f600}"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(escape_controls(raw), want, "{raw:?}");
+        }
+    }
+
+    /// A forged executable name must not start a second line or reach the terminal raw, in
+    /// any field of the human form, nor DEL/C1 in the JSON form.
+    #[test]
+    fn events_tail_escapes_forged_names() {
+        let forged =
+            "/tmp/x\n1700000000000 exec   allow pid 1 (/bin/login): rule trusted\u{1b}[1A\u{9b}2K";
+        let line = |exe: &str, rule: &str, kind: &str| {
+            serde_json::json!({
+                "time_ms": 1, "kind": kind, "verdict": "deny", "reason": "rule",
+                "rule": { "name": rule },
+                "event": { "process": { "pid": 7, "executable": { "path": exe } } },
+            })
+            .to_string()
+        };
+        let cases = [
+            line(forged, "r", "exec"),
+            line("/bin/ok", forged, "exec"),
+            line("/bin/ok", "r", forged),
+            // Not JSON at all: printed escaped as it is.
+            forged.to_owned(),
+        ];
+        for l in &cases {
+            for json in [false, true] {
+                let out = format_event(l, json);
+                assert!(
+                    !out.chars().any(char::is_control),
+                    "raw control in {out:?} (json {json})"
+                );
+                if !json {
+                    assert!(out.contains("\\n1700000000000"), "{out}");
+                    assert!(out.contains("\\e[1A\\u{9b}2K"), "{out}");
+                }
+            }
+        }
+        // The JSON form still decodes to the same value.
+        let out = format_event(&cases[0], true);
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back["event"]["process"]["executable"]["path"], forged);
+    }
+
+    #[test]
+    fn status_shows_the_breaker() {
+        let st = StatusReport {
+            agent: "gatehouse-extension/0".into(),
+            pid: 1,
+            backend: "fanotify".into(),
+            uptime_ms: 5,
+            mode: "enforce".into(),
+            policy_version: 3,
+            policy_origin: "/p.toml".into(),
+            helper_connected: true,
+        };
+        let stats = |open: u64, opens: u64| StatsReport {
+            counters: vec![
+                ("helper_breaker_opens".into(), opens),
+                ("helper_breaker_open".into(), open),
+            ],
+            latencies: Vec::new(),
+            queue_depth: 0,
+            queue_capacity: 0,
+        };
+        let cases = [
+            (
+                Some(stats(0, 2)),
+                Some(false),
+                Some(2),
+                Some("closed (opened 2 times)"),
+            ),
+            (Some(stats(1, 3)), Some(true), Some(3), Some("OPEN (")),
+            (None, None, None, None),
+        ];
+        for (stats, open, opens, human) in cases {
+            let v = serde_json::to_value(status_json(&st, stats.as_ref())).unwrap();
+            assert_eq!(v["helper_breaker_open"].as_bool(), open, "{v}");
+            assert_eq!(v["helper_breaker_opens"].as_u64(), opens, "{v}");
+            assert_eq!(v["policy_version"], 3, "the report's own fields stay: {v}");
+            let h = stats.as_ref().and_then(breaker_state);
+            match human {
+                Some(w) => assert!(h.as_deref().is_some_and(|h| h.starts_with(w)), "{h:?}"),
+                None => assert_eq!(h, None),
+            }
+        }
+        // Appended: the report's fields come first, in their order.
+        let text = serde_json::to_string(&status_json(&st, None)).unwrap();
+        assert!(text.starts_with("{\"agent\":"), "{text}");
+        assert!(
+            text.ends_with("\"helper_breaker_open\":null,\"helper_breaker_opens\":null}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn policy_load_sends_large_policies_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.toml");
+        std::fs::write(&small, "version = 1\n").unwrap();
+        let large = dir.path().join("large.toml");
+        let mut text = "version = 1\n".to_owned();
+        text += &"#".repeat(POLICY_INLINE_MAX);
+        std::fs::write(&large, &text).unwrap();
+        let abs = |p: &Path| p.to_str().unwrap().to_owned();
+        // Ok(None): sent inline; Ok(Some(path)): sent by path.
+        type Want = Result<Option<String>, String>;
+        let cases: [(&PathBuf, bool, Want); 4] = [
+            (&small, false, Ok(None)),
+            (&small, true, Ok(Some(abs(&small)))),
+            (&large, false, Ok(Some(abs(&large)))),
+            (&large, true, Ok(Some(abs(&large)))),
+        ];
+        for (file, by_path, want) in cases {
+            let got = policy_load_request(file, by_path).map(|(r, _)| match r {
+                ControlRequest::PolicyLoadPath { path } => Some(path),
+                ControlRequest::PolicyLoad { .. } => None,
+                other => panic!("{other:?}"),
+            });
+            assert_eq!(
+                got.map_err(|e: anyhow::Error| e.to_string()),
+                want,
+                "{file:?} {by_path}"
+            );
+        }
+        let err = policy_load_request(Path::new("/dev/zero"), false).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

@@ -8,6 +8,7 @@
 mod control;
 mod docs_cmd;
 mod extension_cmd;
+mod input;
 mod policy_cmd;
 mod run;
 

@@ -46,10 +46,6 @@ pub struct ImportSantaArgs {
 
 const USAGE: u8 = 2;
 
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
 fn error_json(e: &PolicyError) -> serde_json::Value {
     json!({
         "origin": e.origin,
@@ -62,7 +58,7 @@ fn error_json(e: &PolicyError) -> serde_json::Value {
 
 /// Parses `file`, printing the error (`file:line:col: message (rule NAME)`) on failure.
 fn load(file: &Path, as_json: bool) -> anyhow::Result<Result<Policy, ExitCode>> {
-    let text = read(file)?;
+    let text = crate::input::policy_text(file)?;
     match Policy::parse(&file.display().to_string(), &text) {
         Ok(p) => Ok(Ok(p)),
         Err(e) => {
@@ -112,14 +108,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let event: Event = serde_json::from_str(&read(&a.event)?).with_context(|| {
-        format!(
-            "{} is not an event in the model's JSON form",
-            a.event.display()
-        )
-    })?;
+    let event: Event =
+        serde_json::from_str(&crate::input::json_text(&a.event)?).with_context(|| {
+            format!(
+                "{} is not an event in the model's JSON form",
+                a.event.display()
+            )
+        })?;
     let facts: Facts = match &a.facts {
-        Some(f) => serde_json::from_str(&read(f)?)
+        Some(f) => serde_json::from_str(&crate::input::json_text(f)?)
             .with_context(|| format!("{} is not a facts JSON object", f.display()))?,
         None => Facts::NONE,
     };
@@ -207,11 +204,15 @@ pub fn import_santa(a: ImportSantaArgs) -> anyhow::Result<ExitCode> {
         println!("gatehouse: error: give --rules R.json, --file-access FAA.plist, or both");
         return Ok(ExitCode::from(USAGE));
     }
-    let rules = a.rules.as_deref().map(read).transpose()?;
+    let rules = a
+        .rules
+        .as_deref()
+        .map(crate::input::policy_text)
+        .transpose()?;
     let faa = a
         .file_access
         .as_deref()
-        .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+        .map(crate::input::policy_bytes)
         .transpose()?;
     let imported = policy::santa::import(rules.as_deref(), faa.as_deref())?;
     for n in &imported.notes {

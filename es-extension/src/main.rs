@@ -64,8 +64,9 @@ fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<policy::Policy>
     let Some(path) = path else {
         return Ok(policy::Policy::embedded_default());
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+    // Bounded like every policy input: a FIFO or device here must not hang start-up.
+    let text = protocol::bounded::read_text(path, protocol::bounded::POLICY_MAX_BYTES)
+        .context("cannot read the policy file")?;
     policy::Policy::parse(&path.display().to_string(), &text).map_err(|e| {
         anyhow::anyhow!("policy file is invalid: {e}; check it with `gatehouse policy check`")
     })

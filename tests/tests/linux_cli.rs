@@ -163,6 +163,14 @@ fn gatehouse_run_driven_by_the_cli() {
     );
     assert_eq!(st["policy_version"], 1, "{st}");
     assert_eq!(st["policy_origin"], policy.display().to_string(), "{st}");
+    // The helper circuit breaker, appended to the status JSON and shown in the human form.
+    assert_eq!(st["helper_breaker_open"], false, "{st}");
+    assert_eq!(st["helper_breaker_opens"], 0, "{st}");
+    let human = stdout(&ctl(&sock, &["status"]));
+    assert!(
+        human.contains("breaker:      closed (opened 0 times)"),
+        "{human}"
+    );
 
     // A deny caused here: an unlisted process opens the protected file.
     let cat = Command::new("/bin/cat")

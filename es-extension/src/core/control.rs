@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use model::MuteSpec;
+use protocol::bounded::POLICY_MAX_BYTES;
 use protocol::{
     CONTROL_MAX_FRAME, ControlRequest, ControlResponse, HelloReply, HelperResponse,
-    PROTOCOL_VERSION, Role, StatsReport, StatusReport,
+    POLICY_INLINE_MAX, PROTOCOL_VERSION, Role, StatsReport, StatusReport,
 };
 
 use super::helper_client::{HelperClient, WorkItem};
@@ -38,6 +39,9 @@ use crate::backend::{BackendError, Responder};
 const POLL: Duration = Duration::from_millis(100);
 /// A handshake reply is tiny (the protocol's hello limit).
 const HELLO_MAX_FRAME: u32 = 1024;
+/// Longest policy origin (a file's path) a client may name: Linux's `PATH_MAX`. The origin is
+/// echoed in `status` and `policy show`, whose answers must fit their frames.
+const ORIGIN_MAX: usize = 4096;
 
 /// The control server's counters, gauges and update lock, shared with [`Core`](super::Core).
 #[derive(Debug, Default)]
@@ -151,6 +155,26 @@ pub(crate) fn load_policy(
     super::kernel_retry::clear_kernel_cache(shared);
     shared.notify_policy(version);
     Ok(version)
+}
+
+/// The text of the policy file at `path`, for [`ControlRequest::PolicyLoadPath`]: an absolute
+/// path (ours is not the client's working directory), a regular file, at most
+/// [`POLICY_MAX_BYTES`], under the same rules as every CLI input (`protocol::bounded`: a FIFO or
+/// device fails at once instead of holding this handler).
+///
+/// This reads with the extension's privileges (root) on the peer's behalf. That grants nothing:
+/// [`admit`] lets only root or our own uid connect, who can read the file themselves, and the
+/// text is shown back (`policy show`) only to those same peers. Runs on a control handler
+/// thread, never the delivery thread (invariant `delivery-never-blocks`).
+fn read_policy_path(path: &str) -> Result<String, String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!(
+            "policy path {path:?} is not absolute; the extension does not share the client's \
+             working directory: give an absolute path"
+        ));
+    }
+    protocol::bounded::read_text(p, POLICY_MAX_BYTES).map_err(|e| e.to_string())
 }
 
 /// Tell the kernel about mute changes from `before` to `after`. `Unsupported` is fine: the
@@ -477,10 +501,37 @@ impl<R: Responder> Server<R> {
             }
             ControlRequest::PolicyShow => {
                 let snap = s.store.load();
+                let (origin, text) = (snap.policy.origin(), snap.policy.source());
+                // A policy loaded by path may not fit the answer's frame; a frame that cannot
+                // be written would only close the connection, unexplained.
+                if text.len() > POLICY_INLINE_MAX {
+                    return ControlResponse::Error {
+                        message: format!(
+                            "the running policy (version {}, {} bytes) is larger than the {} \
+                             bytes a control answer carries; read the file it was loaded from: {}",
+                            snap.version,
+                            text.len(),
+                            POLICY_INLINE_MAX,
+                            origin
+                        ),
+                    };
+                }
                 ControlResponse::Policy {
                     origin: snap.policy.origin().to_owned(),
                     version: snap.version,
                     text: snap.policy.source().to_owned(),
+                }
+            }
+            ControlRequest::PolicyLoad { origin, .. }
+            | ControlRequest::PolicyLoadPath { path: origin }
+                if origin.len() > ORIGIN_MAX =>
+            {
+                ControlResponse::Error {
+                    message: format!(
+                        "policy not loaded, the running policy is unchanged: its path is {} \
+                         bytes long, over the {ORIGIN_MAX}-byte limit",
+                        origin.len()
+                    ),
                 }
             }
             ControlRequest::PolicyLoad { origin, text } => match load_policy(s, &origin, &text) {
@@ -489,6 +540,16 @@ impl<R: Responder> Server<R> {
                     message: format!("policy not loaded, the running policy is unchanged: {e}"),
                 },
             },
+            ControlRequest::PolicyLoadPath { path } => {
+                let loaded = read_policy_path(&path)
+                    .and_then(|text| load_policy(s, &path, &text).map_err(|e| e.to_string()));
+                match loaded {
+                    Ok(version) => ControlResponse::PolicyLoaded { version },
+                    Err(e) => ControlResponse::Error {
+                        message: format!("policy not loaded, the running policy is unchanged: {e}"),
+                    },
+                }
+            }
             ControlRequest::MuteAdd(spec) => {
                 // Copy-on-write under the update lock: O(log n) whatever the number of mutes,
                 // and only the one new mute is pushed to the kernel.

@@ -9,6 +9,8 @@
 // One audited block in `unix` takes ownership of received descriptors; nothing else is unsafe.
 #![deny(unsafe_code)]
 
+#[cfg(unix)]
+pub mod bounded;
 pub mod codec;
 mod error;
 pub mod frame;

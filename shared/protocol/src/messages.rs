@@ -104,6 +104,11 @@ pub enum HelperResponse {
     },
 }
 
+/// Largest policy text that travels inline, in a [`ControlRequest::PolicyLoad`] or a
+/// [`ControlResponse::Policy`]: the control frame less 64 KiB for the origin (a path) and the
+/// envelope. A larger policy is loaded with [`ControlRequest::PolicyLoadPath`].
+pub const POLICY_INLINE_MAX: usize = crate::CONTROL_MAX_FRAME as usize - 64 * 1024;
+
 /// CLI -> extension.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlRequest {
@@ -123,6 +128,13 @@ pub enum ControlRequest {
         max: u32,
     },
     HelperPing,
+    /// Replace the policy with the file at `path` (absolute), read by the extension's control
+    /// thread under the same rules as the CLI's inputs (regular file, size limit). For a policy
+    /// too large to travel inline in one control frame. Appended last: variant indices are the
+    /// wire format.
+    PolicyLoadPath {
+        path: String,
+    },
 }
 
 /// Summary of one latency histogram, in microseconds.

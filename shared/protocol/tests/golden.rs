@@ -237,6 +237,17 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                 ]),
             }),
         ),
+        // Appended after HelperPing (variant 8), so every earlier variant keeps its index.
+        (
+            "control_policy_load_path",
+            frame(&Request {
+                id: 8,
+                budget_us: 10_000_000,
+                body: ControlRequest::PolicyLoadPath {
+                    path: "/etc/gatehouse/large-policy.toml".into(),
+                },
+            }),
+        ),
     ]
 }
 
@@ -351,4 +362,20 @@ fn every_fixture_file_has_a_case() {
             "fixture {file} has no case in golden.rs"
         );
     }
+}
+
+#[test]
+fn policy_load_path_fixture_decodes_back() {
+    let bytes = std::fs::read(dir().join("control_policy_load_path.bin")).unwrap();
+    let req: Request<ControlRequest> =
+        protocol::frame::read_frame(&mut bytes.as_slice(), CONTROL_MAX_FRAME).unwrap();
+    assert_eq!(
+        req.body,
+        ControlRequest::PolicyLoadPath {
+            path: "/etc/gatehouse/large-policy.toml".into()
+        }
+    );
+    // Length (4 bytes), id 8 (1), budget (varint, 5), then the variant index: 9, after the nine
+    // earlier variants (0..=8), which keep theirs.
+    assert_eq!(bytes[4 + 1 + 5], 9, "{bytes:?}");
 }
