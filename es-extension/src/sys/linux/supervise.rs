@@ -227,11 +227,10 @@ pub fn reload(
         None => print_line(
             "gatehouse-extension: SIGHUP: no --policy file; the embedded policy stays".into(),
         ),
-        Some(p) => match std::fs::read_to_string(p) {
-            Err(e) => eprintln!(
-                "gatehouse-extension: SIGHUP: cannot read policy file {}: {e}; the current policy stays",
-                p.display()
-            ),
+        // Bounded, regular files only: a FIFO or /dev/zero named as the policy must not hang or
+        // exhaust the signal thread.
+        Some(p) => match protocol::bounded::read_text(p, protocol::bounded::POLICY_MAX_BYTES) {
+            Err(e) => eprintln!("gatehouse-extension: SIGHUP: {e}; the current policy stays"),
             Ok(text) => match load(&p.display().to_string(), &text) {
                 Ok(v) => print_line(format!(
                     "gatehouse-extension: SIGHUP: policy {} reloaded as version {v}",
