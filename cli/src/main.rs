@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // anyhow's alternate form prints the whole context chain on one line.
-            println!("gatehouse: error: {e:#}");
+            eprintln!("gatehouse: error: {e:#}");
             ExitCode::FAILURE
         }
     }
