@@ -133,12 +133,11 @@ pub mod macos {
 pub const TEAM_ID: Option<&str> = option_env!("GATEHOUSE_TEAM_ID");
 
 // A mistyped team id must fail the build, not produce a requirement nothing satisfies.
-const _: () = match TEAM_ID {
-    Some(t) => assert!(
+const _: () = if let Some(t) = TEAM_ID {
+    assert!(
         is_team_id(t),
         "GATEHOUSE_TEAM_ID must be 10 upper-case letters or digits"
-    ),
-    None => {}
+    );
 };
 
 /// An Apple team identifier: 10 upper-case ASCII letters or digits.
@@ -286,7 +285,10 @@ pub const MACOS_SLOW_PATH_DEPENDENCIES: &[SystemDependency] = &[
     // Users, preferences, privacy and launch services the frameworks consult.
     dep("com.apple.opendirectoryd", "/usr/libexec/opendirectoryd"),
     dep("com.apple.cfprefsd.xpc.daemon", "/usr/sbin/cfprefsd"),
-    dep("com.apple.tccd", "/System/Library/PrivateFrameworks/TCC.framework/Support/tccd"),
+    dep(
+        "com.apple.tccd",
+        "/System/Library/PrivateFrameworks/TCC.framework/Support/tccd",
+    ),
     dep(
         "com.apple.coreservicesd",
         "/System/Library/CoreServices/coreservicesd",
@@ -295,9 +297,15 @@ pub const MACOS_SLOW_PATH_DEPENDENCIES: &[SystemDependency] = &[
     dep("com.apple.configd", "/usr/libexec/configd"),
     dep("com.apple.mDNSResponder", "/usr/sbin/mDNSResponder"),
     // Volumes (the helper's DiskArbitration calls), logging, ES and system extensions.
-    dep("com.apple.diskarbitrationd", "/usr/libexec/diskarbitrationd"),
+    dep(
+        "com.apple.diskarbitrationd",
+        "/usr/libexec/diskarbitrationd",
+    ),
     dep("com.apple.logd", "/usr/libexec/logd"),
-    dep("com.apple.endpointsecurityd", "/usr/libexec/endpointsecurityd"),
+    dep(
+        "com.apple.endpointsecurityd",
+        "/usr/libexec/endpointsecurityd",
+    ),
     dep(
         "com.apple.sysextd",
         "/System/Library/Frameworks/SystemExtensions.framework/Versions/A/Helpers/sysextd",
@@ -328,7 +336,12 @@ mod tests {
             assert_eq!(os.as_str().parse::<Os>(), Ok(os));
         }
         assert_eq!("darwin".parse::<Os>(), Ok(Os::Macos));
-        assert!("windows".parse::<Os>().unwrap_err().contains("linux or macos"));
+        assert!(
+            "windows"
+                .parse::<Os>()
+                .unwrap_err()
+                .contains("linux or macos")
+        );
         assert_eq!(
             Os::HOST,
             if cfg!(target_os = "macos") {
@@ -354,9 +367,14 @@ mod tests {
             let p = os.paths();
             let mut dirs: Vec<&str> = dirs_to_create(os).to_vec();
             dirs.extend(installer_dirs(os));
-            for file in [Some(p.control_socket), Some(p.events_log), p.helper_socket, p.helper_log]
-                .into_iter()
-                .flatten()
+            for file in [
+                Some(p.control_socket),
+                Some(p.events_log),
+                p.helper_socket,
+                p.helper_log,
+            ]
+            .into_iter()
+            .flatten()
             {
                 let parent = Path::new(file).parent().unwrap();
                 assert!(
@@ -383,7 +401,10 @@ mod tests {
             if let Err(e) = r {
                 let text = e.to_string();
                 assert!(text.contains("control socket"), "{text}");
-                assert!(text.contains("Application Support/Gatehouse does not"), "{text}");
+                assert!(
+                    text.contains("Application Support/Gatehouse does not"),
+                    "{text}"
+                );
                 assert!(text.contains("reinstall"), "{text}");
             }
         }
@@ -395,7 +416,10 @@ mod tests {
     fn requirements_name_identifier_and_team() {
         let r = developer_id_requirement("dev.gatehouse.helper", "ABCDE12345");
         assert!(r.starts_with("anchor apple generic and "), "{r}");
-        assert!(r.contains("certificate leaf[subject.OU] = \"ABCDE12345\""), "{r}");
+        assert!(
+            r.contains("certificate leaf[subject.OU] = \"ABCDE12345\""),
+            "{r}"
+        );
         assert!(r.ends_with("identifier \"dev.gatehouse.helper\""), "{r}");
         assert!(r.contains("1.2.840.113635.100.6.2.6"), "{r}");
         assert!(r.contains("1.2.840.113635.100.6.1.13"), "{r}");

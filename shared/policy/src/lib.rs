@@ -27,6 +27,7 @@ use model::{
 };
 
 pub use cache::{CacheKey, DENY_TTL, VerdictCache};
+pub use defaults::Os;
 
 /// Monitor never denies (except block rules and bad signatures) and records would-denies;
 /// enforce denies what no rule allows.
@@ -82,9 +83,17 @@ pub const EMBEDDED_DEFAULT_TOML: &str = include_str!("default.toml");
 pub const EMBEDDED_ORIGIN: &str = "<embedded default>";
 
 impl Policy {
-    /// Parse and validate `text`; `origin` (a file path) appears in every error.
+    /// Parse and validate `text` for this host's OS; `origin` (a file path) appears in every
+    /// error.
     pub fn parse(origin: &str, text: &str) -> Result<Policy, PolicyError> {
-        let compiled = compile::compile(origin, text)?;
+        Self::parse_for(origin, text, Os::HOST)
+    }
+
+    /// Parse and validate `text` as `os`'s build would: on macOS `/var`, `/etc` and `/tmp`
+    /// paths become `/private/...` (what Endpoint Security reports), and package trust
+    /// defaults off. Lets Linux tests and `policy eval --os macos` see macOS decisions.
+    pub fn parse_for(origin: &str, text: &str, os: Os) -> Result<Policy, PolicyError> {
+        let compiled = compile::compile(origin, text, os)?;
         Ok(Policy {
             origin: origin.to_owned(),
             source: text.to_owned(),
@@ -93,8 +102,24 @@ impl Policy {
     }
 
     pub fn embedded_default() -> Policy {
-        Policy::parse(EMBEDDED_ORIGIN, EMBEDDED_DEFAULT_TOML)
+        Self::embedded_default_for(Os::HOST)
+    }
+
+    /// The embedded default as `os`'s build compiles it.
+    pub fn embedded_default_for(os: Os) -> Policy {
+        Policy::parse_for(EMBEDDED_ORIGIN, EMBEDDED_DEFAULT_TOML, os)
             .expect("the embedded default policy is valid (tested)")
+    }
+
+    /// The OS this policy was compiled for.
+    pub fn os(&self) -> Os {
+        self.compiled.os
+    }
+
+    /// Paths rewritten for [`Policy::os`], as written and as compiled (macOS `/private`
+    /// forms), for `policy check` to show. Regexes are never rewritten.
+    pub fn canonicalized_paths(&self) -> &[(String, String)] {
+        &self.compiled.canonicalized
     }
 
     pub fn mode(&self) -> Mode {
