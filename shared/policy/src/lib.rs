@@ -230,6 +230,34 @@ impl Policy {
     }
 }
 
+/// The signing id of a platform binary whose identity the kernel vouches for: the platform
+/// flag, a signature that is not invalid, and an enforced CDHash (`CS_VALID` with `CS_HARD` or
+/// `CS_KILL`), so the id is the kernel's word rather than a path's.
+pub fn kernel_platform_signing_id(cs: &model::CodeSigning) -> Option<&str> {
+    (cs.is_platform_binary && cs.status != model::SigningStatus::Invalid && cs.cdhash_enforced())
+        .then_some(cs.signing_id.as_deref())
+        .flatten()
+}
+
+/// The macOS system daemon `event` executes, when it is one the slow path depends on
+/// (`defaults::MACOS_SLOW_PATH_DEPENDENCIES`): the extension allows it before the policy, so
+/// `policy eval --os macos` reports it the same way. `None` on other OSes and for other events.
+pub fn macos_slow_path_dependency(
+    os: Os,
+    event: &Event,
+) -> Option<&'static defaults::SystemDependency> {
+    let model::EventBody::Exec { target } = &event.body else {
+        return None;
+    };
+    if os != Os::Macos {
+        return None;
+    }
+    let id = kernel_platform_signing_id(&target.signing)?;
+    defaults::MACOS_SLOW_PATH_DEPENDENCIES
+        .iter()
+        .find(|d| d.signing_id == id)
+}
+
 /// The current policy, swapped atomically; readers never wait.
 #[derive(Debug)]
 pub struct PolicyStore {
