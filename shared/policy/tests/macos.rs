@@ -297,3 +297,16 @@ fn embedded_self_protection_on_macos() {
         "allow:default"
     );
 }
+
+#[test]
+fn embedded_installer_list_is_the_defaults_list() {
+    let mut in_toml: Vec<&str> = policy::EMBEDDED_DEFAULT_TOML
+        .lines()
+        .filter_map(|l| l.split("\"platform:").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let mut want = defaults::MACOS_INSTALLER_SIGNING_IDS.to_vec();
+    in_toml.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(in_toml, want);
+}
