@@ -15,8 +15,8 @@ use protocol::{
     StatsReport, StatusReport,
 };
 
-/// Default control socket (Linux).
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gatehouse/control.sock";
+/// Default control socket: where this OS's extension binds it (shared/defaults).
+pub const DEFAULT_CONTROL_SOCKET: &str = defaults::Os::HOST.paths().control_socket;
 
 #[derive(Debug, Args)]
 pub struct ReadArgs {

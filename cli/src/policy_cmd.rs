@@ -7,12 +7,16 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 use model::{Event, Facts, Outcome, Reason};
-use policy::{Policy, PolicyError};
+use policy::{Os, Policy, PolicyError};
 use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     pub file: PathBuf,
+    /// Compile as this OS's build does (`linux`, `macos`); on macOS `/var`, `/etc` and `/tmp`
+    /// paths become `/private/...`, and each rewrite is listed.
+    #[arg(long, value_name = "OS", default_value_t = Os::HOST)]
+    pub os: Os,
     #[arg(long)]
     pub json: bool,
 }
@@ -27,6 +31,10 @@ pub struct EvalArgs {
     /// the decision after analysis.
     #[arg(long)]
     pub facts: Option<PathBuf>,
+    /// Decide as this OS's build would (`linux`, `macos`): path canonicalization, the macOS
+    /// system daemons allowed before the policy, the package-trust default.
+    #[arg(long, value_name = "OS", default_value_t = Os::HOST)]
+    pub os: Os,
     #[arg(long)]
     pub json: bool,
 }
@@ -57,9 +65,9 @@ fn error_json(e: &PolicyError) -> serde_json::Value {
 }
 
 /// Parses `file`, printing the error (`file:line:col: message (rule NAME)`) on failure.
-fn load(file: &Path, as_json: bool) -> anyhow::Result<Result<Policy, ExitCode>> {
+fn load(file: &Path, os: Os, as_json: bool) -> anyhow::Result<Result<Policy, ExitCode>> {
     let text = crate::input::policy_text(file)?;
-    match Policy::parse(&file.display().to_string(), &text) {
+    match Policy::parse_for(&file.display().to_string(), &text, os) {
         Ok(p) => Ok(Ok(p)),
         Err(e) => {
             if as_json {
@@ -73,7 +81,7 @@ fn load(file: &Path, as_json: bool) -> anyhow::Result<Result<Policy, ExitCode>> 
 }
 
 pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
-    let p = match load(&a.file, a.json)? {
+    let p = match load(&a.file, a.os, a.json)? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -86,6 +94,12 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
                 "mode": p.mode(),
                 "rules": p.rule_count(),
                 "mutes": p.mutes().len(),
+                "os": p.os(),
+                "canonicalized": p
+                    .canonicalized_paths()
+                    .iter()
+                    .map(|(from, to)| json!({ "from": from, "to": to }))
+                    .collect::<Vec<_>>(),
             })
         );
     } else {
@@ -99,12 +113,18 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             p.rule_count(),
             p.mutes().len()
         );
+        for (from, to) in p.canonicalized_paths() {
+            println!(
+                "{}: {from} compiles to {to} (the path the kernel reports)",
+                p.os()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
-    let p = match load(&a.file, a.json)? {
+    let p = match load(&a.file, a.os, a.json)? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -120,7 +140,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{} is not a facts JSON object", f.display()))?,
         None => Facts::NONE,
     };
-    let outcome = p.decide(&event, &facts);
+    // The extension allows the macOS daemons the slow path waits on before the policy.
+    let dependency = policy::macos_slow_path_dependency(a.os, &event);
+    let outcome = match dependency {
+        Some(_) => Outcome::Decided(model::Decision::allow(
+            Reason::SlowPathDependency,
+            model::Cacheability::Kernel,
+        )),
+        None => p.decide(&event, &facts),
+    };
     let (verdict, rule, slow) = match &outcome {
         Outcome::Decided(d) => {
             let rule = match &d.reason {
@@ -157,7 +185,13 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 Reason::InvalidSignature => "bad-signature protection".into(),
                 Reason::Muted => "muted".into(),
                 Reason::Cached => "cached".into(),
-                Reason::SlowPathDependency => "slow-path dependency (pinned at start)".into(),
+                Reason::SlowPathDependency => match dependency {
+                    Some(d) => format!(
+                        "slow-path dependency (macOS system daemon {}, {})",
+                        d.signing_id, d.path
+                    ),
+                    None => "slow-path dependency (pinned at start)".into(),
+                },
                 Reason::Fallback { why } => format!("fallback ({})", why.as_str()),
             };
             let mut flags = Vec::new();

@@ -6,6 +6,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// This OS's defaults: a macOS system extension is started with no arguments, so these must be
+/// right on their own (and the Linux ones must never leak into a macOS build).
+const PATHS: &defaults::Paths = defaults::Os::HOST.paths();
+
+#[cfg(target_os = "linux")]
+const HELPER_SOCKET: &str = match defaults::Os::Linux.paths().helper_socket {
+    Some(s) => s,
+    None => "",
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gatehouse-extension",
@@ -13,23 +23,29 @@ use clap::Parser;
     about = "Gatehouse's never-blocking authorization client"
 )]
 struct Args {
-    /// Policy file (TOML); without it the embedded default (monitor mode) applies.
+    /// Policy file (TOML). Linux: without it the embedded default (monitor mode) applies.
+    /// macOS: `/Library/Application Support/Gatehouse/policy.toml` when omitted, read after the
+    /// first subscription; while it is missing or invalid the embedded default applies.
     #[arg(long)]
     policy: Option<PathBuf>,
     /// The analysis helper's Unix socket (Linux; macOS reaches the helper over XPC).
-    #[arg(long, default_value = "/run/gatehouse/helper.sock")]
+    #[cfg(target_os = "linux")]
+    #[arg(long, default_value = HELPER_SOCKET)]
     helper_socket: PathBuf,
-    /// Code-signing requirement the helper's XPC service must satisfy (macOS), e.g.
-    /// `anchor apple generic and certificate leaf[subject.OU] = "TEAMID" and identifier
-    /// "dev.gatehouse.helper"`. Without it launchd's system bootstrap alone is trusted.
+    /// Code-signing requirement the helper's XPC service must satisfy (macOS). Without it the
+    /// requirement compiled in from `GATEHOUSE_TEAM_ID` applies (Developer ID, our team,
+    /// identifier `dev.gatehouse.helper`); a build without a team trusts launchd's system
+    /// bootstrap alone.
     #[cfg(target_os = "macos")]
     #[arg(long, value_name = "REQ")]
     helper_requirement: Option<String>,
-    /// The control socket the `gatehouse` CLI talks to (created root-only).
-    #[arg(long, default_value = "/run/gatehouse/control.sock")]
+    /// The control socket the `gatehouse` CLI talks to (created root-only). On macOS its
+    /// directory must exist (the installer creates it); without it the socket is off.
+    #[arg(long, default_value = PATHS.control_socket)]
     control_socket: PathBuf,
-    /// JSON-lines log of denies, fallbacks and would-denies (rotated by size).
-    #[arg(long, default_value = "/var/log/gatehouse/events.jsonl")]
+    /// JSON-lines log of denies, fallbacks and would-denies (rotated by size). On macOS its
+    /// directory must exist (the installer creates it); without it the log is off.
+    #[arg(long, default_value = PATHS.events_log)]
     events_log: PathBuf,
     /// Rotate the events log before it would pass this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024,
@@ -100,21 +116,43 @@ fn run(args: Args) -> anyhow::Result<()> {
     es_extension::sys::linux::run(config, policy, options)
 }
 
+/// `path` if the extension may write there on macOS, else `None` with the reason on stderr:
+/// a missing directory degrades (no socket, no log) instead of exiting, because an exit before
+/// `es_new_client` means launchd restarts us in a loop and nothing is protected.
+#[cfg(target_os = "macos")]
+fn usable(what: &'static str, path: PathBuf) -> Option<PathBuf> {
+    match defaults::check_parent(defaults::Os::Macos, what, &path, std::path::Path::is_dir) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::error!("{e}");
+            None
+        }
+    }
+}
+
 #[cfg(target_os = "macos")]
 fn run(args: Args) -> anyhow::Result<()> {
     // The macOS backend (issue 7) subscribes with the embedded policy first, then loads the
     // file (NSEndpointSecurityEarlyBoot), so the file is passed through rather than read here.
+    let helper_requirement = args
+        .helper_requirement
+        .or_else(defaults::helper_requirement);
+    if helper_requirement.is_none() {
+        tracing::warn!(
+            "no helper code-signing requirement (built without GATEHOUSE_TEAM_ID, no \
+             --helper-requirement): any process launchd registers as dev.gatehouse.helper is trusted"
+        );
+    }
     let opts = es_extension::sys::macos::MacOptions {
-        policy: args.policy,
-        events_log: Some(args.events_log),
+        policy: args.policy.or_else(|| PATHS.policy.map(PathBuf::from)),
+        events_log: usable("events log", args.events_log),
         events_log_max_bytes: args.events_log_max_bytes,
         events_log_keep: args.events_log_keep,
-        control_socket: Some(args.control_socket),
-        helper_requirement: args.helper_requirement,
+        control_socket: usable("control socket", args.control_socket),
+        helper_requirement,
         ..es_extension::sys::macos::MacOptions::default()
     };
     // The helper is the XPC service on macOS (`sys::macos::helper_xpc::XpcTransport`).
-    let _ = args.helper_socket;
     es_extension::sys::macos::run(opts).map_err(anyhow::Error::from)
 }
 

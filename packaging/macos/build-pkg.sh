@@ -1,7 +1,10 @@
 #!/bin/sh
 # Build Gatehouse.pkg: the host app with the embedded system extension, the helper daemon, its
 # launchd plist and the CLI. Run on macOS with Xcode command line tools, after
-# `cargo build --release --target aarch64-apple-darwin --target x86_64-apple-darwin`.
+# `GATEHOUSE_TEAM_ID=$TEAM_ID cargo build --release --target aarch64-apple-darwin --target x86_64-apple-darwin`
+# (the team id compiles in the helper's code-signing requirement and the team-bound fast-path
+# pins: a system extension gets no arguments). Names and paths here must match shared/defaults
+# (checked by shared/defaults/tests/packaging.rs).
 #
 # Required environment:
 #   TEAM_ID            Apple developer team id (10 characters)
@@ -57,7 +60,9 @@ chmod 644 "$payload/Library/LaunchDaemons/dev.gatehouse.helper.plist"
 mkdir -p "$work/scripts"
 cat > "$work/scripts/postinstall" <<'POST'
 #!/bin/sh
-mkdir -p /var/log/gatehouse
+# The extension never creates directories on macOS (defaults::installer_dirs).
+mkdir -p "/Library/Application Support/Gatehouse"
+mkdir -p "/var/log/gatehouse"
 launchctl bootout system/dev.gatehouse.helper 2>/dev/null || true
 launchctl bootstrap system /Library/LaunchDaemons/dev.gatehouse.helper.plist
 exit 0

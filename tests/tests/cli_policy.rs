@@ -183,3 +183,187 @@ fn import_santa_output_passes_check() {
         Some(2)
     );
 }
+
+/// `policy eval --os` decides as that OS's build would: macOS canonicalizes `/etc` to
+/// `/private/etc`, allows the system daemons the slow path waits on before the policy (even
+/// with a SHA-256 block rule, which otherwise sends every exec to the helper), and has no
+/// package trust; `policy check --os macos` lists each rewritten path.
+#[test]
+fn eval_decides_as_the_named_os() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "version = 1\nmode = \"enforce\"\n\
+             [[exec]]\nname = \"bad-tool\"\naction = \"block\"\nsha256 = \"{HASH}\"\n\
+             [[watch]]\nname = \"zshrc\"\npaths = [{{ path = \"/etc/zshrc\" }}]\n\
+             allow_read_access = true\naudit_only = false\n\
+             processes = [{{ binary_path = \"/usr/bin/true\" }}]\n"
+        ),
+    );
+    // CS_VALID | CS_HARD | CS_KILL: the kernel enforces the CDHash.
+    let platform = |sid: &str, flags: u32| {
+        format!(
+            r#"{{"status":"production","signing_id":"{sid}","cdhash":"{}","flags":{flags},"is_platform_binary":true}}"#,
+            "ab".repeat(20)
+        )
+    };
+    let exec = |name: &str, path: &str, signing: &str| {
+        write(
+            dir.path(),
+            name,
+            &format!(
+                r#"{{"process":{{"pid":1,"uid":0,"executable":{{"path":"/sbin/launchd"}},"signing":{{"status":"unsigned"}}}},
+                    "kind":"exec","target":{{"pid":2,"uid":0,"executable":{{"path":"{path}"}},"signing":{signing}}}}}"#
+            ),
+        )
+    };
+    let trustd = exec(
+        "trustd.json",
+        "/usr/libexec/trustd",
+        &platform("com.apple.trustd", 0x301),
+    );
+    let trustd_unenforced = exec(
+        "trustd-soft.json",
+        "/usr/libexec/trustd",
+        &platform("com.apple.trustd", 0x1),
+    );
+    let safari = exec(
+        "safari.json",
+        "/Applications/Safari.app/Contents/MacOS/Safari",
+        &platform("com.apple.Safari", 0x301),
+    );
+    let tool = exec(
+        "tool.json",
+        "/usr/local/bin/tool",
+        r#"{"status":"unsigned"}"#,
+    );
+    let zshrc = write(
+        dir.path(),
+        "zshrc.json",
+        r#"{"process":{"pid":3,"uid":501,"executable":{"path":"/bin/zsh"},"signing":{"status":"unsigned"}},
+            "kind":"open","file":{"path":"/private/etc/zshrc"},"access":{"write":true}}"#,
+    );
+    let other_hash = write(
+        dir.path(),
+        "f.json",
+        &format!(r#"{{"sha256":"{}"}}"#, "1".repeat(64)),
+    );
+    let with_hash: [&str; 2] = ["--facts", &other_hash];
+    // (case, os, event, extra args, slow path, verdict, rule)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        bool,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "trustd on macOS",
+            "macos",
+            &trustd,
+            &[],
+            false,
+            Some("allow"),
+            None,
+        ),
+        ("trustd on Linux", "linux", &trustd, &[], true, None, None),
+        (
+            "trustd, CDHash not enforced",
+            "macos",
+            &trustd_unenforced,
+            &[],
+            true,
+            None,
+            None,
+        ),
+        (
+            "another platform binary",
+            "macos",
+            &safari,
+            &[],
+            true,
+            None,
+            None,
+        ),
+        (
+            "unsigned tool, hash known, macOS: no package trust",
+            "macos",
+            &tool,
+            &with_hash,
+            false,
+            Some("deny"),
+            None,
+        ),
+        (
+            "unsigned tool, hash known, Linux: package trust pending",
+            "linux",
+            &tool,
+            &with_hash,
+            true,
+            None,
+            None,
+        ),
+        (
+            "write to /etc/zshrc on macOS",
+            "macos",
+            &zshrc,
+            &[],
+            false,
+            Some("deny"),
+            Some("zshrc"),
+        ),
+        (
+            "the same event on Linux",
+            "linux",
+            &zshrc,
+            &[],
+            false,
+            Some("allow"),
+            None,
+        ),
+    ];
+    for (name, os, event, extra, slow, verdict, rule) in &cases {
+        let mut args = vec![
+            "policy", "eval", &policy, "--event", event, "--os", os, "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = gatehouse(&args);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
+        assert_eq!(v["slow_path"], *slow, "{name}: {v}");
+        if let Some(verdict) = verdict {
+            assert_eq!(v["verdict"], *verdict, "{name}: {v}");
+        }
+        assert_eq!(v["rule"].as_str(), *rule, "{name}: {v}");
+    }
+
+    let o = gatehouse(&[
+        "policy", "eval", &policy, "--event", &trustd, "--os", "macos",
+    ]);
+    assert!(
+        text(&o).contains("allow: slow-path dependency (macOS system daemon com.apple.trustd"),
+        "{}",
+        text(&o)
+    );
+    let o = gatehouse(&[
+        "policy", "eval", &policy, "--event", &trustd, "--os", "windows",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    let o = gatehouse(&["policy", "check", &policy, "--os", "macos"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("macos: /etc/zshrc compiles to /private/etc/zshrc"),
+        "{}",
+        text(&o)
+    );
+    let o = gatehouse(&["policy", "check", &policy, "--os", "linux", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("check --json is JSON");
+    assert_eq!(v["os"], "linux", "{v}");
+    assert_eq!(v["canonicalized"], serde_json::json!([]), "{v}");
+}

@@ -25,8 +25,9 @@ pub fn analyzers(max_file_size: u64, certificate_requirement: Option<String>) ->
             "package trust (macOS uses code signatures instead)",
         )),
         volumes: Box::new(volume::DiskArbitrationVolumes),
-        signing: Box::new(signing::SecurityFramework {
+        // Certificates count only when tied to the kernel's identity (`BoundSigning`).
+        signing: Box::new(crate::analyzer::BoundSigning(signing::SecurityFramework {
             requirement: certificate_requirement,
-        }),
+        })),
     }
 }

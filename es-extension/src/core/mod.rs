@@ -117,7 +117,9 @@ pub struct CoreConfig {
     /// ... for at most this many attempts.
     pub kernel_retry_attempts: u32,
     /// The slow path's own dependencies, pinned by the backend at start-up: an exec of one is
-    /// allowed on the fast path (`slow-path-never-gates-itself`). Empty by default.
+    /// allowed on the fast path (`slow-path-never-gates-itself`). Endpoint Security: the macOS
+    /// system daemons and our team's binaries ([`trusted::TrustedSet::macos`]); fanotify:
+    /// empty until the Linux backend pins its files.
     pub trusted: Arc<trusted::TrustedSet>,
 }
 
@@ -154,7 +156,10 @@ impl CoreConfig {
             // es_clear_cache is rate-limited machine-wide: start near its one-second window.
             kernel_retry_backoff: Duration::from_millis(500),
             kernel_retry_attempts: 8,
-            trusted: Arc::new(trusted::TrustedSet::empty()),
+            trusted: Arc::new(
+                trusted::TrustedSet::macos(defaults::TEAM_ID)
+                    .expect("the macOS set fits MAX_TRUSTED (tested)"),
+            ),
         }
     }
 
@@ -164,6 +169,7 @@ impl CoreConfig {
             headroom_min: Duration::from_millis(50),
             headroom_max: Duration::from_millis(500),
             backend_name: "fanotify".to_owned(),
+            trusted: Arc::new(trusted::TrustedSet::empty()),
             ..Self::endpoint_security()
         }
     }

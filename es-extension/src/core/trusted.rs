@@ -15,6 +15,15 @@
 //! recorded for audit; on macOS the kernel-enforced CDHash and signing id. A file changed since
 //! start no longer matches and goes through the normal policy.
 //!
+//! On macOS the set is built from the defaults crate ([`TrustedSet::macos`]): the system daemons
+//! the helper's Security, DiskArbitration and directory calls wait on (trustd, syspolicyd, amfid,
+//! launchd, xpcproxy, ...), which launchd starts on demand, so with a SHA-256 rule their launch
+//! would otherwise wait for the helper that waits for them (docs/FIELD-REPORT.md). They are
+//! recognised by the kernel's platform-binary flag, an enforced CDHash and their signing id
+//! ([`Pin::Platform`]), never by path; Gatehouse's own helper, extension and CLI by signing id and
+//! team id with an enforced CDHash ([`Pin::Signed`]), because launchd starts the helper through
+//! xpcproxy (not muted) and a CDHash changes with every release.
+//!
 //! Deviation, by design: the interpreter (`/lib64/ld-linux-x86-64.so.2`) is pinned too, because
 //! the kernel raises an exec permission event for the interpreter of every dynamically linked
 //! program, ours included. Its pinned version is therefore allowed for every exec on the
@@ -26,10 +35,11 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use model::{CdHash, Event, EventBody, FileIdentity, Process, Sha256};
+use model::{CdHash, Event, EventBody, FileIdentity, Process, Sha256, SigningStatus};
 
-/// Most pinned files: three binaries and their interpreters, with room to spare.
-pub const MAX_TRUSTED: usize = 16;
+/// Most pins: on Linux three binaries and their interpreters; on macOS the system daemons of
+/// `defaults::MACOS_SLOW_PATH_DEPENDENCIES` and our three signing ids, with room to spare.
+pub const MAX_TRUSTED: usize = 48;
 
 /// What a pinned file is to Gatehouse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +49,8 @@ pub enum Role {
     Cli,
     /// The ELF interpreter (`PT_INTERP`) one of the binaries above names.
     Interpreter,
+    /// A macOS system daemon the slow path waits on (`defaults::MACOS_SLOW_PATH_DEPENDENCIES`).
+    System,
 }
 
 impl Role {
@@ -48,6 +60,7 @@ impl Role {
             Role::Helper => "helper",
             Role::Cli => "cli",
             Role::Interpreter => "interpreter",
+            Role::System => "system",
         }
     }
 }
@@ -68,6 +81,13 @@ pub enum Pin {
         team_id: Option<String>,
         cdhash: CdHash,
     },
+    /// A platform binary (macOS) with this signing id, whatever its CDHash (it changes with
+    /// every OS update), as long as the kernel enforces that CDHash: the platform flag and the
+    /// signing id are then the kernel's word, not a path's.
+    Platform { signing_id: String },
+    /// Code signed by `team_id` with this signing id (a Developer ID binary: not a platform
+    /// binary), any CDHash the kernel enforces: our own binaries across releases.
+    Signed { signing_id: String, team_id: String },
 }
 
 impl Pin {
@@ -82,6 +102,20 @@ impl Pin {
                 image.signing.trusted_cdhash().as_ref() == Some(cdhash)
                     && image.signing.signing_id.as_ref() == Some(signing_id)
                     && image.signing.team_id == *team_id
+            }
+            Pin::Platform { signing_id } => {
+                policy::kernel_platform_signing_id(&image.signing) == Some(signing_id.as_str())
+            }
+            Pin::Signed {
+                signing_id,
+                team_id,
+            } => {
+                let cs = &image.signing;
+                !cs.is_platform_binary
+                    && cs.status == SigningStatus::Production
+                    && cs.cdhash_enforced()
+                    && cs.signing_id.as_ref() == Some(signing_id)
+                    && cs.team_id.as_ref() == Some(team_id)
             }
         }
     }
@@ -106,6 +140,16 @@ impl fmt::Display for Pin {
                 f,
                 "cdhash={cdhash} signing_id={signing_id} team_id={}",
                 team_id.as_deref().unwrap_or("-")
+            ),
+            Pin::Platform { signing_id } => {
+                write!(f, "platform signing_id={signing_id} cdhash=enforced")
+            }
+            Pin::Signed {
+                signing_id,
+                team_id,
+            } => write!(
+                f,
+                "signing_id={signing_id} team_id={team_id} cdhash=enforced"
             ),
         }
     }
@@ -171,6 +215,43 @@ impl TrustedSet {
         })
     }
 
+    /// The macOS set: every system daemon of `defaults::MACOS_SLOW_PATH_DEPENDENCIES` by
+    /// platform signing id, and, when the build knows its team (`defaults::TEAM_ID`), the
+    /// helper, the extension and the CLI by signing id and team. Pure: built on any OS.
+    pub fn macos(team_id: Option<&str>) -> Result<Self, TrustedError> {
+        use defaults::macos as ids;
+        let system = defaults::MACOS_SLOW_PATH_DEPENDENCIES
+            .iter()
+            .map(|d| Dependency {
+                role: Role::System,
+                path: d.path.to_owned(),
+                pin: Pin::Platform {
+                    signing_id: d.signing_id.to_owned(),
+                },
+            });
+        let paths = defaults::Os::Macos.paths();
+        let own = team_id.into_iter().flat_map(|team| {
+            [
+                (
+                    Role::Helper,
+                    ids::HELPER_SIGNING_ID,
+                    paths.helper_executable,
+                ),
+                (Role::Extension, ids::EXTENSION_ID, None),
+                (Role::Cli, ids::CLI_SIGNING_ID, Some(paths.cli_executable)),
+            ]
+            .map(|(role, signing_id, path)| Dependency {
+                role,
+                path: path.unwrap_or("(system extension)").to_owned(),
+                pin: Pin::Signed {
+                    signing_id: signing_id.to_owned(),
+                    team_id: team.to_owned(),
+                },
+            })
+        });
+        Self::new(system.chain(own))
+    }
+
     /// No pins: every event goes through the policy (tests, and a backend that has none).
     pub fn empty() -> Self {
         Self::default()
@@ -206,7 +287,13 @@ impl TrustedSet {
     /// Stats counters: the set's size and hits per role (summed over a role's entries).
     pub fn counters(&self) -> Vec<(String, u64)> {
         let mut out = vec![("trusted.pinned".to_owned(), self.len() as u64)];
-        for role in [Role::Extension, Role::Helper, Role::Cli, Role::Interpreter] {
+        for role in [
+            Role::Extension,
+            Role::Helper,
+            Role::Cli,
+            Role::Interpreter,
+            Role::System,
+        ] {
             let hits = self
                 .entries()
                 .filter(|(d, _)| d.role == role)
@@ -418,6 +505,136 @@ mod tests {
             }
         );
         assert!(TrustedSet::empty().is_empty());
+    }
+
+    fn platform(signing_id: &str, flags: u32) -> CodeSigning {
+        CodeSigning {
+            status: SigningStatus::Production,
+            team_id: None,
+            signing_id: Some(signing_id.into()),
+            cdhash: Some(CdHash([3; 20])),
+            flags,
+            is_platform_binary: true,
+        }
+    }
+
+    #[test]
+    fn macos_set_matches_by_kernel_identity() {
+        let enforced = cs_flags::CS_VALID | cs_flags::CS_KILL | cs_flags::CS_HARD;
+        let s = TrustedSet::macos(Some("ABCDE12345")).unwrap();
+        let ours = |sid: &str, team: &str, flags: u32| CodeSigning {
+            status: SigningStatus::Production,
+            team_id: Some(team.into()),
+            signing_id: Some(sid.into()),
+            cdhash: Some(CdHash([9; 20])),
+            flags,
+            is_platform_binary: false,
+        };
+        let not_platform = CodeSigning {
+            is_platform_binary: false,
+            ..platform("com.apple.trustd", enforced)
+        };
+        let invalid = CodeSigning {
+            status: SigningStatus::Invalid,
+            ..platform("com.apple.trustd", enforced)
+        };
+        let cases: Vec<(&str, CodeSigning, Option<Role>)> = vec![
+            (
+                "trustd",
+                platform("com.apple.trustd", enforced),
+                Some(Role::System),
+            ),
+            (
+                "xpcproxy",
+                platform("com.apple.xpc.proxy", enforced),
+                Some(Role::System),
+            ),
+            (
+                "amfid",
+                platform("com.apple.MobileFileIntegrity", enforced),
+                Some(Role::System),
+            ),
+            (
+                "launchd",
+                platform("com.apple.xpc.launchd", enforced),
+                Some(Role::System),
+            ),
+            (
+                "other platform binary",
+                platform("com.apple.Safari", enforced),
+                None,
+            ),
+            (
+                "trustd, CDHash not enforced",
+                platform("com.apple.trustd", cs_flags::CS_VALID),
+                None,
+            ),
+            (
+                "trustd, not valid",
+                platform("com.apple.trustd", cs_flags::CS_KILL),
+                None,
+            ),
+            ("trustd's id, not a platform binary", not_platform, None),
+            ("trustd, invalid signature", invalid, None),
+            (
+                "our helper",
+                ours("dev.gatehouse.helper", "ABCDE12345", enforced),
+                Some(Role::Helper),
+            ),
+            (
+                "our extension",
+                ours("dev.gatehouse.extension", "ABCDE12345", enforced),
+                Some(Role::Extension),
+            ),
+            (
+                "our CLI",
+                ours("dev.gatehouse.cli", "ABCDE12345", enforced),
+                Some(Role::Cli),
+            ),
+            (
+                "helper id, other team",
+                ours("dev.gatehouse.helper", "ZZZZZ99999", enforced),
+                None,
+            ),
+            (
+                "helper, CDHash not enforced",
+                ours("dev.gatehouse.helper", "ABCDE12345", cs_flags::CS_VALID),
+                None,
+            ),
+            ("unsigned", CodeSigning::unsigned(), None),
+        ];
+        for (name, signing, want) in cases {
+            // Paths never matter: every case runs from a scratch path.
+            assert_eq!(
+                s.matching(&exec(None, signing)).map(|d| d.role),
+                want,
+                "{name}"
+            );
+        }
+        let c = s.counters();
+        let get = |k: &str| c.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        assert_eq!(get("trusted.hits.system"), Some(4));
+        assert_eq!(
+            get("trusted.pinned"),
+            Some(defaults::MACOS_SLOW_PATH_DEPENDENCIES.len() as u64 + 3)
+        );
+    }
+
+    #[test]
+    fn macos_set_without_a_team_pins_only_the_system() {
+        let s = TrustedSet::macos(None).unwrap();
+        assert_eq!(s.len(), defaults::MACOS_SLOW_PATH_DEPENDENCIES.len());
+        assert!(s.entries().all(|(d, _)| d.role == Role::System));
+        let enforced = cs_flags::CS_VALID | cs_flags::CS_HARD;
+        let helper = CodeSigning {
+            status: SigningStatus::Production,
+            team_id: Some("ABCDE12345".into()),
+            signing_id: Some("dev.gatehouse.helper".into()),
+            cdhash: Some(CdHash([9; 20])),
+            flags: enforced,
+            is_platform_binary: false,
+        };
+        assert!(s.matching(&exec(None, helper)).is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::format::{
     RuleType, WatchItem, WatchProcess,
 };
 use crate::tables::{PathTable, SigTeam, TeamKey, team_key};
-use crate::{Mode, PolicyError, WatchedPath};
+use crate::{Mode, Os, PolicyError, WatchedPath};
 
 /// Default Linux permission-event deadline when the file names none.
 pub(crate) const DEFAULT_DEADLINE_MS: u64 = 3000;
@@ -185,6 +185,25 @@ pub(crate) struct Compiled {
     pub mutes: Vec<MuteSpec>,
     pub mute_process: PathTable<()>,
     pub mute_target: PathTable<()>,
+    /// The OS compiled for, and every path rewritten for it (as written, as compiled).
+    pub os: Os,
+    pub canonicalized: Vec<(String, String)>,
+}
+
+/// `path` as `os`'s kernel reports it. macOS resolves `/var`, `/etc` and `/tmp` (symlinks
+/// into `/private`) before Endpoint Security sees a path, so a policy written with the short
+/// form would never match there; Linux paths are kept as written.
+pub(crate) fn canonical_path(os: Os, path: &str) -> Option<String> {
+    if os != Os::Macos {
+        return None;
+    }
+    ["/var", "/etc", "/tmp"]
+        .iter()
+        .any(|p| {
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .then(|| format!("/private{path}"))
 }
 
 /// Compile-time context: the source text for positions and the origin for messages.
@@ -273,9 +292,24 @@ struct Builder<'a> {
     ctx: Ctx<'a>,
     rules: Vec<RuleMeta>,
     names: HashMap<String, u32>,
+    os: Os,
+    canonicalized: Vec<(String, String)>,
 }
 
 impl Builder<'_> {
+    /// `path` for the target OS, remembering any rewrite for `policy check`.
+    fn path(&mut self, path: &str) -> String {
+        match canonical_path(self.os, path) {
+            Some(c) => {
+                if !self.canonicalized.iter().any(|(from, _)| from == path) {
+                    self.canonicalized.push((path.to_owned(), c.clone()));
+                }
+                c
+            }
+            None => path.to_owned(),
+        }
+    }
+
     /// Registers a rule name (given, or generated) and rejects duplicates.
     fn add_rule(
         &mut self,
@@ -350,7 +384,7 @@ fn action_str(a: Action) -> &'static str {
     }
 }
 
-pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError> {
+pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, PolicyError> {
     let ctx = Ctx { origin, text };
     let file: PolicyFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -371,6 +405,8 @@ pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError>
         ctx,
         rules: Vec::new(),
         names: HashMap::new(),
+        os,
+        canonicalized: Vec::new(),
     };
 
     let defaults = file.defaults.unwrap_or_default();
@@ -509,9 +545,10 @@ pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError>
                     .ctx
                     .err(m.path.span(), None, "mute paths must be absolute"));
             }
+            let path = b.path(m.path.get_ref());
             mutes.push(MuteSpec {
                 scope,
-                path: m.path.get_ref().clone(),
+                path,
                 prefix: m.prefix,
             });
         }
@@ -538,7 +575,7 @@ pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError>
     let mute_process = table(MuteScope::Process);
     let mute_target = table(MuteScope::Target);
 
-    let package_trust = defaults.package_trust.unwrap_or(cfg!(target_os = "linux"));
+    let package_trust = defaults.package_trust.unwrap_or(os == Os::Linux);
     Ok(Compiled {
         mode: file.mode,
         bad_signature_protection: defaults.bad_signature_protection.unwrap_or(true),
@@ -566,6 +603,8 @@ pub(crate) fn compile(origin: &str, text: &str) -> Result<Compiled, PolicyError>
         mutes,
         mute_process,
         mute_target,
+        os,
+        canonicalized: b.canonicalized,
     })
 }
 
@@ -754,6 +793,9 @@ fn compile_paths(
                     ));
                 }
                 let idx = b.add_rule(r.name.as_ref(), || format!("path:{v}"), r.message.clone())?;
+                // Canonical before the duplicate check: `/tmp/` and `/private/tmp/` are one
+                // prefix on macOS.
+                let v = &b.path(v);
                 if let Some(&(old, old_action)) = by_prefix.get(v) {
                     if old_action != r.action {
                         return Err(b.ctx.err(
@@ -844,7 +886,8 @@ fn compile_watch(
                 format!("watch paths must be absolute, found {v:?}"),
             );
         }
-        paths.push((v.clone(), p.prefix, p.path.span()));
+        let v = b.path(v);
+        paths.push((v, p.prefix, p.path.span()));
     }
     let ops = match &w.operations {
         Some(ops) if ops.get_ref().is_empty() => {
@@ -871,7 +914,11 @@ fn compile_watch(
     }
     let mut processes = Vec::new();
     for p in &w.processes {
-        processes.push(compile_process(b, &name, p)?);
+        let mut m = compile_process(b, &name, p)?;
+        if let Some(bp) = m.binary_path.take() {
+            m.binary_path = Some(b.path(&bp).into());
+        }
+        processes.push(m);
     }
     let table = if process_keyed {
         PathTable::build(paths.iter().map(|(p, pre, _)| (p.clone(), *pre, ()))).map_err(

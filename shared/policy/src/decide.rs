@@ -212,7 +212,11 @@ impl Compiled {
         if may_cert && !self.certificate.is_empty() {
             match &facts.certificate {
                 Some(c) => {
-                    if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0) {
+                    // The helper's `valid`: only a signature that validated earns an allow; a
+                    // block applies to the certificate however its signature fared.
+                    if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0)
+                        && (c.valid || a == Action::Block)
+                    {
                         return self.finish(Cand::Rule(i, a), &pending, file);
                     }
                 }
@@ -512,7 +516,8 @@ fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts) -> Tri {
             return Tri::No;
         }
         match &facts.certificate {
-            Some(c) if c.leaf_sha256.0 == *cert => {}
+            // A certificate whose signature did not validate identifies nobody.
+            Some(c) if c.leaf_sha256.0 == *cert && c.valid => {}
             Some(_) => return Tri::No,
             None => return Tri::Unknown,
         }

@@ -27,6 +27,7 @@ use model::{
 };
 
 pub use cache::{CacheKey, DENY_TTL, VerdictCache};
+pub use defaults::Os;
 
 /// Monitor never denies (except block rules and bad signatures) and records would-denies;
 /// enforce denies what no rule allows.
@@ -82,9 +83,17 @@ pub const EMBEDDED_DEFAULT_TOML: &str = include_str!("default.toml");
 pub const EMBEDDED_ORIGIN: &str = "<embedded default>";
 
 impl Policy {
-    /// Parse and validate `text`; `origin` (a file path) appears in every error.
+    /// Parse and validate `text` for this host's OS; `origin` (a file path) appears in every
+    /// error.
     pub fn parse(origin: &str, text: &str) -> Result<Policy, PolicyError> {
-        let compiled = compile::compile(origin, text)?;
+        Self::parse_for(origin, text, Os::HOST)
+    }
+
+    /// Parse and validate `text` as `os`'s build would: on macOS `/var`, `/etc` and `/tmp`
+    /// paths become `/private/...` (what Endpoint Security reports), and package trust
+    /// defaults off. Lets Linux tests and `policy eval --os macos` see macOS decisions.
+    pub fn parse_for(origin: &str, text: &str, os: Os) -> Result<Policy, PolicyError> {
+        let compiled = compile::compile(origin, text, os)?;
         Ok(Policy {
             origin: origin.to_owned(),
             source: text.to_owned(),
@@ -93,8 +102,24 @@ impl Policy {
     }
 
     pub fn embedded_default() -> Policy {
-        Policy::parse(EMBEDDED_ORIGIN, EMBEDDED_DEFAULT_TOML)
+        Self::embedded_default_for(Os::HOST)
+    }
+
+    /// The embedded default as `os`'s build compiles it.
+    pub fn embedded_default_for(os: Os) -> Policy {
+        Policy::parse_for(EMBEDDED_ORIGIN, EMBEDDED_DEFAULT_TOML, os)
             .expect("the embedded default policy is valid (tested)")
+    }
+
+    /// The OS this policy was compiled for.
+    pub fn os(&self) -> Os {
+        self.compiled.os
+    }
+
+    /// Paths rewritten for [`Policy::os`], as written and as compiled (macOS `/private`
+    /// forms), for `policy check` to show. Regexes are never rewritten.
+    pub fn canonicalized_paths(&self) -> &[(String, String)] {
+        &self.compiled.canonicalized
     }
 
     pub fn mode(&self) -> Mode {
@@ -203,6 +228,34 @@ impl Policy {
     pub fn rule_count(&self) -> usize {
         self.compiled.rules.len()
     }
+}
+
+/// The signing id of a platform binary whose identity the kernel vouches for: the platform
+/// flag, a signature that is not invalid, and an enforced CDHash (`CS_VALID` with `CS_HARD` or
+/// `CS_KILL`), so the id is the kernel's word rather than a path's.
+pub fn kernel_platform_signing_id(cs: &model::CodeSigning) -> Option<&str> {
+    (cs.is_platform_binary && cs.status != model::SigningStatus::Invalid && cs.cdhash_enforced())
+        .then_some(cs.signing_id.as_deref())
+        .flatten()
+}
+
+/// The macOS system daemon `event` executes, when it is one the slow path depends on
+/// (`defaults::MACOS_SLOW_PATH_DEPENDENCIES`): the extension allows it before the policy, so
+/// `policy eval --os macos` reports it the same way. `None` on other OSes and for other events.
+pub fn macos_slow_path_dependency(
+    os: Os,
+    event: &Event,
+) -> Option<&'static defaults::SystemDependency> {
+    let model::EventBody::Exec { target } = &event.body else {
+        return None;
+    };
+    if os != Os::Macos {
+        return None;
+    }
+    let id = kernel_platform_signing_id(&target.signing)?;
+    defaults::MACOS_SLOW_PATH_DEPENDENCIES
+        .iter()
+        .find(|d| d.signing_id == id)
 }
 
 /// The current policy, swapped atomically; readers never wait.
