@@ -4,7 +4,7 @@
 //!
 //! Two transports exist: [`UnixTransport`](super::helper_unix::UnixTransport) (Linux, and
 //! tests: one pipelined stream socket with SCM_RIGHTS descriptors) and the macOS XPC client
-//! (`sys::macos::helper_xpc::XpcTransport`). Tests may plug in their own.
+//! (`helper_xpc::XpcTransport`, beside it in `core/`). Tests may plug in their own.
 #![forbid(unsafe_code)]
 
 use std::os::fd::BorrowedFd;
