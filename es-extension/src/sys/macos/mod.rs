@@ -29,6 +29,8 @@ pub mod handler;
 pub mod message;
 pub mod responder;
 pub mod session;
+#[cfg(any(test, feature = "es-sim"))]
+pub mod sim;
 
 #[cfg(target_os = "macos")]
 pub use ffi::{MacError, MacOptions, run};
