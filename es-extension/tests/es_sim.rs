@@ -69,6 +69,14 @@ struct Machine {
 }
 
 fn machine(cfg: SimConfig, helper_mode: HelperMode) -> Machine {
+    machine_with(cfg, helper_mode, |_| {})
+}
+
+fn machine_with(
+    cfg: SimConfig,
+    helper_mode: HelperMode,
+    tweak: impl FnOnce(&mut CoreConfig),
+) -> Machine {
     let sim = EsSim::new(cfg);
     let connect = Arc::new(SimConnect::new(&sim, AuditToken::for_pid(SELF_PID, 1)));
     let helper = SimHelper::new(&sim, HELPER_PID, helper_mode);
@@ -82,6 +90,8 @@ fn machine(cfg: SimConfig, helper_mode: HelperMode) -> Machine {
         ..CoreConfig::endpoint_security()
     }
     .with_helper(HelperEndpoint::Custom(transport));
+    let mut config = config;
+    tweak(&mut config);
     let kernel: Arc<dyn KernelControl> = control.clone();
     let core = Arc::new(
         Core::start(config, policy::Policy::embedded_default(), kernel).expect("core starts"),
@@ -109,8 +119,12 @@ fn start(m: &Machine, policy_text: Option<String>) -> Session<SimConnect> {
     .expect("session starts")
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let give_up = Instant::now() + Duration::from_secs(10);
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_until_for(what, Duration::from_secs(10), f);
+}
+
+fn wait_until_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let give_up = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < give_up, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
@@ -203,6 +217,40 @@ fn es_sim_policy_reload_resubscribes_and_clears_the_cache() {
         again.wait();
         again.delivered()
     });
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+/// ES refuses `es_clear_cache` for a while (another client, or our own last clear): the
+/// retry must go on until the cache is cleared, however long the refusal lasts (issue 10
+/// item 7), or kernel-cached allows outlive the policy that gave them.
+#[test]
+fn es_sim_cache_clear_retries_until_es_stops_throttling() {
+    let m = machine_with(
+        SimConfig {
+            clear_cache_interval: Duration::from_secs(3),
+            ..SimConfig::default()
+        },
+        HelperMode::Working,
+        |c| {
+            c.kernel_retry_backoff = Duration::from_millis(10);
+            c.kernel_retry_attempts = 2;
+        },
+    );
+    // The start-up load clears once; that starts ES's 3 s throttle.
+    let mut session = start(&m, Some(policy("allow", false, "")));
+    let ls = || exec(platform(400, "/bin/ls"));
+    assert!(m.sim.raise(&platform(401, "/bin/zsh"), ls()).wait());
+    assert_eq!(m.sim.raise(&platform(401, "/bin/zsh"), ls()).cached, 1);
+    m.core
+        .load_policy("reload.toml", &policy("allow", false, WATCH_SUDOERS))
+        .unwrap();
+    wait_until_for("the kernel cache clear", Duration::from_secs(20), || {
+        let again = m.sim.raise(&platform(401, "/bin/zsh"), ls());
+        again.wait();
+        again.delivered()
+    });
+    assert!(counter(&m, "clear_cache_throttled") >= 2);
     session.stop().unwrap();
     m.sim.assert_no_violations();
 }
