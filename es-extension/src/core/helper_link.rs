@@ -38,7 +38,8 @@ pub trait HelperTransport: Send + Sync + 'static {
     fn connected(&self) -> bool;
 
     /// The helper's pid on the current connection, when the transport knows it (kernel peer
-    /// credentials, or the helper's `Pong`); `None` while disconnected.
+    /// credentials, or the kernel's stamp on the XPC connection; never what the helper says of
+    /// itself); `None` while disconnected.
     fn peer_pid(&self) -> Option<u32>;
 
     /// Connect lazily and keep connected (reconnecting with backoff), reporting to `sink`

@@ -1,8 +1,8 @@
 //! Retrying a failed kernel cache clear off every hot thread. After a policy load the kernel's
 //! cached allows must go (`KernelControl::clear_cache`); the call can fail transiently (ES
 //! rate-limits `es_clear_cache` machine-wide), so a failure is handed to this one thread, which
-//! retries with doubling backoff, then at a bounded rate, until it succeeds. This is the only retry
-//! mechanism: backends report a throttled clear as an error and leave the retry to the core.
+//! retries with doubling backoff, then at a bounded rate, until it succeeds. This is the only
+//! retry mechanism: backends report a throttled clear as an error and leave the retry to the core.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;

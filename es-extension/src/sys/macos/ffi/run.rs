@@ -138,9 +138,9 @@ impl EsConnect for FfiConnect {
     }
 
     fn helper_token(&self, pid: u32) -> Option<AuditToken> {
-        // The pid comes from the helper's `Pong` over a connection launchd made to our mach
-        // service; the XPC crate does not expose the connection's audit token yet (see the
-        // report for issue 10 item 6), so the token is read for that pid now.
+        // `pid` is the kernel's stamp on the XPC connection (`XpcTransport::peer_pid`), read
+        // when the helper's reply arrived; the token is read for it at once. The `shared/xpc`
+        // binding has no public way to take the connection's audit token itself.
         token::for_pid(pid).ok()
     }
 }
