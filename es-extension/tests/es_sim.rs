@@ -505,3 +505,29 @@ fn es_sim_file_with_short_path_is_whole() {
     session.stop().unwrap();
     m.sim.assert_no_violations();
 }
+
+/// A reload that changes the watched paths selects the new ones and drops the stale ones on the
+/// file-access client (which stays inverted: ES would refuse to re-invert a subscribed client).
+#[test]
+fn es_sim_reload_moves_the_watched_paths() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let mut session = start(&m, Some(policy("allow", false, WATCH_SUDOERS)));
+    let files = Arc::clone(&m.sim.clients()[1]);
+    let vim = unsigned(1400, "/usr/local/bin/vim");
+    let reaches = |path: &str| files.would_deliver(&m.sim, &vim, &open_write(path));
+    assert!(reaches("/etc/sudoers") && !reaches("/etc/hosts"));
+    let hosts = WATCH_SUDOERS.replace(
+        r#"{ path = "/etc/sudoers" }, { path = "/Users/a/.ssh/", prefix = true }"#,
+        r#"{ path = "/etc/hosts" }"#,
+    );
+    m.core
+        .load_policy("hosts.toml", &policy("allow", false, &hosts))
+        .unwrap();
+    wait_until("the new selection", || reaches("/etc/hosts"));
+    wait_until("the stale selection dropped", || !reaches("/etc/sudoers"));
+    assert!(!reaches("/Users/a/.ssh/id_ed25519"));
+    assert!(files.target_muting_inverted());
+    assert_eq!(counter(&m, "watch_errors"), 0);
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
