@@ -270,3 +270,148 @@ impl EsMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(path: &str, truncated: bool) -> EsFile {
+        EsFile {
+            path_truncated: truncated,
+            ..EsFile::new(path)
+        }
+    }
+
+    fn msg(actor_truncated: bool, body: EsBody) -> EsMessage {
+        EsMessage {
+            version: 8,
+            deadline_ticks: 0,
+            process: EsProcess {
+                executable: f("/bin/sh", actor_truncated),
+                ..EsProcess::default()
+            },
+            body,
+        }
+    }
+
+    #[test]
+    fn any_truncated_path_is_seen_in_every_field() {
+        let exec = |t| EsBody::Exec {
+            target: Box::new(EsProcess {
+                executable: f("/x", t),
+                ..EsProcess::default()
+            }),
+        };
+        let new_dest = |t| EsDestination::New {
+            directory: f("/d", t),
+            filename: "n".to_owned(),
+        };
+        // (case, actor truncated, body, expected)
+        let cases: Vec<(&str, bool, EsBody, bool)> = vec![
+            ("whole exec", false, exec(false), false),
+            ("exec target", false, exec(true), true),
+            ("actor", true, exec(false), true),
+            (
+                "open",
+                false,
+                EsBody::Open {
+                    file: f("/o", true),
+                    fflag: 1,
+                },
+                true,
+            ),
+            (
+                "unlink",
+                false,
+                EsBody::Unlink {
+                    file: f("/u", true),
+                },
+                true,
+            ),
+            (
+                "truncate",
+                false,
+                EsBody::Truncate {
+                    file: f("/t", true),
+                },
+                true,
+            ),
+            (
+                "rename source",
+                false,
+                EsBody::Rename {
+                    source: f("/s", true),
+                    destination: new_dest(false),
+                },
+                true,
+            ),
+            (
+                "rename destination dir",
+                false,
+                EsBody::Rename {
+                    source: f("/s", false),
+                    destination: new_dest(true),
+                },
+                true,
+            ),
+            (
+                "rename existing destination",
+                false,
+                EsBody::Rename {
+                    source: f("/s", false),
+                    destination: EsDestination::Existing(f("/e", true)),
+                },
+                true,
+            ),
+            (
+                "link target dir",
+                false,
+                EsBody::Link {
+                    source: f("/s", false),
+                    target_dir: f("/d", true),
+                    target_filename: "l".to_owned(),
+                },
+                true,
+            ),
+            (
+                "create",
+                false,
+                EsBody::Create {
+                    destination: new_dest(true),
+                },
+                true,
+            ),
+            (
+                "whole create",
+                false,
+                EsBody::Create {
+                    destination: new_dest(false),
+                },
+                false,
+            ),
+            ("mount", false, EsBody::Mount(EsMount::default()), false),
+        ];
+        for (case, actor, body, want) in cases {
+            assert_eq!(msg(actor, body).any_path_truncated(), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn targets_and_destinations_join_directory_and_name() {
+        let m = msg(
+            false,
+            EsBody::Rename {
+                source: f("/a/b", false),
+                destination: EsDestination::New {
+                    directory: f("/c/", false),
+                    filename: "d".to_owned(),
+                },
+            },
+        );
+        assert_eq!(m.body.targets(), vec!["/a/b".to_owned(), "/c/d".to_owned()]);
+        match m.to_event().body {
+            model::EventBody::Rename { destination, .. } => assert_eq!(destination, "/c/d"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
