@@ -152,7 +152,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         helper_requirement,
         ..es_extension::sys::macos::MacOptions::default()
     };
-    // The helper is the XPC service on macOS (`sys::macos::helper_xpc::XpcTransport`).
+    // The helper is the XPC service on macOS (`core::helper_xpc::XpcTransport`).
     es_extension::sys::macos::run(opts).map_err(anyhow::Error::from)
 }
 

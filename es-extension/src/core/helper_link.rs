@@ -4,7 +4,7 @@
 //!
 //! Two transports exist: [`UnixTransport`](super::helper_unix::UnixTransport) (Linux, and
 //! tests: one pipelined stream socket with SCM_RIGHTS descriptors) and the macOS XPC client
-//! (`sys::macos::helper_xpc::XpcTransport`). Tests may plug in their own.
+//! (`helper_xpc::XpcTransport`, beside it in `core/`). Tests may plug in their own.
 #![forbid(unsafe_code)]
 
 use std::os::fd::BorrowedFd;
@@ -38,7 +38,8 @@ pub trait HelperTransport: Send + Sync + 'static {
     fn connected(&self) -> bool;
 
     /// The helper's pid on the current connection, when the transport knows it (kernel peer
-    /// credentials, or the helper's `Pong`); `None` while disconnected.
+    /// credentials, or the kernel's stamp on the XPC connection; never what the helper says of
+    /// itself); `None` while disconnected.
     fn peer_pid(&self) -> Option<u32>;
 
     /// Connect lazily and keep connected (reconnecting with backoff), reporting to `sink`

@@ -1,8 +1,8 @@
 //! Retrying a failed kernel cache clear off every hot thread. After a policy load the kernel's
 //! cached allows must go (`KernelControl::clear_cache`); the call can fail transiently (ES
 //! rate-limits `es_clear_cache` machine-wide), so a failure is handed to this one thread, which
-//! retries with doubling backoff for a bounded number of attempts. This is the only retry
-//! mechanism: backends report a throttled clear as an error and leave the retry to the core.
+//! retries with doubling backoff, then at a bounded rate, until it succeeds. This is the only
+//! retry mechanism: backends report a throttled clear as an error and leave the retry to the core.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -43,8 +43,11 @@ fn sleep_or_stop(stop: &Receiver<()>, d: Duration) -> bool {
     stop.recv_timeout(d).is_err_and(|e| e.is_disconnected())
 }
 
-/// The maintenance thread's body: one retry run (up to `attempts` calls, waiting `first`,
-/// then twice as long each time, at most [`BACKOFF_MAX`]) per request.
+/// The maintenance thread's body: one retry run per request, until the clear succeeds or the
+/// core stops. The first `attempts` calls wait `first`, then twice as long each time (at most
+/// [`BACKOFF_MAX`]); if all fail the run is counted as escalated (`cache_clear_abandoned`,
+/// logged once) and goes on every [`BACKOFF_MAX`]: until the cache is cleared the kernel may
+/// still hold allows the current policy refuses (invariant 8), so giving up is never safe.
 pub(crate) fn run(shared: Arc<Shared>, requests: Receiver<()>, stop: Receiver<()>) {
     let m = &shared.metrics;
     let (first, attempts) = (
@@ -57,31 +60,36 @@ pub(crate) fn run(shared: Arc<Shared>, requests: Receiver<()>, stop: Receiver<()
             recv(stop) -> _ => return,
         }
         let mut wait = first;
-        let mut cleared = false;
-        for attempt in 1..=attempts {
+        let mut attempt: u32 = 0;
+        loop {
             if sleep_or_stop(&stop, wait) {
                 return;
             }
-            wait = (wait * 2).min(BACKOFF_MAX);
+            attempt = attempt.saturating_add(1);
+            wait = if attempt >= attempts {
+                BACKOFF_MAX
+            } else {
+                (wait * 2).min(BACKOFF_MAX)
+            };
             Metrics::inc(&m.cache_clear_retries);
             match shared.kernel.clear_cache() {
                 Ok(()) => {
                     tracing::info!(attempt, "kernel cache cleared on retry");
-                    cleared = true;
                     break;
                 }
                 Err(e) => {
                     Metrics::inc(&m.cache_clear_failures);
                     tracing::debug!(attempt, error = %e, "kernel cache clear retry failed");
+                    if attempt == attempts {
+                        Metrics::inc(&m.cache_clear_abandoned);
+                        tracing::error!(
+                            attempts,
+                            error = %e,
+                            "kernel cache still not cleared; kernel-cached allows may persist until it is, retrying every {BACKOFF_MAX:?}"
+                        );
+                    }
                 }
             }
-        }
-        if !cleared {
-            Metrics::inc(&m.cache_clear_abandoned);
-            tracing::error!(
-                attempts,
-                "gave up clearing the kernel cache; kernel-cached allows may persist until the files change or the next policy load"
-            );
         }
     }
 }

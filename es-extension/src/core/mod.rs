@@ -22,6 +22,8 @@ pub mod eventlog;
 pub mod helper_client;
 pub mod helper_link;
 pub mod helper_unix;
+#[cfg(target_os = "macos")]
+pub mod helper_xpc;
 pub mod kernel_retry;
 pub mod metrics;
 pub mod mutes;

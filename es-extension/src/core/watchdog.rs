@@ -3,7 +3,7 @@
 //!
 //! [`headroom`] and [`slow_path_budget`] are the pure rule (Santa's): headroom is 20% of the
 //! time left at arrival, clamped to a per-backend range (ES 1..5 s, Linux e.g. 50..500 ms). The
-//! macOS conversion code (`sys/es_convert.rs`) should call these rather than restate the rule.
+//! macOS conversion code (`sys/macos/convert.rs`) should call these rather than restate the rule.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -122,6 +122,14 @@ impl Connection {
         &self.service
     }
 
+    /// The peer's pid as the kernel stamped it on the connection (`xpc_connection_get_pid`),
+    /// never what the peer says about itself; `None` until a message from the peer has arrived.
+    pub fn peer_pid(&self) -> Option<u32> {
+        // SAFETY: `conn` is a live connection object for as long as `self`.
+        let pid = unsafe { sys::xpc_connection_get_pid(self.conn.as_ptr()) };
+        u32::try_from(pid).ok().filter(|p| *p != 0)
+    }
+
     /// Send one protocol frame of `kind` and call `callback` exactly once on the connection's
     /// queue: with the reply's kind and frame, with the connection error libxpc delivered
     /// instead, or with [`XpcError::Timeout`] when `timeout` passes first (a late reply is then

@@ -58,6 +58,11 @@ pub struct HelperXpc {
 }
 
 impl HelperXpc {
+    /// The peer's pid from the kernel's stamp on the connection.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.conn.peer_pid()
+    }
+
     /// Set up the connection (libxpc connects lazily: this never waits on the helper).
     /// `on_lost` is called on XPC's queue for each connection-level error (the helper exited,
     /// restarted, or was refused); it must not block.
@@ -219,7 +224,7 @@ pub struct XpcTransport {
     /// never delivers again). Locked only to clone or swap the `Arc`.
     conn: Mutex<Option<Arc<HelperXpc>>>,
     connected: AtomicBool,
-    /// The helper's pid from its `Pong`; 0 when unknown.
+    /// The helper's pid from the kernel's stamp on the connection; 0 when unknown.
     pid: AtomicU32,
     /// Where replies go; set while `run` runs.
     sink: Mutex<Option<LinkSink>>,
@@ -283,11 +288,11 @@ impl XpcTransport {
         conn.request(HelperRequest::Ping, GREETING_TIMEOUT, move |r| {
             let _ = tx.try_send(r);
         });
-        let pid = crossbeam_channel::select! {
+        let said = crossbeam_channel::select! {
             recv(rx) -> r => match r {
                 Ok(Ok(HelperResponse::Pong { pid, .. })) => pid,
                 Ok(Ok(other)) => {
-                    tracing::warn!(?other, "unexpected answer to ping; helper pid unknown");
+                    tracing::warn!(?other, "unexpected answer to ping");
                     0
                 }
                 Ok(Err(e)) => return Some(Err(format!("ping after the handshake: {e}"))),
@@ -295,6 +300,17 @@ impl XpcTransport {
             },
             recv(stop) -> _ => return None,
         };
+        // The pid the backend mutes comes from the kernel's stamp on the connection (the reply
+        // just arrived, so it is set), never from the `Pong` (issue 10 item 6): a helper that
+        // lied, or an impostor, must not get some other process muted.
+        let pid = conn.peer_pid().unwrap_or(0);
+        if pid != said {
+            tracing::warn!(
+                kernel = pid,
+                said,
+                "the helper's Pong names another pid; using the kernel's"
+            );
+        }
         tracing::info!(%agent, pid, "helper connected over XPC");
         Some(Ok(pid))
     }

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use crate::sys::es_convert::Timebase;
+use crate::sys::macos::convert::Timebase;
 
 #[repr(C)]
 struct MachTimebaseInfo {

@@ -1,0 +1,102 @@
+//! The seam between the Endpoint Security backend's logic and libEndpointSecurity: the
+//! [`EsApi`] trait (what the logic may ask of one ES client) and the plain-data types it speaks
+//! in. `ffi::FfiClient` implements it on macOS; the simulator (`sim`) implements it everywhere,
+//! so every decision above this line is tested on Linux.
+#![forbid(unsafe_code)]
+
+use model::EventKind;
+
+use super::convert::{NewClientError, Timebase};
+
+/// A failed ES client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    NewClient(#[from] NewClientError),
+    #[error("{call} failed (ES_RETURN_ERROR){hint}")]
+    Call {
+        call: &'static str,
+        hint: &'static str,
+    },
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("the ES client was already deleted")]
+    Deleted,
+}
+
+/// `audit_token_t`: eight 32-bit words the kernel stamps on a process incarnation. Muting by
+/// token (never by pid) names exactly one process, not whoever reuses its pid later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AuditToken(pub [u32; 8]);
+
+impl AuditToken {
+    /// `audit_token_to_pid`.
+    pub fn pid(&self) -> u32 {
+        self.0[5]
+    }
+    /// `audit_token_to_euid`.
+    pub fn euid(&self) -> u32 {
+        self.0[1]
+    }
+    /// `audit_token_to_egid`.
+    pub fn egid(&self) -> u32 {
+        self.0[2]
+    }
+    /// `audit_token_to_pidversion`: bumped by every exec, so (pid, pidversion) is one image.
+    pub fn pidversion(&self) -> u32 {
+        self.0[7]
+    }
+
+    /// A token with the given pid and pid version (simulator and tests; ids 0).
+    pub fn for_pid(pid: u32, pidversion: u32) -> Self {
+        let mut t = [0u32; 8];
+        t[5] = pid;
+        t[7] = pidversion;
+        Self(t)
+    }
+}
+
+/// `es_mute_inversion_type_t` (macOS 13).
+pub mod inversion {
+    pub const PROCESS: u32 = 0;
+    pub const PATH: u32 = 1;
+    pub const TARGET_PATH: u32 = 2;
+}
+
+/// What the backend logic may ask of one ES client. Every call is a short, thread-safe C call
+/// on macOS; none may be made while holding a lock another thread needs on the delivery queue.
+///
+/// The client's delivery queue calls the handler it was created with
+/// (`handler::Handler::on_message`), serially, one message at a time.
+pub trait EsApi: std::fmt::Debug + Send + Sync + 'static {
+    /// A retained message, answerable from any thread until it is dropped.
+    type Msg: std::fmt::Debug + Send + 'static;
+
+    /// `es_respond_auth_result`; the raw `es_respond_result_t`.
+    fn respond_auth(&self, msg: &Self::Msg, result: u32, cache: bool) -> Result<u32, ApiError>;
+    /// `es_respond_flags_result` (AUTH_OPEN only); the raw `es_respond_result_t`.
+    fn respond_flags(&self, msg: &Self::Msg, flags: u32, cache: bool) -> Result<u32, ApiError>;
+
+    fn subscribe(&self, kinds: &[EventKind]) -> Result<(), ApiError>;
+    fn unsubscribe(&self, kinds: &[EventKind]) -> Result<(), ApiError>;
+    fn unsubscribe_all(&self) -> Result<(), ApiError>;
+
+    /// `es_mute_process`: every event of this process incarnation.
+    fn mute_process(&self, token: &AuditToken) -> Result<(), ApiError>;
+    /// `es_mute_path` / `es_unmute_path` with an `es_mute_path_type_t` number.
+    fn mute_path(&self, path: &str, kind: u32, mute: bool) -> Result<(), ApiError>;
+    /// `es_unmute_all_target_paths`.
+    fn unmute_all_target_paths(&self) -> Result<(), ApiError>;
+    /// `es_invert_muting` for an [`inversion`] type: flips that type's muting between "mute
+    /// these" and "deliver only these". ES refuses it while the client has AUTH subscriptions.
+    fn invert_muting(&self, kind: u32) -> Result<(), ApiError>;
+    /// `es_clear_cache`; the raw `es_clear_cache_result_t`.
+    fn clear_cache(&self) -> Result<u32, ApiError>;
+
+    /// Mach absolute time now, and the timebase (`None` if the kernel could not say).
+    fn now_ticks(&self) -> u64;
+    fn timebase(&self) -> Option<Timebase>;
+
+    /// `es_delete_client`; afterwards every call fails with [`ApiError::Deleted`].
+    fn delete(&self) -> Result<(), ApiError>;
+}

@@ -1,0 +1,273 @@
+//! A simulated system around the ES simulator: processes, the daemons the helper's analyzers
+//! call into (trustd, syspolicyd, diskarbitrationd), which exec and open files on demand and so
+//! raise AUTH events back at the client, and an in-process fake helper speaking the
+//! [`HelperTransport`] protocol the XPC transport's client side expects (handshake implied,
+//! `Ping` -> `Pong`, `Analyze` -> `Analysis`), with its own file reads raised as opens.
+//!
+//! The helper's real macOS analyzers get their system-call traits from helper C's work; until
+//! then this fake stands in for `gatehouse-helper` and its XPC connection.
+#![forbid(unsafe_code)]
+
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+use model::{Facts, Sha256, cs_flags};
+use protocol::{HelperRequest, HelperResponse, Request, Response};
+
+use super::super::api::AuditToken;
+use super::super::convert::{fflag, more_cs_flags};
+use super::super::message::{EsBody, EsFile, EsProcess};
+use super::EsSim;
+use crate::core::{HelperTransport, LinkSink, TransportError};
+
+/// A platform (Apple-signed) process image.
+pub fn platform(pid: u32, exe: &str) -> EsProcess {
+    EsProcess {
+        token: AuditToken::for_pid(pid, 1),
+        ppid: 1,
+        executable: EsFile::new(exe),
+        codesigning_flags: cs_flags::CS_VALID | more_cs_flags::CS_SIGNED,
+        is_platform_binary: true,
+        signing_id: format!("com.apple.{}", exe.rsplit('/').next().unwrap_or(exe)),
+        ..EsProcess::default()
+    }
+}
+
+/// An unsigned third-party process image.
+pub fn unsigned(pid: u32, exe: &str) -> EsProcess {
+    EsProcess {
+        token: AuditToken::for_pid(pid, 1),
+        ppid: 1,
+        executable: EsFile::new(exe),
+        ..EsProcess::default()
+    }
+}
+
+pub fn exec(target: EsProcess) -> EsBody {
+    EsBody::Exec {
+        target: Box::new(target),
+    }
+}
+
+pub fn open_read(path: &str) -> EsBody {
+    EsBody::Open {
+        file: EsFile::new(path),
+        fflag: fflag::FREAD,
+    }
+}
+
+pub fn open_write(path: &str) -> EsBody {
+    EsBody::Open {
+        file: EsFile::new(path),
+        fflag: fflag::FREAD | fflag::FWRITE,
+    }
+}
+
+/// A system daemon the helper calls into. Serving a request, it execs its tool and reads its
+/// database, each an AUTH event it waits on like any process.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub process: EsProcess,
+    /// A platform tool it execs per request.
+    pub tool: String,
+    /// A file it opens per request.
+    pub database: String,
+}
+
+impl Daemon {
+    pub fn trustd() -> Self {
+        Self {
+            process: platform(201, "/usr/libexec/trustd"),
+            tool: "/usr/libexec/trustd_ocsp".to_owned(),
+            database: "/private/var/db/TrustCache".to_owned(),
+        }
+    }
+
+    pub fn syspolicyd() -> Self {
+        Self {
+            process: platform(202, "/usr/libexec/syspolicyd"),
+            tool: "/usr/libexec/xprotect_scan".to_owned(),
+            database: "/private/var/db/SystemPolicy".to_owned(),
+        }
+    }
+
+    pub fn diskarbitrationd() -> Self {
+        Self {
+            process: platform(203, "/usr/libexec/diskarbitrationd"),
+            tool: "/sbin/fsck_apfs".to_owned(),
+            database: "/private/var/db/diskarbitration".to_owned(),
+        }
+    }
+
+    /// Do the work for one request, blocking on each AUTH event like a real process.
+    pub fn serve(&self, sim: &EsSim) -> bool {
+        let tool = sim.raise(
+            &self.process,
+            exec(platform(self.process.token.pid() + 1000, &self.tool)),
+        );
+        let db = sim.raise(&self.process, open_read(&self.database));
+        tool.wait() && db.wait()
+    }
+}
+
+/// The fake helper's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HelperMode {
+    /// Answers: reads the file (an open by the helper) and asks the daemons.
+    #[default]
+    Working,
+    /// Connected but never answers an analysis (a wedged helper).
+    Frozen,
+    /// Never connects (not installed, or launchd cannot start it).
+    Missing,
+}
+
+/// An in-process `gatehouse-helper` behind the [`HelperTransport`] the core uses.
+#[derive(Debug)]
+pub struct SimHelper {
+    pub process: EsProcess,
+    sim: EsSim,
+    daemons: Vec<Daemon>,
+    mode: Mutex<HelperMode>,
+    connected: AtomicBool,
+    requests: AtomicU64,
+    work: Mutex<Option<Sender<Request<HelperRequest>>>>,
+}
+
+impl SimHelper {
+    pub fn new(sim: &EsSim, pid: u32, mode: HelperMode) -> Arc<Self> {
+        Arc::new(Self {
+            process: platform(
+                pid,
+                "/Library/Application Support/Gatehouse/gatehouse-helper",
+            ),
+            sim: sim.clone(),
+            daemons: vec![
+                Daemon::trustd(),
+                Daemon::syspolicyd(),
+                Daemon::diskarbitrationd(),
+            ],
+            mode: Mutex::new(mode),
+            connected: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            work: Mutex::new(None),
+        })
+    }
+
+    /// Analysis requests received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn set_mode(&self, mode: HelperMode) {
+        *super::lock(&self.mode) = mode;
+    }
+
+    fn mode(&self) -> HelperMode {
+        *super::lock(&self.mode)
+    }
+
+    /// What the real helper would do for one request: read the subject through its own open,
+    /// then ask every daemon. Blocks on the AUTH events that raises.
+    pub fn analyze(&self, req: &HelperRequest) -> HelperResponse {
+        match req {
+            HelperRequest::Ping => HelperResponse::Pong {
+                agent: "sim-helper".to_owned(),
+                pid: self.process.token.pid(),
+                uptime_ms: 0,
+            },
+            HelperRequest::Stats => HelperResponse::Stats {
+                counters: Vec::new(),
+            },
+            HelperRequest::Analyze { request, .. } => {
+                if let Some(f) = &request.file {
+                    self.sim.raise(&self.process, open_read(&f.path)).wait();
+                }
+                for d in &self.daemons {
+                    d.serve(&self.sim);
+                }
+                // A hash no rule names: the policy then decides on the rest.
+                let facts = Facts {
+                    sha256: request.needs.sha256.then_some(Sha256([0x5a; 32])),
+                    ..Facts::NONE
+                };
+                HelperResponse::Analysis {
+                    facts,
+                    errors: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn worker(&self, rx: &Receiver<Request<HelperRequest>>, sink: &LinkSink, stop: &Receiver<()>) {
+        loop {
+            crossbeam_channel::select! {
+                recv(stop) -> _ => return,
+                recv(rx) -> r => {
+                    let Ok(req) = r else { return };
+                    if self.mode() == HelperMode::Frozen {
+                        continue;
+                    }
+                    let body = self.analyze(&req.body);
+                    sink.response(Response { id: req.id, body });
+                }
+            }
+        }
+    }
+}
+
+impl HelperTransport for SimHelper {
+    fn describe(&self) -> String {
+        "sim:gatehouse-helper".to_owned()
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn peer_pid(&self) -> Option<u32> {
+        self.connected().then(|| self.process.token.pid())
+    }
+
+    fn run(&self, sink: LinkSink, stop: &Receiver<()>) {
+        if self.mode() == HelperMode::Missing {
+            let _ = stop.recv();
+            return;
+        }
+        // Bounded: two workers, a bounded queue (a full one refuses the send).
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        *super::lock(&self.work) = Some(tx);
+        self.connected.store(true, Ordering::Release);
+        sink.connected();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| self.worker(&rx, &sink, stop));
+            }
+        });
+        self.connected.store(false, Ordering::Release);
+    }
+
+    fn send(
+        &self,
+        req: &Request<HelperRequest>,
+        _fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), TransportError> {
+        if !self.connected() {
+            return Err(TransportError::NotConnected);
+        }
+        if matches!(req.body, HelperRequest::Analyze { .. }) {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let work = super::lock(&self.work);
+        let tx = work.as_ref().ok_or(TransportError::NotConnected)?;
+        tx.try_send(req.clone())
+            .map_err(|e| TransportError::Send(e.to_string()))
+    }
+
+    fn close(&self) {
+        self.connected.store(false, Ordering::Release);
+        super::lock(&self.work).take();
+    }
+}

@@ -1,0 +1,533 @@
+//! The macOS backend's logic (`sys::macos::session`, `handler`, `control`) against the
+//! Endpoint Security simulator, on every OS: start-up, reloads, muting, watched paths,
+//! truncated paths, floods, shutdown, and the field report's deadlock as a test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use es_extension::backend::{Delivery, KernelControl};
+use es_extension::core::{Core, CoreConfig, HelperEndpoint, HelperTransport};
+use es_extension::sys::macos::api::AuditToken;
+use es_extension::sys::macos::control::{EsControl, EsCounters};
+use es_extension::sys::macos::handler::{Fallback, Handler, Sink};
+use es_extension::sys::macos::message::{EsBody, EsProcess};
+use es_extension::sys::macos::responder::EsResponder;
+use es_extension::sys::macos::session::{Session, SessionOptions};
+use es_extension::sys::macos::sim::system::{
+    Daemon, HelperMode, SimHelper, exec, open_read, open_write, platform, unsigned,
+};
+use es_extension::sys::macos::sim::{EsSim, SimClient, SimConfig, SimConnect};
+use model::{EventKind, Verdict};
+
+const SELF_PID: u32 = 100;
+const HELPER_PID: u32 = 150;
+const HELPER_EXE: &str = "/Library/Application Support/Gatehouse/gatehouse-helper";
+
+/// A monitor-mode policy; `slow` adds a SHA-256 rule, so unsigned execs (and platform execs,
+/// which a hash rule could outrank) need the helper.
+fn policy(fallback: &str, slow: bool, watch: &str) -> String {
+    let sha = if slow { SHA_RULE } else { "" };
+    format!(
+        r#"version = 1
+mode = "monitor"
+
+[defaults]
+fallback = "{fallback}"
+helper_unavailable = "{fallback}"
+deadline_ms = 2000
+{sha}
+{watch}
+"#
+    )
+}
+
+const SHA_RULE: &str = r#"
+[[exec]]
+name = "block-bad"
+action = "block"
+sha256 = "5f2b51ad4d3c5b5e2c3e0c6f1b8d0e9a7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a29"
+"#;
+
+const WATCH_SUDOERS: &str = r#"
+[[watch]]
+name = "sudoers"
+paths = [{ path = "/etc/sudoers" }, { path = "/Users/a/.ssh/", prefix = true }]
+allow_read_access = true
+audit_only = true
+operations = ["open"]
+processes = [{ team_id = "platform" }]
+"#;
+
+type SimCore = Core<EsResponder<SimClient>>;
+
+struct Machine {
+    sim: EsSim,
+    connect: Arc<SimConnect>,
+    core: Arc<SimCore>,
+    control: Arc<EsControl<SimClient>>,
+    helper: Option<Arc<SimHelper>>,
+}
+
+fn machine(cfg: SimConfig, helper_mode: HelperMode) -> Machine {
+    machine_with(cfg, helper_mode, |_| {})
+}
+
+fn machine_with(
+    cfg: SimConfig,
+    helper_mode: HelperMode,
+    tweak: impl FnOnce(&mut CoreConfig),
+) -> Machine {
+    let sim = EsSim::new(cfg);
+    let connect = Arc::new(SimConnect::new(&sim, AuditToken::for_pid(SELF_PID, 1)));
+    let helper = SimHelper::new(&sim, HELPER_PID, helper_mode);
+    connect.register(helper.process.token);
+    let control = Arc::new(EsControl::<SimClient>::new(true));
+    let transport: Arc<dyn HelperTransport> = Arc::clone(&helper) as Arc<dyn HelperTransport>;
+    let config = CoreConfig {
+        headroom_min: Duration::from_millis(200),
+        headroom_max: Duration::from_millis(500),
+        kernel_retry_backoff: Duration::from_millis(50),
+        ..CoreConfig::endpoint_security()
+    }
+    .with_helper(HelperEndpoint::Custom(transport));
+    let mut config = config;
+    tweak(&mut config);
+    let kernel: Arc<dyn KernelControl> = control.clone();
+    let core = Arc::new(
+        Core::start(config, policy::Policy::embedded_default(), kernel).expect("core starts"),
+    );
+    Machine {
+        sim,
+        connect,
+        core,
+        control,
+        helper: Some(helper),
+    }
+}
+
+fn start(m: &Machine, policy_text: Option<String>) -> Session<SimConnect> {
+    Session::start(
+        Arc::clone(&m.connect),
+        Arc::clone(&m.core),
+        Arc::clone(&m.control),
+        SessionOptions {
+            helper_executable: HELPER_EXE.to_owned(),
+            policy: policy_text.map(|t| ("test.toml".to_owned(), Ok(t))),
+            helper_poll: Some(Duration::from_millis(10)),
+        },
+    )
+    .expect("session starts")
+}
+
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_until_for(what, Duration::from_secs(10), f);
+}
+
+fn wait_until_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let give_up = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < give_up, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn counter(m: &Machine, name: &str) -> u64 {
+    m.control
+        .counters()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, v)| v)
+}
+
+#[test]
+fn es_sim_startup_releases_early_boot_with_the_helper_missing() {
+    let m = machine(
+        SimConfig {
+            early_boot: true,
+            ..SimConfig::default()
+        },
+        HelperMode::Missing,
+    );
+    let sim = m.sim.clone();
+    let held = std::thread::spawn(move || {
+        let r = sim.raise(
+            &platform(7, "/sbin/launchd"),
+            exec(unsigned(300, "/opt/agent/bin/agent")),
+        );
+        (r.delivered(), r.wait())
+    });
+    // A platform exec is never held (and, with no client yet, nobody is asked).
+    let r = m.sim.raise(
+        &platform(7, "/sbin/launchd"),
+        exec(platform(301, "/usr/bin/true")),
+    );
+    assert!(!r.delivered());
+    wait_until("the early-boot hold", || m.sim.held() == 1);
+
+    let mut session = start(&m, Some(policy("allow", true, "")));
+    let (delivered, allowed) = held.join().unwrap();
+    assert!(
+        delivered,
+        "the held exec reaches the client once it subscribes"
+    );
+    assert!(
+        allowed,
+        "monitor mode with the helper missing falls back to allow"
+    );
+    assert!(!m.core.helper_connected());
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+#[test]
+fn es_sim_policy_reload_resubscribes_and_clears_the_cache() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let mut session = start(&m, Some(policy("allow", false, "")));
+    let clients = m.sim.clients();
+    assert_eq!(
+        clients.len(),
+        2,
+        "a process client and a file-access client"
+    );
+    assert_eq!(clients[0].subscriptions(), vec![EventKind::Exec]);
+    assert!(
+        clients[1].subscriptions().is_empty(),
+        "no rule reads opens yet"
+    );
+
+    // A platform exec is allowed with the kernel cache: the repeat is never delivered.
+    let ls = || exec(platform(400, "/bin/ls"));
+    let first = m.sim.raise(&platform(401, "/bin/zsh"), ls());
+    assert!(first.wait());
+    let repeat = m.sim.raise(&platform(401, "/bin/zsh"), ls());
+    assert_eq!(
+        (repeat.delivered(), repeat.cached),
+        (false, 1),
+        "cached allow"
+    );
+
+    m.core
+        .load_policy("reload.toml", &policy("allow", false, WATCH_SUDOERS))
+        .unwrap();
+    wait_until("the open subscription", || {
+        clients[1].subscriptions() == vec![EventKind::Open]
+    });
+    wait_until("the kernel cache clear", || {
+        let again = m.sim.raise(&platform(401, "/bin/zsh"), ls());
+        again.wait();
+        again.delivered()
+    });
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+/// ES refuses `es_clear_cache` for a while (another client, or our own last clear): the
+/// retry must go on until the cache is cleared, however long the refusal lasts (issue 10
+/// item 7), or kernel-cached allows outlive the policy that gave them.
+#[test]
+fn es_sim_cache_clear_retries_until_es_stops_throttling() {
+    let m = machine_with(
+        SimConfig {
+            clear_cache_interval: Duration::from_secs(3),
+            ..SimConfig::default()
+        },
+        HelperMode::Working,
+        |c| {
+            c.kernel_retry_backoff = Duration::from_millis(10);
+            c.kernel_retry_attempts = 2;
+        },
+    );
+    // The start-up load clears once; that starts ES's 3 s throttle.
+    let mut session = start(&m, Some(policy("allow", false, "")));
+    let ls = || exec(platform(400, "/bin/ls"));
+    assert!(m.sim.raise(&platform(401, "/bin/zsh"), ls()).wait());
+    assert_eq!(m.sim.raise(&platform(401, "/bin/zsh"), ls()).cached, 1);
+    m.core
+        .load_policy("reload.toml", &policy("allow", false, WATCH_SUDOERS))
+        .unwrap();
+    wait_until_for("the kernel cache clear", Duration::from_secs(20), || {
+        let again = m.sim.raise(&platform(401, "/bin/zsh"), ls());
+        again.wait();
+        again.delivered()
+    });
+    assert!(counter(&m, "clear_cache_throttled") >= 2);
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+#[test]
+fn es_sim_mutes_ourselves_and_the_helper_by_audit_token() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let mut session = start(&m, Some(policy("allow", false, WATCH_SUDOERS)));
+    let helper = m.helper.as_ref().unwrap().process.clone();
+    wait_until("the helper's token muted", || {
+        m.sim
+            .clients()
+            .iter()
+            .all(|c| c.muted_tokens().contains(&helper.token))
+    });
+    let me = EsProcess {
+        token: AuditToken::for_pid(SELF_PID, 1),
+        ..unsigned(
+            SELF_PID,
+            "/Library/Application Support/Gatehouse/gatehouse-extension",
+        )
+    };
+    // (actor, event, delivered?)
+    let reused = EsProcess {
+        token: AuditToken::for_pid(HELPER_PID, 2),
+        ..unsigned(HELPER_PID, "/tmp/impostor")
+    };
+    let cases: [(&EsProcess, EsBody, bool); 5] = [
+        (&me, open_read("/etc/sudoers"), false),
+        (&me, exec(unsigned(500, "/usr/local/bin/x")), false),
+        (&helper, open_read("/etc/sudoers"), false),
+        (&helper, exec(platform(501, "/usr/bin/codesign")), false),
+        // The helper's pid reused by another image: a different token, not muted.
+        (&reused, open_read("/etc/sudoers"), true),
+    ];
+    for (actor, body, want) in cases {
+        let got = m
+            .sim
+            .clients()
+            .iter()
+            .any(|c| c.would_deliver(&m.sim, actor, &body));
+        assert_eq!(got, want, "{} {:?}", actor.executable.path, body.kind());
+    }
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+#[test]
+fn es_sim_only_watched_opens_reach_the_file_client() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let mut session = start(&m, Some(policy("allow", false, WATCH_SUDOERS)));
+    let files = &m.sim.clients()[1];
+    assert!(files.target_muting_inverted());
+    let vim = unsigned(600, "/usr/local/bin/vim");
+    // (path, delivered?): `/etc` is reported as `/private/etc`.
+    let cases = [
+        ("/etc/sudoers", true),
+        ("/private/etc/sudoers", true),
+        ("/etc/sudoers.d/x", false),
+        ("/Users/a/.ssh/id_ed25519", true),
+        ("/Users/a/Documents/notes.txt", false),
+        ("/tmp/scratch", false),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            files.would_deliver(&m.sim, &vim, &open_write(path)),
+            want,
+            "{path}"
+        );
+        // Reached: delivered, or answered from the cache an earlier delivery filled.
+        let r = m.sim.raise(&vim, open_write(path));
+        assert_eq!(r.delivered() || r.cached > 0, want, "{path}");
+        assert!(r.wait(), "{path}: monitor mode allows");
+    }
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+#[test]
+fn es_sim_truncated_paths_get_the_policy_fallback() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let mut session = start(&m, Some(policy("deny", false, "")));
+    let long = format!("/Applications/{}/x", "a".repeat(2000));
+    let sh = platform(700, "/bin/sh");
+    // (target, allowed?): a whole platform path is decided by the policy (allow); a truncated
+    // one names some other file, so it gets the fallback (deny) and never reaches the core.
+    let cases = [("/usr/bin/true".to_owned(), true), (long, false)];
+    for (path, want) in cases {
+        let r = m.sim.raise(&sh, exec(platform(701, &path)));
+        assert!(r.delivered());
+        assert_eq!(r.wait(), want, "{} bytes", path.len());
+    }
+    assert_eq!(counter(&m, "truncated_paths"), 1);
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+#[test]
+fn es_sim_flood_with_a_frozen_helper_is_answered_in_time() {
+    let m = machine(SimConfig::default(), HelperMode::Frozen);
+    let mut session = start(&m, Some(policy("allow", true, "")));
+    wait_until("the helper connected", || m.core.helper_connected());
+    let sh = platform(800, "/bin/sh");
+    let raised: Vec<_> = (0..300)
+        .map(|i| {
+            m.sim
+                .raise(&sh, exec(unsigned(1000 + i, &format!("/opt/t/bin/{i}"))))
+        })
+        .collect();
+    for r in &raised {
+        assert!(r.delivered());
+        assert!(r.wait(), "fallback allow");
+    }
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+    assert_eq!(m.sim.duplicate_answers(), 0);
+    assert!(m.sim.unanswered().is_empty());
+}
+
+#[test]
+fn es_sim_shutdown_answers_every_pending_message() {
+    let m = machine(SimConfig::default(), HelperMode::Frozen);
+    let mut session = start(&m, Some(policy("deny", true, "")));
+    wait_until("the helper connected", || m.core.helper_connected());
+    let sh = platform(900, "/bin/sh");
+    let raised: Vec<_> = (0..20)
+        .map(|i| {
+            m.sim
+                .raise(&sh, exec(unsigned(2000 + i, &format!("/opt/p/{i}"))))
+        })
+        .collect();
+    wait_until("every exec handed to the helper", || {
+        m.helper.as_ref().unwrap().requests() >= 20
+    });
+    session.stop().unwrap();
+    assert!(
+        m.sim.unanswered().is_empty(),
+        "shutdown answered everything"
+    );
+    for r in &raised {
+        assert!(!r.wait(), "the shutdown fallback (deny)");
+    }
+    assert!(m.sim.clients().iter().all(|c| c.is_deleted()));
+    m.sim.assert_no_violations();
+    assert_eq!(m.sim.duplicate_answers(), 0);
+}
+
+#[test]
+fn es_sim_gatehouse_answers_in_time_while_the_daemons_raise_events() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let mut session = start(&m, Some(policy("deny", true, WATCH_SUDOERS)));
+    wait_until("the helper connected", || m.core.helper_connected());
+    let sh = platform(1100, "/bin/sh");
+    for i in 0..5 {
+        let r = m
+            .sim
+            .raise(&sh, exec(unsigned(3000 + i, &format!("/opt/app/{i}"))));
+        assert!(r.delivered());
+        r.wait();
+    }
+    assert!(
+        m.helper.as_ref().unwrap().requests() >= 1,
+        "the slow path ran"
+    );
+    let daemon_execs = m
+        .sim
+        .records()
+        .iter()
+        .filter(|r| r.what.contains("/usr/libexec/syspolicyd"))
+        .count();
+    assert!(daemon_execs >= 1, "the daemons' events reached Gatehouse");
+    assert!(m.sim.unanswered().is_empty());
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+/// The field report as a test: a client that runs the analysis on its delivery queue waits on
+/// the helper, which waits on a daemon, whose exec waits behind that very queue. ES kills it.
+#[test]
+fn es_sim_naive_client_with_analysis_on_the_delivery_queue_is_killed() {
+    let sim = EsSim::new(SimConfig {
+        deadline: Duration::from_millis(500),
+        ..SimConfig::default()
+    });
+    let helper = SimHelper::new(&sim, HELPER_PID, HelperMode::Working);
+    let naive_helper = Arc::clone(&helper);
+    let sink: Sink<SimClient> = Arc::new(move |d: Delivery<EsResponder<SimClient>>| {
+        use es_extension::backend::Responder;
+        let req = protocol::HelperRequest::Analyze {
+            request: model::AnalysisRequest {
+                needs: model::Needs::default(),
+                file: Some(model::FileRef {
+                    path: d.event.process.executable.path.clone(),
+                    identity: None,
+                }),
+                mount: None,
+            },
+            fd_attached: false,
+        };
+        // The bug: a blocking call into the slow path on the delivery queue.
+        let _ = naive_helper.analyze(&req);
+        let _ = d.responder.respond(es_extension::backend::Answer {
+            verdict: Verdict::Allow,
+            cache: false,
+        });
+    });
+    let fallback: Fallback = Arc::new(|_| Verdict::Allow);
+    let handler = Arc::new(Handler::new(
+        sink,
+        fallback,
+        Arc::new(EsCounters::default()),
+    ));
+    let client = sim.new_client(Arc::clone(&handler)).unwrap();
+    handler.attach(Arc::clone(&client));
+    use es_extension::sys::macos::api::EsApi;
+    client.subscribe(&[EventKind::Exec]).unwrap();
+    let r = sim.raise(
+        &platform(1200, "/bin/sh"),
+        exec(unsigned(1201, "/opt/naive/x")),
+    );
+    r.wait();
+    wait_until("the kill", || client.is_killed());
+    let v = sim.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].contains("/opt/naive/x") || v[0].contains(&Daemon::trustd().tool),
+        "{v:?}"
+    );
+    client.delete().unwrap();
+}
+
+#[test]
+fn es_sim_file_with_short_path_is_whole() {
+    // The simulator's own truncation rule: the boundary case stays whole.
+    let m = machine(
+        SimConfig {
+            max_path: 16,
+            ..SimConfig::default()
+        },
+        HelperMode::Working,
+    );
+    let mut session = start(&m, Some(policy("deny", false, "")));
+    let sh = platform(1300, "/bin/sh");
+    let exact = "/usr/bin/true123"; // 16 bytes
+    assert_eq!(exact.len(), 16);
+    assert!(m.sim.raise(&sh, exec(platform(1301, exact))).wait());
+    assert!(
+        !m.sim
+            .raise(&sh, exec(platform(1302, "/usr/bin/true1234")))
+            .wait()
+    );
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+/// A reload that changes the watched paths selects the new ones and drops the stale ones on the
+/// file-access client (which stays inverted: ES would refuse to re-invert a subscribed client).
+#[test]
+fn es_sim_reload_moves_the_watched_paths() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let mut session = start(&m, Some(policy("allow", false, WATCH_SUDOERS)));
+    let files = Arc::clone(&m.sim.clients()[1]);
+    let vim = unsigned(1400, "/usr/local/bin/vim");
+    let reaches = |path: &str| files.would_deliver(&m.sim, &vim, &open_write(path));
+    assert!(reaches("/etc/sudoers") && !reaches("/etc/hosts"));
+    let hosts = WATCH_SUDOERS.replace(
+        r#"{ path = "/etc/sudoers" }, { path = "/Users/a/.ssh/", prefix = true }"#,
+        r#"{ path = "/etc/hosts" }"#,
+    );
+    m.core
+        .load_policy("hosts.toml", &policy("allow", false, &hosts))
+        .unwrap();
+    wait_until("the new selection", || reaches("/etc/hosts"));
+    wait_until("the stale selection dropped", || !reaches("/etc/sudoers"));
+    assert!(!reaches("/Users/a/.ssh/id_ed25519"));
+    assert!(files.target_muting_inverted());
+    assert_eq!(counter(&m, "watch_errors"), 0);
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
