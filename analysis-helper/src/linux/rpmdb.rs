@@ -544,6 +544,28 @@ mod tests {
         assert_eq!(state.builds, 1, "built once, lazily");
     }
 
+    /// Requests arriving together share one build: at most one builder thread, whatever the
+    /// interleaving.
+    #[test]
+    fn concurrent_first_requests_share_one_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let file = dir.join("tool");
+        std::fs::write(&file, b"contents").unwrap();
+        let sha = hex::encode(sha2::Sha256::digest(b"contents"));
+        let blob = header::tests::package_blob("fake", &[(file.to_str().unwrap(), &sha, 0)]);
+        let db_path = dir.join("rpmdb.sqlite");
+        fake_db(&db_path, &[Some(blob)]);
+        let db = RpmTrust::new(&db_path, "/".as_ref(), false, 1 << 20);
+        std::thread::scope(|s| {
+            let asks: Vec<_> = (0..4).map(|_| s.spawn(|| ask(&db, &file))).collect();
+            for a in asks {
+                assert!(a.join().unwrap().unwrap().trusted);
+            }
+        });
+        assert_eq!(db.shared.lock().builds, 1);
+    }
+
     /// A file that is not a SQLite rpmdb: the request gets an error saying what failed and how to
     /// repair it, and requests right after get the same answer without a new read.
     #[test]
