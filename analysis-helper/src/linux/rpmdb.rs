@@ -257,12 +257,13 @@ impl Drop for BuildingGuard<'_> {
     }
 }
 
-fn build_on_thread(shared: &Shared, requested: Stamp) {
+/// Builds the index and files it under `stamp`, the stamp the requester saw. The read starts
+/// after that stamp was taken, so what it reads is at least that new; if rpm writes meanwhile,
+/// the next request sees a newer stamp and rebuilds. (Filing it under a stamp taken here
+/// instead could leave the requester, still waiting for its own stamp, starting build after
+/// build until its deadline.)
+fn build_on_thread(shared: &Shared, stamp: Stamp) {
     let _guard = BuildingGuard(shared);
-    // Taken again before the read: if rpm writes during the read, the next request sees a newer
-    // stamp and rebuilds. (If the database vanished since the request, the read fails and the
-    // failure is filed under the stamp the request saw, which holds off retries.)
-    let stamp = stamp_of(&shared.db).unwrap_or(requested);
     let started = Instant::now();
     let result = read_database(&shared.db);
     let mut state = shared.lock();
