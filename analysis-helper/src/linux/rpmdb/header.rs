@@ -776,6 +776,48 @@ pub(crate) mod tests {
         assert_eq!(p.label, "p-1.0-1.el9.x86_64");
     }
 
+    use proptest::prelude::*;
+
+    /// Entries with the tags the parser reads (and one it does not), any type, a count that is
+    /// usually small but sometimes huge, and random data.
+    fn raw_entry() -> impl Strategy<Value = RawEntry> {
+        let tags = prop::sample::select(vec![
+            tag::NAME,
+            tag::VERSION,
+            tag::FILEMODES,
+            tag::FILEDIGESTS,
+            tag::FILEFLAGS,
+            tag::DIRINDEXES,
+            tag::BASENAMES,
+            tag::DIRNAMES,
+            tag::FILEDIGESTALGO,
+            63,
+        ]);
+        let count = prop_oneof![4 => 0u32..8, 1 => any::<u32>()];
+        let data = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::collection::vec(prop::sample::select(vec![0u8, b'/', b'a', 0x81]), 0..64),
+        ];
+        (tags, 0u32..12, count, data)
+    }
+
+    proptest! {
+        /// Random headers parse or fail cleanly; what they yield is absolute and no larger than
+        /// what they declare.
+        #[test]
+        fn random_headers_never_panic(entries in prop::collection::vec(raw_entry(), 1..12)) {
+            let blob = encode(&entries);
+            if let Ok(p) = Header::parse(&blob).and_then(|h| h.package()) {
+                let declared = entries
+                    .iter()
+                    .find(|e| e.0 == tag::BASENAMES)
+                    .map_or(0, |e| e.2 as usize);
+                prop_assert!(p.files.len() <= declared);
+                prop_assert!(p.files.iter().all(|f| f.path.starts_with('/')));
+            }
+        }
+    }
+
     /// Every truncation and every single-byte corruption of a real-shaped header parses or fails
     /// cleanly: no panic, no allocation beyond the caps.
     #[test]
