@@ -277,7 +277,7 @@ pub fn format_stats(s: &StatsReport) -> String {
     }
     if c("cache_clear_failures") > 0 {
         out += &format!(
-            "kernel cache:      {} failed clears, {} retries, {} given up\n",
+            "kernel cache:      {} failed clears, {} retries, {} escalated to retries every 8 s\n",
             c("cache_clear_failures"),
             c("cache_clear_retries"),
             c("cache_clear_abandoned")
@@ -774,7 +774,7 @@ mod tests {
             "exec               10 (allowed 7, denied 3)",
             "fast_path",
             "5us",
-            "2 failed clears, 2 retries, 0 given up",
+            "2 failed clears, 2 retries, 0 escalated to retries every 8 s",
             "backend:\n  clear_cache_throttled  2\n",
         ] {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");

@@ -124,7 +124,8 @@ pub struct Metrics {
     pub cache_clear_failures: AtomicU64,
     /// Retry attempts of a failed kernel cache clear (maintenance thread).
     pub cache_clear_retries: AtomicU64,
-    /// Retry runs that used every attempt without clearing.
+    /// Retry runs that used every backed-off attempt without clearing. The clear is then
+    /// escalated, never abandoned: the thread keeps trying every 8 s until it succeeds.
     pub cache_clear_abandoned: AtomicU64,
     /// Cacheable answers (kernel or verdict cache) that raced a policy swap and so asked for
     /// the cache to be cleared again.
