@@ -423,6 +423,22 @@ fn es_sim_gatehouse_answers_in_time_while_the_daemons_raise_events() {
         .count();
     assert!(daemon_execs >= 1, "the daemons' events reached Gatehouse");
     assert!(m.sim.unanswered().is_empty());
+    // slow-path-never-gates-itself: the daemons' on-demand launches (ocspd, amfid, xpcproxy:
+    // platform binaries with enforced CDHashes) were decided on the fast path, so the helper
+    // that waits on them never timed out and its breaker never opened, although every other
+    // exec needs a hash.
+    let stats = m.core.stats();
+    let c = |name: &str| {
+        stats
+            .counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    };
+    assert!(c("trusted.hits.system") >= 1, "{:?}", stats.counters);
+    assert_eq!(c("helper_timeouts"), 0, "{:?}", stats.counters);
+    assert_eq!(c("helper_breaker_opens"), 0, "{:?}", stats.counters);
     session.stop().unwrap();
     m.sim.assert_no_violations();
 }
@@ -476,7 +492,7 @@ fn es_sim_naive_client_with_analysis_on_the_delivery_queue_is_killed() {
     let v = sim.violations();
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(
-        v[0].contains("/opt/naive/x") || v[0].contains(&Daemon::trustd().tool),
+        v[0].contains("/opt/naive/x") || v[0].contains(&Daemon::trustd().tool.executable.path),
         "{v:?}"
     );
     client.delete().unwrap();

@@ -22,15 +22,29 @@ use super::super::message::{EsBody, EsFile, EsProcess};
 use super::EsSim;
 use crate::core::{HelperTransport, LinkSink, TransportError};
 
-/// A platform (Apple-signed) process image.
+/// A platform (Apple-signed) process image, signing id `com.apple.<file name>`.
 pub fn platform(pid: u32, exe: &str) -> EsProcess {
+    platform_signed(
+        pid,
+        exe,
+        &format!("com.apple.{}", exe.rsplit('/').next().unwrap_or(exe)),
+    )
+}
+
+/// A platform process image with its signing id, as the kernel reports Apple's daemons: a valid,
+/// enforced (hard, kill) code signature and a CDHash.
+pub fn platform_signed(pid: u32, exe: &str, signing_id: &str) -> EsProcess {
     EsProcess {
         token: AuditToken::for_pid(pid, 1),
         ppid: 1,
         executable: EsFile::new(exe),
-        codesigning_flags: cs_flags::CS_VALID | more_cs_flags::CS_SIGNED,
+        codesigning_flags: cs_flags::CS_VALID
+            | cs_flags::CS_HARD
+            | cs_flags::CS_KILL
+            | more_cs_flags::CS_SIGNED,
         is_platform_binary: true,
-        signing_id: format!("com.apple.{}", exe.rsplit('/').next().unwrap_or(exe)),
+        signing_id: signing_id.to_owned(),
+        cdhash: [0xa5; 20],
         ..EsProcess::default()
     }
 }
@@ -70,8 +84,9 @@ pub fn open_write(path: &str) -> EsBody {
 #[derive(Debug, Clone)]
 pub struct Daemon {
     pub process: EsProcess,
-    /// A platform tool it execs per request.
-    pub tool: String,
+    /// A daemon it has launched on demand per request (`launchd` execs it through
+    /// `xpcproxy`): an image of the daemons the analysis path depends on.
+    pub tool: EsProcess,
     /// A file it opens per request.
     pub database: String,
 }
@@ -80,7 +95,8 @@ impl Daemon {
     pub fn trustd() -> Self {
         Self {
             process: platform(201, "/usr/libexec/trustd"),
-            tool: "/usr/libexec/trustd_ocsp".to_owned(),
+            // Revocation checks start ocspd.
+            tool: platform_signed(1201, "/usr/sbin/ocspd", "com.apple.ocspd"),
             database: "/private/var/db/TrustCache".to_owned(),
         }
     }
@@ -88,7 +104,8 @@ impl Daemon {
     pub fn syspolicyd() -> Self {
         Self {
             process: platform(202, "/usr/libexec/syspolicyd"),
-            tool: "/usr/libexec/xprotect_scan".to_owned(),
+            // Assessments ask amfid.
+            tool: platform_signed(1202, "/usr/libexec/amfid", "com.apple.MobileFileIntegrity"),
             database: "/private/var/db/SystemPolicy".to_owned(),
         }
     }
@@ -96,17 +113,15 @@ impl Daemon {
     pub fn diskarbitrationd() -> Self {
         Self {
             process: platform(203, "/usr/libexec/diskarbitrationd"),
-            tool: "/sbin/fsck_apfs".to_owned(),
+            // A volume query may start the daemon itself through xpcproxy.
+            tool: platform_signed(1203, "/usr/libexec/xpcproxy", "com.apple.xpc.proxy"),
             database: "/private/var/db/diskarbitration".to_owned(),
         }
     }
 
     /// Do the work for one request, blocking on each AUTH event like a real process.
     pub fn serve(&self, sim: &EsSim) -> bool {
-        let tool = sim.raise(
-            &self.process,
-            exec(platform(self.process.token.pid() + 1000, &self.tool)),
-        );
+        let tool = sim.raise(&self.process, exec(self.tool.clone()));
         let db = sim.raise(&self.process, open_read(&self.database));
         tool.wait() && db.wait()
     }
