@@ -23,7 +23,8 @@ const HELPER_SOCKET: &str = match defaults::Os::Linux.paths().helper_socket {
     about = "Gatehouse's never-blocking authorization client"
 )]
 struct Args {
-    /// Policy file (TOML). Linux: without it the embedded default (monitor mode) applies.
+    /// Policy file (TOML). Linux: without it, or while it is missing or invalid, the embedded
+    /// default (monitor mode, self-protection on) applies; SIGHUP reads it again.
     /// macOS: `/Library/Application Support/Gatehouse/policy.toml` when omitted, read after the
     /// first subscription; while it is missing or invalid the embedded default applies.
     #[arg(long)]
@@ -68,30 +69,45 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     helper_binary: Option<PathBuf>,
     /// The `gatehouse` CLI's executable, pinned like the helper's; `gatehouse` next to this
-    /// executable, else `/usr/local/bin/gatehouse`, when omitted.
+    /// executable, else `/usr/bin/gatehouse` or `/usr/local/bin/gatehouse`, when omitted.
     #[cfg(target_os = "linux")]
     #[arg(long, value_name = "PATH")]
     cli_binary: Option<PathBuf>,
 }
 
+/// The policy to start with. A `--policy` file that is missing, unreadable or invalid does not
+/// stop the extension: exiting would leave the machine with no agent at all while the service
+/// manager restarts it in a loop. It starts with the embedded default instead (monitor mode,
+/// self-protection on), says so loudly, and `status` shows the embedded origin until a SIGHUP or
+/// `gatehouse policy load` brings a valid file.
 #[cfg(target_os = "linux")]
-fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<policy::Policy> {
-    use anyhow::Context;
+fn load_policy(path: Option<&std::path::Path>) -> policy::Policy {
     let Some(path) = path else {
-        return Ok(policy::Policy::embedded_default());
+        return policy::Policy::embedded_default();
     };
     // Bounded like every policy input: a FIFO or device here must not hang start-up.
-    let text = protocol::bounded::read_text(path, protocol::bounded::POLICY_MAX_BYTES)
-        .context("cannot read the policy file")?;
-    policy::Policy::parse(&path.display().to_string(), &text).map_err(|e| {
-        anyhow::anyhow!("policy file is invalid: {e}; check it with `gatehouse policy check`")
-    })
+    let loaded = protocol::bounded::read_text(path, protocol::bounded::POLICY_MAX_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            policy::Policy::parse(&path.display().to_string(), &text)
+                .map_err(|e| format!("policy file is invalid: {e}"))
+        });
+    match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "gatehouse-extension: POLICY FILE NOT LOADED: {e}; running the embedded default policy (monitor mode, self-protection on) until a valid file is loaded: fix {} (check it with `gatehouse policy check`), then `systemctl reload gatehouse-extension` (SIGHUP) or `gatehouse policy load`",
+                path.display()
+            );
+            policy::Policy::embedded_default()
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
 fn run(args: Args) -> anyhow::Result<()> {
     use es_extension::core::CoreConfig;
-    let policy = load_policy(args.policy.as_deref())?;
+    let policy = load_policy(args.policy.as_deref());
     let config = CoreConfig {
         helper_socket: Some(args.helper_socket),
         control_socket: Some(args.control_socket),

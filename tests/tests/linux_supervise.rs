@@ -361,6 +361,60 @@ fn killed_extension_and_helper_are_restarted_and_sighup_reloads_in_place() {
     );
 }
 
+/// A unit whose `--policy` file is missing must not crash-loop (no agent at all): the extension
+/// runs the embedded default (self-protection on), `status` shows it, and SIGHUP loads the file
+/// once it is there.
+#[test]
+fn a_missing_policy_file_runs_the_embedded_default_until_sighup_loads_it() {
+    if skip("a_missing_policy_file_runs_the_embedded_default_until_sighup_loads_it") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new();
+    std::fs::remove_file(&s.policy).unwrap();
+    std::fs::create_dir_all(s.runtime()).unwrap();
+    let mut cmd = Command::new(tests::binary("gatehouse-extension"));
+    cmd.arg("--policy")
+        .arg(&s.policy)
+        .arg("--scope")
+        .arg(&s.scratch.path)
+        .arg("--control-socket")
+        .arg(s.control())
+        .arg("--helper-socket")
+        .arg(s.runtime().join("helper.sock"))
+        .arg("--events-log")
+        .arg(s.runtime().join("events.jsonl"))
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    let g = Guarded::spawn("extension", cmd);
+    let agent = Agent {
+        pgid: Pid::from_raw(g.pid()),
+        g,
+    };
+    agent.wait_ready();
+    let status = || ctl_json(&s.control(), &["status", "--json"]);
+    assert!(
+        tests::wait_until(Duration::from_secs(10), || status().is_some()),
+        "the extension runs and answers status"
+    );
+    let v = status().unwrap();
+    assert_eq!(v["policy_origin"], policy::EMBEDDED_ORIGIN, "{v}");
+    assert!(
+        !denied(&s.secret),
+        "the embedded default does not know the secret"
+    );
+
+    std::fs::write(&s.policy, policy(&s.secret, false)).unwrap();
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    agent
+        .g
+        .wait_line("reloaded as version", Duration::from_secs(10))
+        .expect("SIGHUP loaded the file");
+    let v = status().unwrap();
+    assert_eq!(v["policy_origin"], s.policy.display().to_string(), "{v}");
+    assert!(denied(&s.secret), "the file's rule enforces");
+}
+
 #[test]
 fn a_sigkilled_gatehouse_run_leaves_no_process_and_no_marks() {
     if skip("a_sigkilled_gatehouse_run_leaves_no_process_and_no_marks") {
