@@ -1,20 +1,26 @@
 //! `gatehouse extension activate|deactivate|status`: the macOS system extension's lifecycle.
 //!
 //! Apple only lets the app that contains a system extension submit an
-//! `OSSystemExtensionRequest` (and the request needs an Objective-C delegate and a run loop), so
-//! the CLI does not submit it itself: `activate` and `deactivate` launch the host app
-//! (`/Applications/Gatehouse.app`, which embeds the extension and makes the request) and wait
-//! for it; `status` reads `systemextensionsctl list`. On other OSes every subcommand says it is
-//! macOS-only.
+//! `OSSystemExtensionRequest`, so the CLI does not submit it itself: `activate` and
+//! `deactivate` run the host app's executable (`/Applications/Gatehouse.app/Contents/MacOS/
+//! Gatehouse`, built from host-app/), which prints each step and exits with a code that says how
+//! it ended; the CLI passes both on. `status` reads `systemextensionsctl list`. On other OSes
+//! every subcommand says it is macOS-only.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
 /// The extension's bundle identifier (packaging/macos/extension/Info.plist).
-pub const EXTENSION_BUNDLE_ID: &str = "dev.gatehouse.extension";
+pub const EXTENSION_BUNDLE_ID: &str = defaults::macos::EXTENSION_ID;
 /// The host app that embeds the extension and submits the activation requests.
 pub const HOST_APP: &str = "/Applications/Gatehouse.app";
+/// Its executable (host-app/, `CFBundleExecutable` in packaging/macos/app/Info.plist).
+#[cfg_attr(
+    not(target_os = "macos"),
+    expect(dead_code, reason = "run by `activate`/`deactivate` on macOS only")
+)]
+pub const HOST_APP_EXECUTABLE: &str = "/Applications/Gatehouse.app/Contents/MacOS/Gatehouse";
 
 #[derive(Debug, Subcommand)]
 pub enum ExtensionCommand {
@@ -98,20 +104,17 @@ pub fn extension(c: ExtensionCommand) -> anyhow::Result<ExitCode> {
                      host app that submits the system extension request), then retry"
                 );
             }
-            // `open -W` waits for the app, which exits once macOS has answered the request.
-            let status = Command::new("/usr/bin/open")
-                .args(["-W", "-a", HOST_APP, "--args", verb])
+            // The app's own exit code says how it ended (host-app/src/outcome.rs: 0 done,
+            // 1 failed, 3 still awaiting approval, 4 after a reboot); its lines say what to do.
+            let status = Command::new(HOST_APP_EXECUTABLE)
+                .arg(verb)
                 .status()
-                .with_context(|| format!("running /usr/bin/open -a {HOST_APP}"))?;
-            if !status.success() {
-                anyhow::bail!(
-                    "{HOST_APP} failed to {verb} the extension ({status}); see Console.app, subsystem dev.gatehouse"
-                );
-            }
-            println!(
-                "gatehouse: asked macOS to {verb} {EXTENSION_BUNDLE_ID}; approve it in System Settings > Privacy & Security if asked, then check `gatehouse extension status`"
-            );
-            Ok(ExitCode::SUCCESS)
+                .with_context(|| format!("running {HOST_APP_EXECUTABLE} {verb}"))?;
+            Ok(match status.code() {
+                Some(0) => ExitCode::SUCCESS,
+                Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+                None => anyhow::bail!("{HOST_APP_EXECUTABLE} {verb} was killed ({status})"),
+            })
         }
         ExtensionCommand::Status { json } => {
             let out = Command::new("/usr/bin/systemextensionsctl")

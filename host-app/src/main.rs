@@ -12,8 +12,9 @@ use std::process::ExitCode;
 
 use outcome::Exit;
 
-/// The system extension's bundle identifier (packaging/macos/extension/Info.plist).
-pub const EXTENSION_BUNDLE_ID: &str = "dev.gatehouse.extension";
+/// The system extension's bundle identifier (packaging/macos/extension/Info.plist, checked
+/// against the same constant by shared/defaults/tests/packaging.rs).
+pub const EXTENSION_BUNDLE_ID: &str = defaults::macos::EXTENSION_ID;
 
 fn main() -> ExitCode {
     let args = match outcome::parse_args(std::env::args().skip(1)) {
