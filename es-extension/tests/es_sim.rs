@@ -14,7 +14,7 @@ use es_extension::sys::macos::message::{EsBody, EsProcess};
 use es_extension::sys::macos::responder::EsResponder;
 use es_extension::sys::macos::session::{Session, SessionOptions};
 use es_extension::sys::macos::sim::system::{
-    Daemon, HelperMode, SimHelper, exec, open_read, open_write, platform, unsigned,
+    Daemon, HelperMode, SimHelper, exec, open_read, open_write, platform, platform_signed, unsigned,
 };
 use es_extension::sys::macos::sim::{EsSim, SimClient, SimConfig, SimConnect};
 use model::{EventKind, Verdict};
@@ -544,6 +544,87 @@ fn es_sim_reload_moves_the_watched_paths() {
     assert!(!reaches("/Users/a/.ssh/id_ed25519"));
     assert!(files.target_muting_inverted());
     assert_eq!(counter(&m, "watch_errors"), 0);
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+/// The helper's own launch never waits for the helper (slow-path-never-gates-itself): launchd
+/// starts it through xpcproxy, an exec by a process that is not muted, and with a SHA-256 rule
+/// and the helper missing every other exec gets the deny fallback. The helper's image is
+/// allowed by signing id and team id with an enforced CDHash; the same binary signed by another
+/// team, or with a CDHash the kernel does not enforce, is not.
+#[test]
+fn es_sim_helper_launch_through_xpcproxy_never_waits_for_the_helper() {
+    const TEAM: &str = "ABCDE12345";
+    let m = machine_with(SimConfig::default(), HelperMode::Missing, |c| {
+        c.trusted = Arc::new(
+            es_extension::core::trusted::TrustedSet::macos(Some(TEAM)).expect("macOS set"),
+        );
+    });
+    let enforce = format!(
+        r#"version = 1
+mode = "enforce"
+
+[defaults]
+fallback = "deny"
+helper_unavailable = "deny"
+deadline_ms = 2000
+{SHA_RULE}"#
+    );
+    let mut session = start(&m, Some(enforce));
+    let xpcproxy = platform_signed(1, "/usr/libexec/xpcproxy", "com.apple.xpc.proxy");
+    // Each case at its own path: the simulator's result cache keys on paths (ES keys on files,
+    // and a replaced binary is another file).
+    let helper_image = |team: &str, flags: u32, path: &str| EsProcess {
+        token: AuditToken::for_pid(HELPER_PID + 1, 1),
+        ppid: 1,
+        executable: es_extension::sys::macos::message::EsFile::new(path),
+        codesigning_flags: flags,
+        is_platform_binary: false,
+        team_id: team.to_owned(),
+        signing_id: defaults::macos::HELPER_SIGNING_ID.to_owned(),
+        cdhash: [0x5a; 20],
+    };
+    use es_extension::sys::macos::convert::more_cs_flags;
+    use model::cs_flags;
+    let enforced =
+        cs_flags::CS_VALID | cs_flags::CS_HARD | cs_flags::CS_KILL | more_cs_flags::CS_SIGNED;
+    let unenforced = cs_flags::CS_VALID | more_cs_flags::CS_SIGNED;
+    // (image, allowed)
+    let cases = [
+        (
+            "our team, enforced CDHash",
+            helper_image(TEAM, enforced, HELPER_EXE),
+            true,
+        ),
+        (
+            "another team",
+            helper_image("ZZZZZ99999", enforced, "/tmp/a/gatehouse-helper"),
+            false,
+        ),
+        (
+            "CDHash not enforced",
+            helper_image(TEAM, unenforced, "/tmp/b/gatehouse-helper"),
+            false,
+        ),
+        (
+            "an unrelated binary",
+            unsigned(400, "/opt/other/bin/tool"),
+            false,
+        ),
+    ];
+    for (what, image, allowed) in cases {
+        let r = m.sim.raise(&xpcproxy, exec(image));
+        assert!(r.delivered(), "{what}");
+        assert_eq!(r.wait(), allowed, "{what}");
+    }
+    let stats = m.core.stats();
+    let hits = stats
+        .counters
+        .iter()
+        .find(|(n, _)| n == "trusted.hits.helper")
+        .map(|(_, v)| *v);
+    assert_eq!(hits, Some(1), "{:?}", stats.counters);
     session.stop().unwrap();
     m.sim.assert_no_violations();
 }
