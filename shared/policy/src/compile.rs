@@ -254,7 +254,7 @@ fn verdict(v: FallbackVerdict) -> Verdict {
     }
 }
 
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     if s.len() != N * 2 {
         return None;
