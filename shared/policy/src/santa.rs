@@ -292,6 +292,14 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             "audit_only = {}",
             get_bool("AuditOnly").unwrap_or(true)
         );
+        // BlockMessage is the user's message, unless the item is silent (EnableSilentMode).
+        let message = opts
+            .and_then(|o| o.get("BlockMessage"))
+            .and_then(|v| v.as_string())
+            .filter(|m| !m.is_empty());
+        if let (Some(m), false) = (message, get_bool("EnableSilentMode") == Some(true)) {
+            let _ = writeln!(out, "message = {}", q(m));
+        }
         let mut procs = Vec::new();
         for p in item
             .get("Processes")

@@ -300,3 +300,21 @@ fn file_access_import_follows_santa() {
         );
     }
 }
+
+/// BlockMessage becomes the item's message, except in silent mode (WatchItems.mm
+/// `EnableSilentMode`, `BlockMessage`).
+#[test]
+fn file_access_block_message_unless_silent() {
+    for (options, want) in [
+        ("<key>BlockMessage</key><string>no</string>", Some("no")),
+        (
+            "<key>BlockMessage</key><string>no</string><key>EnableSilentMode</key><true/>",
+            None,
+        ),
+        ("", None),
+    ] {
+        let imported = policy::santa::import(None, Some(&faa("", options))).unwrap();
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(p.rule_message(&model::RuleRef::new("W")), want, "{options}");
+    }
+}
