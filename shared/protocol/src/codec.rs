@@ -48,8 +48,16 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
         .map_err(|e| ProtocolError::Encode(e.to_string()))
 }
 
-/// Decode a message body that must use all of `bytes`. Never panics; no allocation exceeds 64
-/// times `bytes.len()` plus 4 KiB (see the module comment).
+/// The largest single allocation a [`decode`] of a `len`-byte body may make: 64 bytes per body
+/// byte plus 4 KiB. The byte limit is at most 64 times the body (at least 4 KiB), and a
+/// preallocated collection holds at most one element per unread byte, none larger than 64
+/// bytes (`LatencySummary` is the largest). Tests and the fuzz targets assert it.
+pub const fn max_decode_allocation(len: usize) -> usize {
+    64 * len + 4096
+}
+
+/// Decode a message body that must use all of `bytes`. Never panics; no allocation exceeds
+/// [`max_decode_allocation`] of its length (see the module comment).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
     // bincode claims a primitive's full width against the limit however short its varint (a
     // one-byte `u64` claims 8, a `u128` 16), so an honest body claims up to 16 times its
