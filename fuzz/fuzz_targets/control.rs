@@ -1,13 +1,13 @@
 //! Fuzz target: control-channel bodies, as the extension's control handlers and the CLI decode
-//! them. Decoding a request or a response never panics nor allocates more than the body's
-//! limit; a decoded message re-encodes to a body that decodes to the same message; a decoded
+//! them. Decoding a request or a response never panics nor allocates more than
+//! `codec::max_decode_allocation` of the body (in proportion to it); a decoded message re-encodes to a body that decodes to the same message; a decoded
 //! policy load is parsed as the extension would, and a decoded mute is matched against paths.
 #![no_main]
 
 use gatehouse_fuzz::{check_position, largest_allocation};
 use libfuzzer_sys::fuzz_target;
 use policy::Policy;
-use protocol::{ControlRequest, ControlResponse, HELPER_MAX_FRAME, Request, Response, codec};
+use protocol::{ControlRequest, ControlResponse, Request, Response, codec};
 
 fn round_trip<T>(v: &T)
 where
@@ -20,7 +20,11 @@ where
 
 fuzz_target!(|data: &[u8]| {
     let (req, largest) = largest_allocation(|| codec::decode::<Request<ControlRequest>>(data));
-    assert!(data.len() > HELPER_MAX_FRAME as usize || largest <= HELPER_MAX_FRAME as usize);
+    assert!(
+        largest <= codec::max_decode_allocation(data.len()),
+        "allocated {largest} for {} bytes",
+        data.len()
+    );
     if let Ok(req) = req {
         round_trip(&req);
         match &req.body {
@@ -38,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let (resp, largest) = largest_allocation(|| codec::decode::<Response<ControlResponse>>(data));
-    assert!(data.len() > HELPER_MAX_FRAME as usize || largest <= HELPER_MAX_FRAME as usize);
+    assert!(
+        largest <= codec::max_decode_allocation(data.len()),
+        "allocated {largest} for {} bytes",
+        data.len()
+    );
     if let Ok(resp) = resp {
         round_trip(&resp);
     }

@@ -1,7 +1,7 @@
 //! Fuzz target: the frame decoder on both channels. Arbitrary bytes as a stream
 //! (`read_frame_body`), as a buffer to split (`split_frame`) and as one whole frame of every
 //! message type (`decode_whole_frame`): never a panic, lengths refused above the channel's limit
-//! before allocating, no allocation larger than the limit, and a decoded message re-encodes to a
+//! before allocating, no allocation out of proportion to the input (`codec::max_decode_allocation`), and a decoded message re-encodes to a
 //! frame that decodes to the same message.
 #![no_main]
 
@@ -19,14 +19,11 @@ use serde::de::DeserializeOwned;
 /// the same value, and so must its body alone.
 fn whole<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(data: &[u8], max: u32) {
     let (res, largest) = largest_allocation(|| decode_whole_frame::<T>(data, max));
-    // Bodies up to HELPER_MAX_FRAME decode with that limit, larger ones with the control limit.
-    let limit = if data.len() <= HELPER_MAX_FRAME as usize + 4 {
-        HELPER_MAX_FRAME
-    } else {
-        CONTROL_MAX_FRAME
-    };
+    // In proportion to the input (the codec's bound), and never above the channel's limit's.
     assert!(
-        largest <= limit as usize,
+        largest
+            <= codec::max_decode_allocation(data.len())
+                .min(codec::max_decode_allocation(max as usize)),
         "allocated {largest} bytes decoding a {}-byte frame",
         data.len()
     );

@@ -273,7 +273,7 @@ fn verdict(v: FallbackVerdict) -> Verdict {
     }
 }
 
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     if s.len() != N * 2 {
         return None;
@@ -775,8 +775,8 @@ fn compile_paths(
 ) -> Result<PathScopes, PolicyError> {
     let mut block = Vec::new();
     let mut allow = Vec::new();
-    let mut rblock: (Vec<String>, Vec<u32>) = Default::default();
-    let mut rallow: (Vec<String>, Vec<u32>) = Default::default();
+    let mut rblock: RegexRules = Default::default();
+    let mut rallow: RegexRules = Default::default();
     let mut by_prefix: HashMap<String, (u32, Action)> = HashMap::new();
     for rule in rules {
         let r = rule.get_ref();
@@ -834,6 +834,7 @@ fn compile_paths(
                 };
                 target.0.push(v.clone());
                 target.1.push(idx);
+                target.2.push(re.span());
             }
             _ => {
                 return Err(b.ctx.err(
@@ -844,18 +845,52 @@ fn compile_paths(
             }
         }
     }
-    let set = |(pats, rules): (Vec<String>, Vec<u32>)| -> Option<RegexScope> {
-        if pats.is_empty() {
-            return None;
-        }
-        // Each pattern compiled on its own above, so the set compiles too (size limits aside).
-        regex::RegexSet::new(&pats)
-            .ok()
-            .map(|set| RegexScope { set, rules })
-    };
     let tb = PathTable::build(block).unwrap_or_default();
     let ta = PathTable::build(allow).unwrap_or_default();
-    Ok((tb, ta, set(rblock), set(rallow)))
+    let sb = regex_set(b, rblock, "block")?;
+    let sa = regex_set(b, rallow, "allow")?;
+    Ok((tb, ta, sb, sa))
+}
+
+/// Patterns of one action, their rules and where each is written.
+type RegexRules = (Vec<String>, Vec<u32>, Vec<Range<usize>>);
+
+/// One set per action. Each pattern compiled on its own, but the set can still exceed the
+/// regex size limits together: that is an error at the first pattern that tips it over,
+/// never a set silently left out (which would drop every one of those rules).
+fn regex_set(
+    b: &Builder<'_>,
+    (pats, rules, spans): RegexRules,
+    action: &str,
+) -> Result<Option<RegexScope>, PolicyError> {
+    if pats.is_empty() {
+        return Ok(None);
+    }
+    match regex::RegexSet::new(&pats) {
+        Ok(set) => Ok(Some(RegexScope { set, rules })),
+        Err(e) => {
+            // Only on this error path: the shortest failing prefix, by bisection (a longer
+            // prefix only grows the set).
+            let (mut lo, mut hi) = (1, pats.len());
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if regex::RegexSet::new(&pats[..mid]).is_err() {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            let at = hi - 1;
+            Err(b.ctx.err(
+                spans[at].clone(),
+                Some(b.name(rules[at])),
+                format!(
+                    "the {action} regexes up to this one exceed the regex size limit together \
+                     ({e}); simplify or merge them"
+                ),
+            ))
+        }
+    }
 }
 
 type WatchPaths = Vec<(String, bool, Range<usize>)>;
@@ -993,7 +1028,7 @@ fn compile_process(
     }
     if let Some(t) = &e.team_id {
         let v = t.get_ref();
-        m.team_id = Some(if v == "platform" {
+        m.team_id = Some(if v.eq_ignore_ascii_case("platform") {
             TeamMatch::Platform
         } else {
             match team_key(v) {
@@ -1044,6 +1079,30 @@ fn compile_process(
         m.binary_path = Some(bp.get_ref().as_str().into());
     }
     m.platform_binary = e.platform_binary;
+    // A platform binary has no team id (WatchItemPolicy.h `WatchItemProcess::Create` refuses
+    // TeamID with PlatformBinary): an entry asking for both, or for a team's signing id from a
+    // platform binary, or the reverse, can never match and is a mistake.
+    let team_platform = match (&m.team_id, &m.signing_id) {
+        (Some(TeamMatch::Platform), _) => Some(true),
+        (Some(TeamMatch::Team(_)), _) => Some(false),
+        (None, Some(sig)) => Some(sig.team == SigTeam::Platform),
+        (None, None) => None,
+    };
+    if let (Some(team_is_platform), Some(want)) = (team_platform, e.platform_binary) {
+        if team_is_platform != want {
+            return err(
+                p.span(),
+                format!(
+                    "a process entry with platform_binary = {want} cannot also name {}",
+                    if team_is_platform {
+                        "the \"platform\" team"
+                    } else {
+                        "a team id (platform binaries have none)"
+                    }
+                ),
+            );
+        }
+    }
     let empty = m.signing_id.is_none()
         && m.team_id.is_none()
         && m.cdhash.is_none()
@@ -1102,7 +1161,18 @@ fn compile_mount(
         bus: r.bus.clone(),
         fs_type: lower(&r.fs_type),
         disposition: r.disposition.clone(),
-        network_hosts: lower(&r.network_hosts),
+        // An IPv6 host may be written with or without brackets; sources are parsed without.
+        network_hosts: r.network_hosts.as_ref().map(|v| {
+            v.iter()
+                .map(|h| {
+                    let h = h
+                        .strip_prefix('[')
+                        .and_then(|h| h.strip_suffix(']'))
+                        .unwrap_or(h);
+                    h.to_ascii_lowercase()
+                })
+                .collect()
+        }),
         volume_uuid: lower(&r.volume_uuid),
     })
 }

@@ -77,9 +77,8 @@ impl Compiled {
         }
         match &event.body {
             EventBody::Exec { target } => self.decide_exec(target, facts),
-            EventBody::Mount { mount } | EventBody::Remount { mount } => {
-                self.decide_mount(mount, facts)
-            }
+            EventBody::Mount { mount } => self.decide_mount(mount, facts, false),
+            EventBody::Remount { mount } => self.decide_mount(mount, facts, true),
             _ => self.decide_file(event, facts),
         }
     }
@@ -276,7 +275,9 @@ impl Compiled {
         self.finish(Cand::Default, &pending, file)
     }
 
-    fn decide_mount(&self, mount: &MountInfo, facts: &Facts) -> Outcome {
+    /// `remount`: the event is a remount of a mounted volume, whose `mount.flags` are the
+    /// volume's current flags, not the ones the remount asks for.
+    fn decide_mount(&self, mount: &MountInfo, facts: &Facts, remount: bool) -> Outcome {
         for m in &self.mounts {
             match mount_matches(m, mount, facts) {
                 Tri::No => continue,
@@ -296,7 +297,11 @@ impl Compiled {
                     let d = match m.action {
                         MountAction::Allow => Decision::allow(reason, Cacheability::Never),
                         MountAction::Block => Decision::deny(reason, Cacheability::Never),
-                        MountAction::Remount if mount.flags.contains(&m.flags) => {
+                        // A mount that already has the flags may go ahead. A remount may not,
+                        // whatever the volume has now: it could be asking to drop them (read-only
+                        // to read-write), so it is denied and the flags re-applied, as Santa does
+                        // (SNTEndpointSecurityDeviceManager.mm `handleAuthDeviceMount:`).
+                        MountAction::Remount if !remount && mount.flags.contains(&m.flags) => {
                             Decision::allow(reason, Cacheability::Never)
                         }
                         MountAction::Remount => Decision::deny(reason, Cacheability::Never),
@@ -331,6 +336,14 @@ impl Compiled {
                     w.paths.longest(path).is_some()
                 });
             }
+        }
+        if acc.bad_signature {
+            // Santa's FAAPolicyProcessor `ApplyPolicy`: a watched target touched by a process
+            // whose signature is invalid is denied before any exemption, audit-only included.
+            return Outcome::Decided(Decision::deny(
+                Reason::InvalidSignature,
+                Cacheability::Never,
+            ));
         }
         if let Some((item, audit)) = acc.deny {
             // A hard deny stands whatever an unknown certificate would say elsewhere.
@@ -397,6 +410,21 @@ impl Compiled {
             return;
         }
         acc.covered = true;
+        // Bad-signature protection covers file access as well as exec: any item that applies
+        // (a path-keyed item covering the target, or a process-keyed item naming the caller).
+        if self.bad_signature_protection
+            && process.signing.status == SigningStatus::Invalid
+            && (matches!(
+                w.rule_type,
+                RuleType::PathsWithAllowedProcesses | RuleType::PathsWithDeniedProcesses
+            ) || w
+                .processes
+                .iter()
+                .any(|p| proc_matches(p, process, facts) == Tri::Yes))
+        {
+            acc.bad_signature = true;
+            return;
+        }
         // Opens without write, append or truncate are exempt when reads are allowed. Unknown
         // flags (Linux) count as possibly modifying.
         if op == Operation::Open && w.allow_read_access && access.is_some_and(|a| !a.modifies()) {
@@ -443,6 +471,8 @@ struct FileAcc {
     unknown: bool,
     /// A watch item for this operation covers a target (even if it then exempted the event).
     covered: bool,
+    /// A watch item applies and the caller's signature is invalid (bad-signature protection).
+    bad_signature: bool,
 }
 
 impl FileAcc {
@@ -525,19 +555,36 @@ fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts) -> Tri {
     Tri::Yes
 }
 
-/// The host of a network mount source: `//user@host/share`, `smb://host/x`, `host:/export`.
+/// The host of a network mount source, as Santa finds it (SNTEndpointSecurityDeviceManager.mm
+/// `handleAuthNetworkMount:`: a source without `scheme://` or `//` gets the fs type as a scheme
+/// and is parsed as a URL): `//user@host/share`, `smb://host/x`, `host:/export`, and IPv6 hosts in
+/// brackets (`[2001:db8::5]:/srv`, `//user@[2001:db8::5]/share`), returned without them. `None`
+/// when there is no host or the authority is malformed (an unclosed bracket, an unbracketed
+/// IPv6 address): then no `network_hosts` list matches, as Santa's allow list does not.
 fn network_host(source: &str) -> Option<&str> {
     let rest = match source.split_once("://") {
         Some((_, r)) => r,
-        None => match source.strip_prefix("//") {
-            Some(r) => r,
-            None => source.split_once(":/").map(|(h, _)| h)?,
-        },
+        None => source.strip_prefix("//").unwrap_or(source),
     };
-    let host = rest.split('/').next()?;
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = host.split(':').next()?;
-    (!host.is_empty()).then_some(host)
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            if !(after.is_empty() || after.starts_with(':')) || !host.contains(':') {
+                return None;
+            }
+            host
+        }
+        None => {
+            let (host, port) = host_port.split_once(':').unwrap_or((host_port, ""));
+            if port.contains(':') || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            host
+        }
+    };
+    (!host.is_empty() && !host.contains(['[', ']'])).then_some(host)
 }
 
 fn mount_matches(m: &CompiledMount, mount: &MountInfo, facts: &Facts) -> Tri {
@@ -603,6 +650,22 @@ mod tests {
             ("afp://bob@files:548/x", Some("files")),
             ("nfs.corp:/export/home", Some("nfs.corp")),
             ("/dev/disk4s1", None),
+            // IPv6 hosts (issue 13): the host, not "[2001".
+            ("[2001:db8::5]:/srv", Some("2001:db8::5")),
+            ("//user@[2001:db8::5]/share", Some("2001:db8::5")),
+            ("smb://[2001:db8::5]:445/share", Some("2001:db8::5")),
+            ("nfs://[fe80::1%25en0]/x", Some("fe80::1%25en0")),
+            // As Santa's URL parse: a bare host is a host (fs type prefixed as the scheme).
+            ("nas.corp", Some("nas.corp")),
+            // Unparsable: no host at all, or a malformed authority.
+            ("", None),
+            ("//", None),
+            ("//user@/share", None),
+            ("[2001:db8::5:/srv", None),
+            ("2001:db8::5:/srv", None),
+            ("[nas.corp]:/srv", None),
+            ("[2001:db8::5]x:/srv", None),
+            ("smb://host:port/x", None),
         ];
         for (src, want) in cases {
             assert_eq!(network_host(src), want, "{src}");

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use serde::Deserialize;
+use crate::compile::parse_hex;
+use crate::tables::{SigTeam, team_key};
 
 /// A Santa input that could not be read or translated.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,14 @@ pub enum ImportError {
     Plist(#[from] plist::Error),
     #[error("file-access plist: {0}")]
     Shape(String),
+    #[error("Santa rules JSON: {0}")]
+    RulesShape(String),
+    /// One rule Santa itself would refuse (santactl aborts the whole import on it too).
+    #[error("Santa rule {n} {id:?} {what}; fix or remove that rule and import again")]
+    Rule { n: usize, id: String, what: String },
+    /// The translation produced a policy that does not parse: an importer bug, never written.
+    #[error("the imported policy does not parse (please report this): {0}")]
+    Untranslatable(Box<crate::PolicyError>),
 }
 
 /// The result of an import: the policy text and notes about what was skipped.
@@ -23,21 +32,6 @@ pub enum ImportError {
 pub struct Imported {
     pub policy: String,
     pub notes: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RulesFile {
-    rules: Vec<SantaRule>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SantaRule {
-    identifier: Option<String>,
-    /// Older exports name the identifier `sha256`.
-    sha256: Option<String>,
-    policy: String,
-    rule_type: String,
-    custom_msg: Option<String>,
 }
 
 /// TOML string literal.
@@ -61,56 +55,147 @@ pub fn import(
     if let Some(plist) = file_access_plist {
         import_faa(plist, &mut out, &mut notes)?;
     }
+    // The output is written out as a policy: never hand back one that does not load.
+    crate::Policy::parse("imported.toml", &out)
+        .map_err(|e| ImportError::Untranslatable(Box::new(e)))?;
     Ok(Imported { policy: out, notes })
 }
 
+/// What a Santa rule's `policy` becomes. Santa's table is SNTRule.mm `initWithDictionary:`.
+enum Policy {
+    Allow,
+    Block,
+    /// Santa blocks without telling the user (SILENT_*): the block stays, the message goes.
+    SilentBlock,
+    Remove,
+    /// Valid in Santa, no Gatehouse equivalent: left out with a note.
+    Unsupported,
+}
+
+fn santa_policy(p: &str) -> Option<Policy> {
+    Some(match p {
+        "ALLOWLIST" | "WHITELIST" | "ALLOWLIST_COMPILER" | "WHITELIST_COMPILER" => Policy::Allow,
+        "BLOCKLIST" | "BLACKLIST" => Policy::Block,
+        "SILENT_BLOCKLIST"
+        | "SILENT_BLACKLIST"
+        | "SILENT_GUI_BLOCKLIST"
+        | "SILENT_TTY_BLOCKLIST" => Policy::SilentBlock,
+        "REMOVE" => Policy::Remove,
+        "CEL" | "ALLOWLIST_LOCAL_BINARY" | "ALLOWLIST_LOCAL_SIGNINGID" => Policy::Unsupported,
+        _ => return None,
+    })
+}
+
+/// Santa's identifier check and normalisation for a rule type (SNTRule.mm
+/// `initWithIdentifier:`): hashes are lower-case hex, team ids upper-case, a signing id is
+/// `TEAMID:id` or `platform:id` (either case) with the team half normalised and the id kept as
+/// written. The result is what Gatehouse's compiler accepts, so the import always parses.
+fn canonical_identifier(key: &str, id: &str) -> Result<String, String> {
+    match key {
+        "sha256" | "certificate" => parse_hex::<32>(id)
+            .map(|_| id.to_ascii_lowercase())
+            .ok_or_else(|| "must be 64 hex characters (a SHA-256)".to_owned()),
+        "cdhash" => parse_hex::<20>(id)
+            .map(|_| id.to_ascii_lowercase())
+            .ok_or_else(|| "must be 40 hex characters".to_owned()),
+        "team_id" => team_key(id)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .ok_or_else(|| "must be 10 letters or digits".to_owned()),
+        _ => {
+            let Some((team, sid)) = id.split_once(':') else {
+                return Err("must be TEAMID:signing.id or platform:signing.id".to_owned());
+            };
+            let team = match SigTeam::parse(team) {
+                Some(SigTeam::Platform) => "platform".to_owned(),
+                Some(SigTeam::Team(k)) => String::from_utf8_lossy(&k).into_owned(),
+                None => {
+                    return Err(format!(
+                        "{team:?} is neither a 10-character team id nor \"platform\""
+                    ));
+                }
+            };
+            if sid.is_empty() {
+                return Err("the signing id after ':' is empty".to_owned());
+            }
+            if sid.contains('*') {
+                // Santa matches a '*' in an execution rule literally; Gatehouse refuses it
+                // there (wildcards are for watch-item processes), so say so rather than guess.
+                return Err("Gatehouse execution signing ids cannot contain '*'".to_owned());
+            }
+            Ok(format!("{team}:{sid}"))
+        }
+    }
+}
+
 fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result<(), ImportError> {
-    let file: RulesFile = serde_json::from_str(json)?;
-    // Santa applies rules in order and a later rule for the same identifier replaces an
-    // earlier one; keep the last, in first-seen order.
-    let mut order: Vec<(String, String)> = Vec::new();
-    let mut last: HashMap<(String, String), (&'static str, Option<String>)> = HashMap::new();
-    for (n, r) in file.rules.iter().enumerate() {
-        let Some(id) = r.identifier.as_ref().or(r.sha256.as_ref()) else {
-            notes.push(format!("rule {}: no identifier, skipped", n + 1));
-            continue;
+    let root: serde_json::Value = serde_json::from_str(json)?;
+    let Some(rules) = root.get("rules").and_then(|r| r.as_array()) else {
+        return Err(ImportError::RulesShape(
+            "must be an object with a \"rules\" array".into(),
+        ));
+    };
+    // Santa keys its rule table by (identifier, rule type), both normalised, and a later rule
+    // for the same key replaces an earlier one (REMOVE deletes it); keep the last, in
+    // first-seen order.
+    let mut order: Vec<(&'static str, String)> = Vec::new();
+    let mut last: HashMap<(&'static str, String), (&'static str, Option<String>)> = HashMap::new();
+    for (n, r) in rules.iter().enumerate() {
+        let n = n + 1;
+        let bad = |id: &str, what: String| ImportError::Rule {
+            n,
+            id: id.to_owned(),
+            what,
         };
-        let key = match r.rule_type.to_ascii_uppercase().as_str() {
+        let Some(r) = r.as_object() else {
+            return Err(bad("", "is not an object".into()));
+        };
+        // Santa lower-cases the keys and upper-cases the policy and rule type.
+        let field = |k: &str| {
+            r.iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .and_then(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(id) = field("identifier").or_else(|| field("sha256")) else {
+            return Err(bad("", "has no identifier".into()));
+        };
+        let rule_type = field("rule_type").unwrap_or_default().to_ascii_uppercase();
+        let key = match rule_type.as_str() {
             "BINARY" => "sha256",
             "CERTIFICATE" => "certificate",
             "TEAMID" => "team_id",
             "SIGNINGID" => "signing_id",
             "CDHASH" => "cdhash",
-            other => {
-                notes.push(format!(
-                    "rule {} ({id}): rule_type {other} has no Gatehouse equivalent, skipped",
-                    n + 1
-                ));
-                continue;
-            }
+            other => return Err(bad(id, format!("has an unknown rule_type {other:?}"))),
         };
-        let action = match r.policy.to_ascii_uppercase().as_str() {
-            "ALLOWLIST" | "ALLOWLIST_COMPILER" | "WHITELIST" | "WHITELIST_COMPILER" => "allow",
-            "BLOCKLIST" | "SILENT_BLOCKLIST" | "BLACKLIST" | "SILENT_BLACKLIST" => "block",
-            "REMOVE" => {
-                let k = (key.to_owned(), id.clone());
+        let policy = field("policy").unwrap_or_default().to_ascii_uppercase();
+        let Some(action) = santa_policy(&policy) else {
+            return Err(bad(id, format!("has an unknown policy {policy:?}")));
+        };
+        let id = canonical_identifier(key, id)
+            .map_err(|e| bad(id, format!("{rule_type} identifier {e}")))?;
+        let k = (key, id);
+        let (action, msg) = match action {
+            Policy::Allow => ("allow", field("custom_msg")),
+            Policy::Block => ("block", field("custom_msg")),
+            Policy::SilentBlock => ("block", None),
+            Policy::Remove => {
                 last.remove(&k);
                 order.retain(|o| *o != k);
                 continue;
             }
-            other => {
+            Policy::Unsupported => {
                 notes.push(format!(
-                    "rule {} ({id}): policy {other} has no Gatehouse equivalent, skipped",
-                    n + 1
+                    "rule {n} ({}): policy {policy} has no Gatehouse equivalent, skipped",
+                    k.1
                 ));
                 continue;
             }
         };
-        let k = (key.to_owned(), id.clone());
         if !last.contains_key(&k) {
             order.push(k.clone());
         }
-        last.insert(k, (action, r.custom_msg.clone()));
+        last.insert(k, (action, msg.map(str::to_owned)));
     }
     for (n, k) in order.iter().enumerate() {
         let (action, msg) = &last[k];
@@ -177,26 +262,24 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
         let _ = writeln!(out, "paths = [{}]", paths.join(", "));
         let opts = item.get("Options").and_then(|v| v.as_dictionary());
         let get_bool = |k: &str| opts.and_then(|o| o.get(k)).and_then(|v| v.as_boolean());
-        let rule_type = match opts
-            .and_then(|o| o.get("RuleType"))
-            .and_then(|v| v.as_string())
-        {
-            Some("PathsWithAllowedProcesses") | None => {
-                // Santa's legacy option inverted the process list.
-                if get_bool("InvertProcessExceptions") == Some(true) {
-                    "paths_with_denied_processes"
-                } else {
-                    "paths_with_allowed_processes"
+        // WatchItems.mm: RuleType compares case-insensitively and, when present, wins; only
+        // without it does the deprecated InvertProcessExceptions choose.
+        let rule_type = match opts.and_then(|o| o.get("RuleType")) {
+            None if get_bool("InvertProcessExceptions") == Some(true) => {
+                "paths_with_denied_processes"
+            }
+            None => "paths_with_allowed_processes",
+            Some(v) => match v.as_string().map(str::to_ascii_lowercase).as_deref() {
+                Some("pathswithallowedprocesses") => "paths_with_allowed_processes",
+                Some("pathswithdeniedprocesses") => "paths_with_denied_processes",
+                Some("processeswithallowedpaths") => "processes_with_allowed_paths",
+                Some("processeswithdeniedpaths") => "processes_with_denied_paths",
+                _ => {
+                    return Err(ImportError::Shape(format!(
+                        "watch item {name}: unknown RuleType {v:?}"
+                    )));
                 }
-            }
-            Some("PathsWithDeniedProcesses") => "paths_with_denied_processes",
-            Some("ProcessesWithAllowedPaths") => "processes_with_allowed_paths",
-            Some("ProcessesWithDeniedPaths") => "processes_with_denied_paths",
-            Some(other) => {
-                return Err(ImportError::Shape(format!(
-                    "watch item {name}: unknown RuleType {other}"
-                )));
-            }
+            },
         };
         let _ = writeln!(out, "rule_type = \"{rule_type}\"");
         let _ = writeln!(
@@ -209,6 +292,14 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             "audit_only = {}",
             get_bool("AuditOnly").unwrap_or(true)
         );
+        // BlockMessage is the user's message, unless the item is silent (EnableSilentMode).
+        let message = opts
+            .and_then(|o| o.get("BlockMessage"))
+            .and_then(|v| v.as_string())
+            .filter(|m| !m.is_empty());
+        if let (Some(m), false) = (message, get_bool("EnableSilentMode") == Some(true)) {
+            let _ = writeln!(out, "message = {}", q(m));
+        }
         let mut procs = Vec::new();
         for p in item
             .get("Processes")
@@ -218,26 +309,45 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
         {
             let Some(d) = p.as_dictionary() else { continue };
             let s = |k: &str| d.get(k).and_then(|v| v.as_string());
-            let platform = d.get("PlatformBinary").and_then(|v| v.as_boolean());
+            let mut platform = d.get("PlatformBinary").and_then(|v| v.as_boolean());
+            let mut team = s("TeamID");
+            let bad = |what: String| ImportError::Shape(format!("watch item {name}: {what}"));
+            // WatchItemProcess::Create (WatchItemPolicy.h): a TeamID "platform" (any case) means
+            // a platform binary; a real TeamID together with PlatformBinary is refused.
+            if team.is_some_and(|t| t.eq_ignore_ascii_case("platform")) {
+                team = None;
+                platform = Some(true);
+            }
+            if let (Some(t), Some(true)) = (team, platform) {
+                return Err(bad(format!(
+                    "a process sets both TeamID {t} and PlatformBinary, which Santa refuses"
+                )));
+            }
             let mut keys = Vec::new();
             if let Some(sid) = s("SigningID") {
-                // Santa pairs a bare signing id with TeamID or PlatformBinary.
-                let full = if sid.contains(':') {
-                    Some(sid.to_owned())
-                } else if let Some(t) = s("TeamID") {
-                    Some(format!("{t}:{sid}"))
-                } else if platform == Some(true) {
-                    Some(format!("platform:{sid}"))
-                } else {
-                    notes.push(format!("watch item {name}: SigningID {sid} without TeamID or PlatformBinary, skipped"));
-                    None
+                // With a TeamID or PlatformBinary the SigningID is taken whole; without, its
+                // own TEAMID: or platform: prefix scopes it, and an unscoped one is an error.
+                let full = match (team, platform) {
+                    (Some(t), _) => format!("{t}:{sid}"),
+                    (None, Some(true)) => format!("platform:{sid}"),
+                    _ => match sid.split_once(':') {
+                        Some((t, rest)) if !rest.is_empty() && SigTeam::parse(t).is_some() => {
+                            sid.to_owned()
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "SigningID {sid:?} has neither a TeamID, nor PlatformBinary, \
+                                 nor a TEAMID: or platform: prefix"
+                            )));
+                        }
+                    },
                 };
-                if let Some(f) = full {
-                    keys.push(format!("signing_id = {}", q(&f)));
-                }
+                // The team is part of the signing id now; a team_id key would only repeat it.
+                keys.push(format!("signing_id = {}", q(&full)));
+            } else if let Some(t) = team {
+                keys.push(format!("team_id = {}", q(t)));
             }
             for (santa, ours) in [
-                ("TeamID", "team_id"),
                 ("CDHash", "cdhash"),
                 ("CertificateSha256", "certificate"),
                 ("BinaryPath", "binary_path"),

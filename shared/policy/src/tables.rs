@@ -110,9 +110,10 @@ pub(crate) enum SigTeam {
 }
 
 impl SigTeam {
-    /// Parses the part before the first `:` of a signing-ID rule.
+    /// Parses the part before the first `:` of a signing-ID rule. `platform` is a keyword in
+    /// any case, as in Santa (SNTRule.mm, WatchItemPolicy.h compare it lower-cased).
     pub(crate) fn parse(s: &str) -> Option<SigTeam> {
-        if s == "platform" {
+        if s.eq_ignore_ascii_case("platform") {
             Some(SigTeam::Platform)
         } else {
             team_key(s).map(SigTeam::Team)
@@ -177,5 +178,7 @@ mod tests {
         assert_eq!(team_key("ABCDE1234"), None);
         assert_eq!(team_key("ABCDE-1234"), None);
         assert_eq!(SigTeam::parse("platform"), Some(SigTeam::Platform));
+        assert_eq!(SigTeam::parse("PLatFOrm"), Some(SigTeam::Platform));
+        assert_eq!(SigTeam::parse("platforms"), None);
     }
 }

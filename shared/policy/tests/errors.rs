@@ -162,3 +162,68 @@ fn display_is_file_line_col_message_rule() {
         "p.toml:6:10: sha256 must be 64 hex characters, found \"abc\" (rule short-hash)"
     );
 }
+
+/// (policy text after the header, text the error must point at, rule, message fragment).
+/// Issue 13's checks: Santa's WatchItemProcess::Create refuses a TeamID together with
+/// PlatformBinary (WatchItemPolicyTest.mm `testWatchItemProcessCreate`), and a regex that does
+/// not compile, the size limits included, is an error at its position, never dropped.
+#[test]
+fn contradictions_and_oversized_regexes_are_errors_at_their_position() {
+    // Compiles alone, but many together exceed the regex set's size limit.
+    let big = r"\\w{60}[\\w\\d]{60}";
+    let many: String = (1..=12)
+        .map(|i| {
+            format!(
+                "[[exec_path]]\nname = \"re{i}\"\naction = \"block\"\nregex = \"^/x{i}/{big}\"\n"
+            )
+        })
+        .collect();
+    #[rustfmt::skip]
+    let cases: Vec<(String, &str, Option<&str>, &str)> = vec![
+        ("[[watch]]\nname = \"w\"\npaths = [{ path = \"/etc/\" }]\nprocesses = [{ team_id = \"ABCDE12345\", platform_binary = true }]\n".into(),
+            "{ team_id = \"ABCDE12345\"", Some("w"), "platform_binary = true cannot also name a team id"),
+        ("[[watch]]\nname = \"w\"\npaths = [{ path = \"/etc/\" }]\nprocesses = [{ signing_id = \"ABCDE12345:com.x\", platform_binary = true }]\n".into(),
+            "{ signing_id", Some("w"), "cannot also name a team id"),
+        ("[[watch]]\nname = \"w\"\npaths = [{ path = \"/etc/\" }]\nprocesses = [{ team_id = \"PLATFORM\", platform_binary = false }]\n".into(),
+            "{ team_id = \"PLATFORM\"", Some("w"), "platform_binary = false cannot also name the \"platform\" team"),
+        ("[[exec_path]]\nname = \"bad-re\"\naction = \"block\"\nregex = \"^/a(\"\n".into(),
+            "\"^/a(\"", Some("bad-re"), "invalid regex"),
+        (many, "", None, "exceed the regex size limit together"),
+    ];
+    for (body, at, rule, msg) in cases {
+        let text = format!("{HDR}{body}");
+        let err = Policy::parse("bad.toml", &text).expect_err(&body);
+        assert!(err.message.contains(msg), "{body}: {err}");
+        if at.is_empty() {
+            // The oversized set: the error names the pattern that tips it over, at its regex.
+            let rule = err.rule.clone().expect("names a rule");
+            let n: usize = rule.strip_prefix("re").unwrap().parse().unwrap();
+            assert!(n > 1, "{err}");
+            let line = text
+                .lines()
+                .position(|l| l.starts_with(&format!("regex = \"^/x{n}/")))
+                .unwrap()
+                + 1;
+            assert_eq!((err.line, err.column), (line, 9), "{err}");
+            continue;
+        }
+        let offset = text.find(at).unwrap();
+        let line = text[..offset].matches('\n').count() + 1;
+        let column = offset - text[..offset].rfind('\n').map_or(0, |n| n + 1) + 1;
+        assert_eq!(
+            (err.line, err.column, err.rule.as_deref()),
+            (line, column, rule),
+            "{body}: {err}"
+        );
+    }
+    // The platform keyword is case-insensitive where a team id may be written.
+    for entry in [
+        "{ team_id = \"Platform\" }",
+        "{ signing_id = \"PLATFORM:com.apple.cat\" }",
+    ] {
+        let text = format!(
+            "{HDR}[[watch]]\nname = \"w\"\npaths = [{{ path = \"/etc/\" }}]\nprocesses = [{entry}]\n"
+        );
+        Policy::parse("ok.toml", &text).unwrap_or_else(|e| panic!("{entry}: {e}"));
+    }
+}

@@ -469,3 +469,156 @@ processes = [{ binary_path = "/usr/bin/browser" }]
         }
     }
 }
+
+fn remount(mut ev: model::Event) -> model::Event {
+    if let model::EventBody::Mount { mount } = ev.body {
+        ev.body = model::EventBody::Remount { mount };
+    }
+    ev
+}
+
+/// A `remount` rule forces its flags on every remount, whatever the volume has now: a remount's
+/// flags are the mounted volume's current ones, not what it asks for, so "already read-only"
+/// says nothing about a remount to read-write. Santa denies every matching remount and
+/// re-applies the flags (SNTEndpointSecurityDeviceManager.mm `handleAuthDeviceMount:`, the
+/// `m->event_type != ES_EVENT_TYPE_AUTH_REMOUNT` condition); a mount that already has them
+/// is allowed.
+#[test]
+fn remount_rule_forces_flags_on_every_remount() {
+    let p = Policy::parse("mounts.toml", MOUNTS).unwrap();
+    let usb = facts_volume(true, false, VolumeBus::Usb);
+    let ro_noexec = MountFlags {
+        read_only: true,
+        noexec: true,
+        ..Default::default()
+    };
+    let ro = MountFlags {
+        read_only: true,
+        ..Default::default()
+    };
+    let dev = |flags| mount("/dev/disk4s1", "msdos", D::External, flags);
+    #[rustfmt::skip]
+    let cases: Vec<(&str, model::Event, &str)> = vec![
+        ("mount without the flags", dev(MountFlags::default()), "deny:usb-read-only"),
+        ("mount with part of them", dev(ro), "deny:usb-read-only"),
+        ("mount already with them", dev(ro_noexec), "allow:usb-read-only"),
+        ("remount of a volume without them", remount(dev(MountFlags::default())), "deny:usb-read-only"),
+        ("remount of a volume already read-only + noexec", remount(dev(ro_noexec)), "deny:usb-read-only"),
+        ("remount of an image already noexec", remount(mount("/dev/disk9s1", "hfs", D::Virtual, MountFlags { noexec: true, ..Default::default() })), "deny:images-noexec"),
+        ("remount no rule covers", remount(mount("/dev/disk1s1", "apfs", D::Internal, MountFlags::default())), "allow:default"),
+    ];
+    for (what, ev, want) in cases {
+        assert_eq!(summary(&p.decide(&ev, &usb)), want, "{what}");
+    }
+}
+
+/// Network sources with IPv6 hosts match by host, written with or without brackets in the
+/// policy; sources whose host cannot be parsed match no `network_hosts` list (Santa:
+/// `handleAuthNetworkMount:` finds no host, so its allow list never applies).
+#[test]
+fn network_hosts_parse_ipv6_sources() {
+    let p = Policy::parse(
+        "net.toml",
+        r#"
+version = 1
+mode = "enforce"
+
+[[mount]]
+name = "v6-nas"
+action = "allow"
+network_hosts = ["2001:DB8::5", "[2001:db8::6]"]
+
+[[mount]]
+name = "other-network"
+action = "block"
+disposition = ["network"]
+"#,
+    )
+    .unwrap();
+    let net = |src: &str, fs: &str| mount(src, fs, D::Network, MountFlags::default());
+    #[rustfmt::skip]
+    let cases: Vec<(&str, model::Event, &str)> = vec![
+        ("nfs v6", net("[2001:db8::5]:/srv", "nfs"), "allow:v6-nas"),
+        ("smb v6 with user", net("//user@[2001:db8::5]/share", "smbfs"), "allow:v6-nas"),
+        ("bracketed in the policy", net("[2001:db8::6]:/srv", "nfs"), "allow:v6-nas"),
+        ("url with port", net("smb://[2001:db8::5]:445/share", "smbfs"), "allow:v6-nas"),
+        ("another v6 host", net("[2001:db8::7]:/srv", "nfs"), "deny:other-network"),
+        ("the old misparse's prefix", net("[2001]:/srv", "nfs"), "deny:other-network"),
+        ("unclosed bracket", net("[2001:db8::5:/srv", "nfs"), "deny:other-network"),
+        ("unbracketed v6", net("2001:db8::5:/srv", "nfs"), "deny:other-network"),
+        ("no host", net("//", "smbfs"), "deny:other-network"),
+    ];
+    for (what, ev, want) in cases {
+        assert_eq!(summary(&p.decide(&ev, &Facts::NONE)), want, "{what}");
+    }
+}
+
+/// Bad-signature protection covers file access too: a process with an invalid signature
+/// touching a watched path is denied before any exemption (allowed process, read access, audit
+/// only), as Santa's FAAPolicyProcessor `ApplyPolicy` does (FAAPolicyProcessorTest.mm: "denied
+/// when `EnableBadSignatureProtection` is true"); with protection off, watch items decide.
+#[test]
+fn bad_signature_protection_covers_file_access() {
+    let policy = |protect: bool| {
+        Policy::parse(
+            "bad-sig.toml",
+            &format!(
+                r#"
+version = 1
+mode = "monitor"
+[defaults]
+bad_signature_protection = {protect}
+
+[[watch]]
+name = "ssh"
+paths = [{{ path = "/etc/ssh/", prefix = true }}]
+allow_read_access = true
+audit_only = false
+processes = [{{ binary_path = "/usr/sbin/sshd" }}]
+
+[[watch]]
+name = "audit-log"
+paths = [{{ path = "/var/audit/log" }}]
+processes = [{{ binary_path = "/usr/sbin/sshd" }}]
+
+[[watch]]
+name = "curl-confined"
+rule_type = "processes_with_allowed_paths"
+audit_only = false
+paths = [{{ path = "/tmp/curl/", prefix = true }}]
+processes = [{{ binary_path = "/usr/bin/curl" }}]
+"#
+            ),
+        )
+        .unwrap()
+    };
+    let bad = |path: &str| {
+        process(
+            path,
+            sig(Invalid, Some("ABCDE12345"), Some("x"), None, 0, false),
+        )
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, model::Event, &str, &str)> = vec![
+        // (what, event, protection on, protection off)
+        ("allowed process, invalid signature", open(bad("/usr/sbin/sshd"), "/etc/ssh/sshd_config", WRITE), "deny:invalid_signature", "allow:ssh"),
+        ("read exempt, invalid signature", open(bad("/usr/bin/vim"), "/etc/ssh/sshd_config", READ), "deny:invalid_signature", "allow:default"),
+        ("audit-only item, invalid signature", open(bad("/usr/bin/vim"), "/var/audit/log", WRITE), "deny:invalid_signature", "audit:audit-log"),
+        ("process-keyed item names the caller", open(bad("/usr/bin/curl"), "/tmp/curl/x", WRITE), "deny:invalid_signature", "allow:default"),
+        ("unwatched path", open(bad("/usr/bin/vim"), "/home/a", WRITE), "allow:default", "allow:default"),
+        ("valid signature unaffected", open(process("/usr/sbin/sshd", sig(Unsigned, None, None, None, 0, false)), "/etc/ssh/sshd_config", WRITE), "allow:ssh", "allow:ssh"),
+    ];
+    let (on, off) = (policy(true), policy(false));
+    for (what, ev, want_on, want_off) in cases {
+        assert_eq!(
+            summary(&on.decide(&ev, &Facts::NONE)),
+            want_on,
+            "{what} (protection on)"
+        );
+        assert_eq!(
+            summary(&off.decide(&ev, &Facts::NONE)),
+            want_off,
+            "{what} (protection off)"
+        );
+    }
+}

@@ -83,3 +83,238 @@ fn bad_inputs_are_errors() {
     let bad_type = br#"<?xml version="1.0"?><plist version="1.0"><dict><key>WatchItems</key><dict><key>X</key><dict><key>Paths</key><array><string>/a</string></array><key>Options</key><dict><key>RuleType</key><string>Everything</string></dict></dict></dict></dict></plist>"#;
     assert!(policy::santa::import(None, Some(bad_type)).is_err());
 }
+
+fn rules(rules: &[&str]) -> String {
+    format!("{{\"rules\": [{}]}}", rules.join(","))
+}
+
+/// An identifier Santa refuses for its rule type (SNTRule.mm `initWithIdentifier:`, which
+/// santactl's `--import` turns into an abort) is an import error naming the rule, never a
+/// policy that `Policy::parse` then rejects. The first row is the `santa` fuzz target's finding.
+#[test]
+fn invalid_identifiers_are_refused_by_name() {
+    #[rustfmt::skip]
+    let cases: &[(&str, &str, &str)] = &[
+        // (rule_type, identifier, part of the error)
+        ("TEAMID", "ZZZZZ99999EQHXZ8M8AV", "10 letters or digits"),
+        ("TEAMID", "ABCDE1234", "10 letters or digits"),
+        ("TEAMID", "ABCDE-1234", "10 letters or digits"),
+        ("BINARY", "abc", "64 hex"),
+        ("CERTIFICATE", "111111111111111111111111111111111111111111111111111111111111111", "64 hex"),
+        ("BINARY", "g111111111111111111111111111111111111111111111111111111111111111", "64 hex"),
+        ("CDHASH", "ABABABABABABABABABABABABABABABABABABABA", "40 hex"),
+        ("SIGNINGID", "com.example", "TEAMID:signing.id"),
+        ("SIGNINGID", "ABCDE1234:com.example", "neither a 10-character team id"),
+        ("SIGNINGID", "platforms:com.example", "neither a 10-character team id"),
+        ("SIGNINGID", "ABCDE12345:", "empty"),
+        ("SIGNINGID", "ABCDE12345:com.*", "'*'"),
+    ];
+    for (ty, id, want) in cases {
+        let json = rules(&[
+            r#"{"identifier": "EQHXZ8M8AV", "policy": "ALLOWLIST", "rule_type": "TEAMID"}"#,
+            &format!(r#"{{"identifier": "{id}", "policy": "BLOCKLIST", "rule_type": "{ty}"}}"#),
+        ]);
+        let e = policy::santa::import(Some(&json), None)
+            .map(|i| i.policy)
+            .expect_err(id)
+            .to_string();
+        assert!(
+            e.contains("rule 2") && e.contains(id) && e.contains(want),
+            "{ty} {id}: {e}"
+        );
+    }
+}
+
+/// Rules Santa itself refuses are errors too, not skipped entries.
+#[test]
+fn malformed_rules_are_errors() {
+    #[rustfmt::skip]
+    let cases: &[(&str, &str)] = &[
+        (r#"{"policy": "BLOCKLIST", "rule_type": "BINARY"}"#, "no identifier"),
+        (r#"{"identifier": "", "policy": "BLOCKLIST", "rule_type": "BINARY"}"#, "no identifier"),
+        (r#"{"identifier": "EQHXZ8M8AV", "policy": "BLOCKLIST", "rule_type": "TEAM"}"#, "unknown rule_type"),
+        (r#"{"identifier": "EQHXZ8M8AV", "policy": "BLOCKLIST"}"#, "unknown rule_type"),
+        (r#"{"identifier": "EQHXZ8M8AV", "policy": "MAYBE", "rule_type": "TEAMID"}"#, "unknown policy"),
+        ("5", "not an object"),
+    ];
+    for (rule, want) in cases {
+        let e = policy::santa::import(Some(&rules(&[rule])), None)
+            .map(|i| i.policy)
+            .expect_err(rule)
+            .to_string();
+        assert!(e.contains("rule 1") && e.contains(want), "{rule}: {e}");
+    }
+}
+
+/// Santa's rule table semantics (SNTRule.mm `normalizeRuleDictionary:` and
+/// `initWithIdentifier:`, SNTRuleTable's (identifier, type) key): keys compare without case,
+/// policy and rule type are upper-cased, identifiers normalised, so a later rule for the same
+/// identifier in another case replaces the earlier one; silent blocks keep no user message.
+#[test]
+fn import_follows_santas_rule_table() {
+    let team = |t: &str| {
+        exec(
+            "/x",
+            sig(
+                Production,
+                Some(t),
+                Some("com.example.tool"),
+                None,
+                0,
+                false,
+            ),
+        )
+    };
+    let known = Facts {
+        sha256: Some(sha("99")),
+        certificate: facts_cert("99").certificate,
+        ..Facts::NONE
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<&str>, model::Event, &str)> = vec![
+        ("a later rule in another case replaces the earlier", vec![
+            r#"{"identifier": "abcde12345", "policy": "BLOCKLIST", "rule_type": "TEAMID"}"#,
+            r#"{"identifier": "ABCDE12345", "policy": "ALLOWLIST", "rule_type": "TEAMID"}"#,
+        ], team("ABCDE12345"), "allow:santa-team-id-1"),
+        ("REMOVE matches without case", vec![
+            r#"{"identifier": "ABCDE12345", "policy": "BLOCKLIST", "rule_type": "TEAMID"}"#,
+            r#"{"identifier": "abcde12345", "policy": "remove", "rule_type": "teamid"}"#,
+        ], team("ABCDE12345"), "would_deny"),
+        ("keys, policy and rule type in any case", vec![
+            r#"{"Identifier": "ABCDE12345", "POLICY": "blocklist", "Rule_Type": "TeamID"}"#,
+        ], team("ABCDE12345"), "deny:santa-team-id-1"),
+        ("the signing id team half in any case", vec![
+            r#"{"identifier": "abcde12345:com.example.tool", "policy": "BLOCKLIST", "rule_type": "SIGNINGID"}"#,
+            r#"{"identifier": "ABCDE12345:com.example.tool", "policy": "ALLOWLIST", "rule_type": "SIGNINGID"}"#,
+        ], team("ABCDE12345"), "allow:santa-signing-id-1"),
+        ("Platform: is the platform keyword", vec![
+            r#"{"identifier": "Platform:com.apple.osascript", "policy": "BLOCKLIST", "rule_type": "SIGNINGID"}"#,
+        ], exec("/usr/bin/osascript", sig(Production, None, Some("com.apple.osascript"), None, 0, true)), "deny:santa-signing-id-1"),
+        ("the signing id itself keeps its case", vec![
+            r#"{"identifier": "ABCDE12345:COM.EXAMPLE.TOOL", "policy": "BLOCKLIST", "rule_type": "SIGNINGID"}"#,
+        ], team("ABCDE12345"), "would_deny"),
+    ];
+    for (what, rs, ev, want) in cases {
+        let imported = policy::santa::import(Some(&rules(&rs)), None).unwrap();
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(
+            summary(&p.decide(&ev, &known)),
+            want,
+            "{what}\n{}",
+            imported.policy
+        );
+    }
+    // Silent blocks (SILENT_BLOCKLIST and its GUI/TTY kinds) block without a user message.
+    for policy in [
+        "SILENT_BLOCKLIST",
+        "SILENT_BLACKLIST",
+        "SILENT_GUI_BLOCKLIST",
+        "SILENT_TTY_BLOCKLIST",
+    ] {
+        let json = rules(&[&format!(
+            r#"{{"identifier": "ABCDE12345", "policy": "{policy}", "rule_type": "TEAMID", "custom_msg": "you should not see this"}}"#
+        )]);
+        let imported = policy::santa::import(Some(&json), None).unwrap();
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(
+            summary(&p.decide(&team("ABCDE12345"), &known)),
+            "deny:santa-team-id-1",
+            "{policy}"
+        );
+        assert_eq!(
+            p.rule_message(&model::RuleRef::new("santa-team-id-1")),
+            None,
+            "{policy}"
+        );
+    }
+}
+
+fn faa(processes: &str, options: &str) -> Vec<u8> {
+    format!(
+        r#"<?xml version="1.0"?><plist version="1.0"><dict><key>WatchItems</key><dict><key>W</key><dict>
+        <key>Paths</key><array><dict><key>Path</key><string>/etc/w</string></dict></array>
+        <key>Options</key><dict><key>AuditOnly</key><false/>{options}</dict>
+        <key>Processes</key><array>{processes}</array></dict></dict></dict></plist>"#
+    )
+    .into_bytes()
+}
+
+/// File-access import follows WatchItems.mm (`GetRuleType`: case-insensitive, and RuleType wins
+/// over the deprecated InvertProcessExceptions) and WatchItemProcess::Create
+/// (WatchItemPolicyTest.mm `testWatchItemProcessCreate`: an unscoped SigningID and TeamID
+/// together with PlatformBinary are refused; TeamID "platform" in any case is a platform binary;
+/// with a TeamID the SigningID is taken whole).
+#[test]
+fn file_access_import_follows_santa() {
+    let tool = |team: Option<&str>, id: &str, platform: bool| {
+        open(
+            process(
+                "/opt/tool",
+                sig(Production, team, Some(id), None, 0, platform),
+            ),
+            "/etc/w",
+            WRITE,
+        )
+    };
+    let signed = r#"<dict><key>SigningID</key><string>ABCDE12345:com.example</string></dict>"#;
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<u8>, model::Event, &str)> = vec![
+        ("RuleType in lower case", faa(signed, "<key>RuleType</key><string>pathswithdeniedprocesses</string>"),
+            tool(Some("ABCDE12345"), "com.example", false), "deny:W"),
+        ("RuleType wins over InvertProcessExceptions", faa(signed, "<key>RuleType</key><string>PathsWithAllowedProcesses</string><key>InvertProcessExceptions</key><true/>"),
+            tool(Some("ABCDE12345"), "com.example", false), "allow:W"),
+        ("InvertProcessExceptions without RuleType", faa(signed, "<key>InvertProcessExceptions</key><true/>"),
+            tool(Some("ABCDE12345"), "com.example", false), "deny:W"),
+        ("TeamID PLATFORM is a platform binary", faa(r#"<dict><key>SigningID</key><string>com.apple.cat</string><key>TeamID</key><string>PLatFOrm</string></dict>"#, ""),
+            tool(None, "com.apple.cat", true), "allow:W"),
+        ("TeamID scopes a SigningID taken whole", faa(r#"<dict><key>SigningID</key><string>platform:com.example</string><key>TeamID</key><string>ABCDE12345</string></dict>"#, ""),
+            tool(Some("ABCDE12345"), "platform:com.example", false), "allow:W"),
+        ("platFORM: prefix", faa(r#"<dict><key>SigningID</key><string>platFORM:com.apple.*</string></dict>"#, ""),
+            tool(None, "com.apple.cat", true), "allow:W"),
+    ];
+    for (what, plist, ev, want) in cases {
+        let imported =
+            policy::santa::import(None, Some(&plist)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(
+            summary(&p.decide(&ev, &Facts::NONE)),
+            want,
+            "{what}\n{}",
+            imported.policy
+        );
+    }
+    #[rustfmt::skip]
+    let refused: &[(&str, &str)] = &[
+        (r#"<dict><key>SigningID</key><string>com.example</string></dict>"#, "neither a TeamID"),
+        (r#"<dict><key>SigningID</key><string>ABCDE1234:com.example</string></dict>"#, "neither a TeamID"),
+        (r#"<dict><key>TeamID</key><string>ABCDE12345</string><key>PlatformBinary</key><true/></dict>"#, "both TeamID"),
+    ];
+    for (proc, want) in refused {
+        let e = policy::santa::import(None, Some(&faa(proc, "")))
+            .map(|i| i.policy)
+            .expect_err(proc)
+            .to_string();
+        assert!(
+            e.contains("watch item W") && e.contains(want),
+            "{proc}: {e}"
+        );
+    }
+}
+
+/// BlockMessage becomes the item's message, except in silent mode (WatchItems.mm
+/// `EnableSilentMode`, `BlockMessage`).
+#[test]
+fn file_access_block_message_unless_silent() {
+    for (options, want) in [
+        ("<key>BlockMessage</key><string>no</string>", Some("no")),
+        (
+            "<key>BlockMessage</key><string>no</string><key>EnableSilentMode</key><true/>",
+            None,
+        ),
+        ("", None),
+    ] {
+        let imported = policy::santa::import(None, Some(&faa("", options))).unwrap();
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(p.rule_message(&model::RuleRef::new("W")), want, "{options}");
+    }
+}
