@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod linux_common;
+
 fn packages_dir(test: &str) -> Option<PathBuf> {
     let Some(dir) = std::env::var_os("GATEHOUSE_PACKAGES_DIR") else {
         tests::skip(
@@ -431,4 +433,123 @@ fn perms_string_table() {
     ] {
         assert_eq!(perms_string(m), s);
     }
+}
+
+/// The upgrade an administrator runs on a protected machine: the extension enforces the
+/// self-protection rule on the installed files (the embedded default's rule, its paths inside
+/// the scratch root) while dpkg upgrades the package. dpkg, which the rule allows, replaces the
+/// files; any other writer is refused; the extension keeps running throughout.
+#[test]
+fn deb_upgrade_succeeds_while_the_agent_enforces_self_protection() {
+    let test = "deb_upgrade_succeeds_while_the_agent_enforces_self_protection";
+    let Some(dir) = packages_dir(test) else {
+        return;
+    };
+    if linux_common::skip(test) || !tests::have_command("dpkg") {
+        return;
+    }
+    let current = one(&dir, "deb");
+    let prev = one(&dir.join("prev"), "deb");
+    // The root lives on a scratch tmpfs: the only filesystem the extension marks.
+    let scratch = linux_common::Scratch::mount();
+    let r = scratch.join("root");
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    dpkg(&r, &["--install", prev.to_str().unwrap()]);
+
+    let rooted = |p: &str| in_root(&r, p).display().to_string();
+    let rundir = tempfile::tempdir().unwrap();
+    let policy = rundir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"version = 1
+mode = "enforce"
+
+[defaults]
+fallback = "allow"
+helper_unavailable = "allow"
+deadline_ms = 3000
+
+[[watch]]
+name = "gatehouse-self-protection"
+rule_type = "paths_with_allowed_processes"
+allow_read_access = true
+audit_only = false
+operations = ["open", "rename", "unlink", "truncate", "link", "create"]
+paths = [
+    {{ path = "{etc}/", prefix = true }},
+    {{ path = "{libexec}/", prefix = true }},
+    {{ path = "{bin}", prefix = true }},
+]
+processes = [{{ binary_path = "/usr/bin/dpkg" }}]
+"#,
+            etc = rooted("/etc/gatehouse"),
+            libexec = rooted("/usr/libexec/gatehouse"),
+            bin = rooted("/usr/bin/gatehouse"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(tests::binary("gatehouse-extension"));
+    cmd.arg("--policy")
+        .arg(&policy)
+        .arg("--scope")
+        .arg(&scratch.path)
+        .arg("--control-socket")
+        .arg(rundir.path().join("control.sock"))
+        .arg("--helper-socket")
+        .arg(rundir.path().join("helper.sock"))
+        .arg("--events-log")
+        .arg(rundir.path().join("events.jsonl"))
+        .stderr(Stdio::inherit());
+    let mut ext = linux_common::Guarded::spawn("extension", cmd);
+    assert!(
+        ext.wait_line(
+            "gatehouse-extension: fanotify on",
+            std::time::Duration::from_secs(30)
+        )
+        .is_some(),
+        "the extension enforces"
+    );
+
+    // Any other writer is refused.
+    let maint = rooted("/usr/libexec/gatehouse/maint.sh");
+    let forged = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("echo forged >> '{maint}'"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!forged.status.success(), "a shell may not change {maint}");
+
+    // dpkg upgrades the package while the extension enforces.
+    dpkg(&r, &["--install", current.to_str().unwrap()]);
+    let status = text(&dpkg(&r, &["--status", "gatehouse"]));
+    let want = text(&run(Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&current)
+        .arg("Version")));
+    assert!(
+        status.contains(&format!("Version: {}", want.trim())),
+        "upgraded under enforcement: {status}"
+    );
+    assert!(!std::fs::read_to_string(&maint).unwrap().contains("forged"));
+    assert!(
+        ext.wait_exit(std::time::Duration::from_millis(100))
+            .is_none(),
+        "the extension kept running"
+    );
+    ext.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        ext.wait_exit(std::time::Duration::from_secs(15))
+            .is_some_and(|s| s.success()),
+        "clean stop"
+    );
+    dpkg(&r, &["--purge", "gatehouse"]);
 }
