@@ -999,6 +999,29 @@ processes = [{{ binary_path = "{reader}" }}]
         }
 
         let gatehouse = std::env::current_exe()?;
+        // The steps show decisions the helper makes: wait (bounded) until the extension has
+        // reached it, so a slow start on a busy machine does not turn the first step into the
+        // helper_unavailable fallback.
+        let connected = || {
+            Command::new(&gatehouse)
+                .args(["status", "--json", "--control-socket"])
+                .arg(&spec.control_socket)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .is_some_and(|v| v["helper_connected"] == true)
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while !connected() && Instant::now() < end && !halted() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !connected() {
+            say(
+                "gatehouse demo: the extension has not reached the helper within 10 s; the steps below may show fallbacks",
+            );
+        }
         let mut ok = true;
         let steps: [&dyn Fn() -> bool; 6] = [
             &|| {
