@@ -160,7 +160,7 @@ fn deb_installs_upgrades_keeping_the_policy_and_purges_to_nothing() {
     let shipped = std::fs::read_to_string(in_root(r, "/etc/gatehouse/policy.toml")).unwrap();
     assert_eq!(
         shipped,
-        include_str!("../../shared/policy/src/default.toml"),
+        policy::EMBEDDED_DEFAULT_TOML,
         "the shipped policy is the embedded default"
     );
 
