@@ -120,6 +120,21 @@ pub trait PackageTrust: Send + Sync {
 /// (Linux: mountinfo, sysfs, `/dev/disk/by-uuid`; macOS: DiskArbitration).
 pub trait VolumeInspector: Send + Sync {
     fn volume(&self, mount: &MountInfo, deadline: Instant) -> Result<VolumeInfo, AnalysisError>;
+
+    /// Start mounting `mount`'s volume again with `arguments` (`mount -o` words, from
+    /// [`crate::remount::mount_arguments`]) and return without waiting for it to finish: the
+    /// mount raises a mount event the extension may need this helper to decide (invariant
+    /// `slow-path-never-gates-itself`). macOS: DiskArbitration. Elsewhere unsupported, since
+    /// only Endpoint Security reports mounts.
+    fn start_remount(
+        &self,
+        mount: &MountInfo,
+        arguments: &[&'static str],
+        deadline: Instant,
+    ) -> Result<(), AnalysisError> {
+        let _ = (mount, arguments, deadline);
+        Err(AnalysisError::Unsupported("remounting volumes"))
+    }
 }
 
 /// The leaf certificate of a binary's code signature (macOS: Security framework). Linux has no

@@ -25,5 +25,6 @@ pub mod linux;
 #[cfg(target_os = "macos")]
 pub mod macos;
 pub mod pool;
+pub mod remount;
 pub mod service;
 pub mod stats;

@@ -8,10 +8,10 @@ use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use model::{FileIdentity, Sha256};
+use model::{FileIdentity, Sha256, SigningBinding};
 use protocol::{AnalysisRequest, Facts, HelperErrorKind, HelperRequest, HelperResponse, Role};
 
-use crate::analyzer::{AnalysisError, Analyzers, Input};
+use crate::analyzer::{AnalysisError, Analyzers, Binding, Input};
 use crate::cache::BoundedCache;
 use crate::stats::Stats;
 
@@ -58,6 +58,7 @@ impl Service {
             HelperRequest::Ping => &self.stats.requests_ping,
             HelperRequest::Stats => &self.stats.requests_stats,
             HelperRequest::Analyze { .. } => &self.stats.requests_analyze,
+            HelperRequest::Remount { .. } => &self.stats.requests_remount,
         });
     }
 
@@ -113,6 +114,35 @@ impl Service {
             HelperRequest::Stats => HelperResponse::Stats {
                 counters: self.stats.snapshot(),
             },
+            HelperRequest::Remount { .. } if role != Role::Extension => self.error(
+                HelperErrorKind::BadRequest,
+                format!("role {role:?} may not remount volumes; that is for the extension"),
+            ),
+            HelperRequest::Remount { mount, forced } => {
+                if Instant::now() >= deadline {
+                    return self.error(
+                        HelperErrorKind::DeadlineExceeded,
+                        "the remount's budget was spent before it started; dropped",
+                    );
+                }
+                let arguments = crate::remount::mount_arguments(mount, forced);
+                match self
+                    .analyzers
+                    .volumes
+                    .start_remount(mount, &arguments, deadline)
+                {
+                    Ok(()) => {
+                        Stats::bump(&self.stats.remounts_started);
+                        HelperResponse::RemountStarted {
+                            arguments: arguments.iter().map(|a| (*a).to_owned()).collect(),
+                        }
+                    }
+                    Err(e) => {
+                        Stats::bump(&self.stats.remounts_failed);
+                        self.error(e.kind(), format!("remounting {}: {e}", mount.mount_point))
+                    }
+                }
+            }
             HelperRequest::Analyze { .. } if role != Role::Extension => self.error(
                 HelperErrorKind::BadRequest,
                 format!(
@@ -142,7 +172,18 @@ impl Service {
             }
         }
     }
+}
 
+/// The kernel identity a certificate request carries, as the analyzers take it.
+fn binding_of(request: &AnalysisRequest) -> Binding {
+    match request.binding {
+        Some(SigningBinding::CdHash(cd)) => Binding::CdHash(cd),
+        Some(SigningBinding::AuditToken(token)) => Binding::AuditToken(token.0),
+        None => Binding::Unbound,
+    }
+}
+
+impl Service {
     fn analyze(
         &self,
         request: &AnalysisRequest,
@@ -181,10 +222,11 @@ impl Service {
                         }
                     }
                     if needs.certificate {
-                        match input
-                            .check_deadline()
-                            .and_then(|()| self.analyzers.signing.certificate(&input))
-                        {
+                        match input.check_deadline().and_then(|()| {
+                            self.analyzers
+                                .signing
+                                .certificate_bound(&input, &binding_of(request))
+                        }) {
                             Ok(c) => facts.certificate = Some(c),
                             Err(e) => errors.push(e),
                         }
@@ -261,7 +303,7 @@ mod tests {
     use super::*;
     use crate::analyzer::{FileHasher, Unsupported};
     use crate::hash::FdHasher;
-    use model::{FileRef, Needs};
+    use model::{FileRef, MountFlags, MountInfo, Needs};
     use std::io::Write;
     use std::os::fd::AsFd;
     use std::time::Duration;
@@ -291,6 +333,7 @@ mod tests {
                 needs,
                 file: Some(FileRef::new("/t")),
                 mount: None,
+                binding: None,
             },
             fd_attached,
         }
@@ -443,5 +486,178 @@ mod tests {
             }
         ));
         assert_eq!(counter(&s, "panics"), 1);
+    }
+
+    /// Records what the service handed the analyzers.
+    #[derive(Default)]
+    struct Recorder {
+        bindings: std::sync::Mutex<Vec<Binding>>,
+        remounts: std::sync::Mutex<Vec<Vec<&'static str>>>,
+    }
+
+    impl crate::analyzer::CodeSigning for std::sync::Arc<Recorder> {
+        fn certificate(&self, _: &Input<'_>) -> Result<model::CertificateInfo, AnalysisError> {
+            unreachable!("the service always passes the request's binding")
+        }
+        fn certificate_bound(
+            &self,
+            _: &Input<'_>,
+            binding: &Binding,
+        ) -> Result<model::CertificateInfo, AnalysisError> {
+            self.bindings.lock().unwrap().push(*binding);
+            Err(AnalysisError::Unsupported("recorder"))
+        }
+    }
+
+    impl crate::analyzer::VolumeInspector for std::sync::Arc<Recorder> {
+        fn volume(&self, _: &MountInfo, _: Instant) -> Result<model::VolumeInfo, AnalysisError> {
+            Err(AnalysisError::Unsupported("recorder"))
+        }
+        fn start_remount(
+            &self,
+            mount: &MountInfo,
+            arguments: &[&'static str],
+            _: Instant,
+        ) -> Result<(), AnalysisError> {
+            if mount.mount_point == "/Volumes/Refused" {
+                return Err(AnalysisError::Internal(
+                    "DADiskCreateFromBSDName failed".into(),
+                ));
+            }
+            self.remounts.lock().unwrap().push(arguments.to_vec());
+            Ok(())
+        }
+    }
+
+    fn recording() -> (Service, std::sync::Arc<Recorder>) {
+        let r = std::sync::Arc::new(Recorder::default());
+        let s = Service::new(
+            Analyzers {
+                hasher: Box::new(Unsupported("hashing")),
+                packages: Box::new(Unsupported("package trust")),
+                volumes: Box::new(std::sync::Arc::clone(&r)),
+                signing: Box::new(std::sync::Arc::clone(&r)),
+            },
+            8,
+        );
+        (s, r)
+    }
+
+    /// Invariant `identity-from-kernel`: the certificate analyzer gets the identity the
+    /// extension took from the kernel's message, and nothing when the message had none.
+    #[test]
+    fn certificate_requests_carry_the_kernels_binding() {
+        let token = model::AuditToken([501, 501, 20, 501, 20, 77, 100_001, 3]);
+        let cases = [
+            (
+                Some(SigningBinding::CdHash(model::CdHash([4; 20]))),
+                Binding::CdHash(model::CdHash([4; 20])),
+            ),
+            (
+                Some(SigningBinding::AuditToken(token)),
+                Binding::AuditToken(token.0),
+            ),
+            (None, Binding::Unbound),
+        ];
+        let (s, r) = recording();
+        let later = Instant::now() + Duration::from_secs(30);
+        for (binding, _) in &cases {
+            let req = HelperRequest::Analyze {
+                request: AnalysisRequest {
+                    needs: Needs {
+                        certificate: true,
+                        ..Needs::default()
+                    },
+                    file: Some(FileRef::new("/Applications/A.app/Contents/MacOS/A")),
+                    mount: None,
+                    binding: *binding,
+                },
+                fd_attached: false,
+            };
+            let _ = s.handle(Role::Extension, &req, None, later);
+        }
+        let want: Vec<Binding> = cases.iter().map(|(_, b)| *b).collect();
+        assert_eq!(*r.bindings.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn remount_table() {
+        let usb = |point: &str| MountInfo {
+            source: "/dev/disk4s1".into(),
+            mount_point: point.into(),
+            fs_type: "msdos".into(),
+            flags: MountFlags::default(),
+            disposition: model::MountDisposition::External,
+            os_flags: crate::remount::mnt::MNT_NOSUID,
+        };
+        let forced = MountFlags {
+            read_only: true,
+            noexec: true,
+            ..MountFlags::default()
+        };
+        let later = Instant::now() + Duration::from_secs(30);
+        type Check = fn(&HelperResponse) -> bool;
+        let cases: Vec<(&str, Role, &str, Instant, Check)> = vec![
+            ("extension", Role::Extension, "/Volumes/USB", later, |r| {
+                matches!(r, HelperResponse::RemountStarted { arguments }
+                    if arguments == &["rdonly", "noexec", "nosuid"])
+            }),
+            (
+                "the CLI may not remount",
+                Role::Cli,
+                "/Volumes/USB",
+                later,
+                |r| {
+                    matches!(
+                        r,
+                        HelperResponse::Error {
+                            kind: HelperErrorKind::BadRequest,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                "spent budget",
+                Role::Extension,
+                "/Volumes/USB",
+                Instant::now(),
+                |r| {
+                    matches!(
+                        r,
+                        HelperResponse::Error {
+                            kind: HelperErrorKind::DeadlineExceeded,
+                            ..
+                        }
+                    )
+                },
+            ),
+            ("refused", Role::Extension, "/Volumes/Refused", later, |r| {
+                matches!(
+                    r,
+                    HelperResponse::Error {
+                        kind: HelperErrorKind::Internal,
+                        ..
+                    }
+                )
+            }),
+        ];
+        let (s, r) = recording();
+        for (what, role, point, deadline, check) in cases {
+            let req = HelperRequest::Remount {
+                mount: usb(point),
+                forced,
+            };
+            let got = s.handle(role, &req, None, deadline);
+            assert!(check(&got), "{what}: {got:?}");
+        }
+        assert_eq!(r.remounts.lock().unwrap().len(), 1);
+        assert_eq!(
+            counter(&s, "requests_remount"),
+            0,
+            "counted on arrival by the server"
+        );
+        assert_eq!(counter(&s, "remounts_started"), 1);
+        assert_eq!(counter(&s, "remounts_failed"), 1);
     }
 }

@@ -34,6 +34,11 @@ counters! {
     requests_ping,
     requests_stats,
     requests_analyze,
+    requests_remount,
+    /// Forced remounts started (DiskArbitration accepted the request).
+    remounts_started,
+    /// Forced remounts that could not start (DiskArbitration's later refusals are logged).
+    remounts_failed,
     /// Requests whose budget ran out (before starting or while working).
     timeouts,
     /// Requests refused because the worker queue or the connection's in-flight limit was full.
@@ -68,7 +73,7 @@ mod tests {
         Stats::bump(&s.timeouts);
         Stats::bump(&s.timeouts);
         let snap = s.snapshot();
-        assert_eq!(snap.len(), 17);
+        assert_eq!(snap.len(), 20);
         assert!(snap.contains(&("timeouts".to_owned(), 2)));
         assert!(snap.contains(&("cache_hits".to_owned(), 0)));
     }

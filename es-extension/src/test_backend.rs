@@ -292,6 +292,7 @@ pub mod events {
             gid: 1000,
             executable: FileRef::new(exe),
             signing: CodeSigning::unsigned(),
+            audit_token: None,
         }
     }
 

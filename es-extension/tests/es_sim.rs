@@ -10,7 +10,7 @@ use es_extension::core::{Core, CoreConfig, HelperEndpoint, HelperTransport};
 use es_extension::sys::macos::api::AuditToken;
 use es_extension::sys::macos::control::{EsControl, EsCounters};
 use es_extension::sys::macos::handler::{Fallback, Handler, Sink};
-use es_extension::sys::macos::message::{EsBody, EsProcess};
+use es_extension::sys::macos::message::{EsBody, EsMount, EsProcess};
 use es_extension::sys::macos::responder::EsResponder;
 use es_extension::sys::macos::session::{Session, SessionOptions};
 use es_extension::sys::macos::sim::system::{
@@ -80,7 +80,6 @@ fn machine_with(
     let sim = EsSim::new(cfg);
     let connect = Arc::new(SimConnect::new(&sim, AuditToken::for_pid(SELF_PID, 1)));
     let helper = SimHelper::new(&sim, HELPER_PID, helper_mode);
-    connect.register(helper.process.token);
     let control = Arc::new(EsControl::<SimClient>::new(true));
     let transport: Arc<dyn HelperTransport> = Arc::clone(&helper) as Arc<dyn HelperTransport>;
     let config = CoreConfig {
@@ -257,6 +256,8 @@ fn es_sim_cache_clear_retries_until_es_stops_throttling() {
 
 #[test]
 fn es_sim_mutes_ourselves_and_the_helper_by_audit_token() {
+    // Issue 10 item 6: the helper's token is the one its connection carries (the transport's
+    // kernel stamp); nothing in the session can look a token up by pid any more.
     let m = machine(SimConfig::default(), HelperMode::Working);
     let mut session = start(&m, Some(policy("allow", false, WATCH_SUDOERS)));
     let helper = m.helper.as_ref().unwrap().process.clone();
@@ -463,6 +464,7 @@ fn es_sim_naive_client_with_analysis_on_the_delivery_queue_is_killed() {
                     identity: None,
                 }),
                 mount: None,
+                binding: None,
             },
             fd_attached: false,
         };
@@ -625,6 +627,92 @@ deadline_ms = 2000
         .find(|(n, _)| n == "trusted.hits.helper")
         .map(|(_, v)| *v);
     assert_eq!(hits, Some(1), "{:?}", stats.counters);
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+/// Issue 10 item 7: a `remount` rule denies the mount and the helper performs it again with the
+/// rule's flags added (Santa's device manager: deny, then `DADiskMountWithArguments`). The
+/// mount that remount starts carries the flags, so the same rule allows it: no loop, and the
+/// helper never waits for it. A remount of the mounted volume is denied and forced the same way.
+#[test]
+fn es_sim_remount_rule_denies_then_the_helper_remounts_with_the_rules_flags() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let rules = r#"
+[[mount]]
+name = "usb-read-only"
+action = "remount"
+disposition = ["external"]
+remount_flags = { read_only = true, noexec = true }
+"#;
+    let mut session = start(&m, Some(policy("deny", false, rules)));
+    wait_until("the helper connected", || m.core.helper_connected());
+    let helper = m.helper.as_ref().unwrap();
+    let usb = |f_flags: u32| EsMount {
+        mntfromname: "/dev/disk4s1".into(),
+        mntonname: "/Volumes/USB".into(),
+        fstypename: "msdos".into(),
+        f_flags,
+        // External (message version 8).
+        disposition: Some(0),
+    };
+    let mounter = platform(1300, "/usr/libexec/diskarbitrationd");
+    const MNT_RDONLY: u32 = 0x1;
+    const MNT_NOEXEC: u32 = 0x4;
+    const MNT_NOSUID: u32 = 0x8;
+    // A read-write mount that keeps nosuid: denied, then remounted with both kept and added.
+    let first = m.sim.raise(&mounter, EsBody::Mount(usb(MNT_NOSUID)));
+    assert!(!first.wait(), "a mount without the rule's flags is denied");
+    wait_until("the helper was asked to remount", || {
+        !helper.remounts().is_empty()
+    });
+    // A remount to read-write of the (now read-only) volume: denied and forced again.
+    let second = m
+        .sim
+        .raise(&mounter, EsBody::Remount(usb(MNT_RDONLY | MNT_NOEXEC)));
+    assert!(
+        !second.wait(),
+        "a remount is always denied by a remount rule"
+    );
+    wait_until("both remounts asked", || helper.remounts().len() == 2);
+    let remounts = helper.remounts();
+    let forced = model::MountFlags {
+        read_only: true,
+        noexec: true,
+        ..model::MountFlags::default()
+    };
+    for (mount, flags, allowed) in &remounts {
+        assert_eq!(mount.mount_point, "/Volumes/USB");
+        assert_eq!(*flags, forced, "the rule's flags");
+        assert!(
+            allowed,
+            "the mount the helper started has the flags, so the rule allows it"
+        );
+    }
+    assert_eq!(
+        remounts[0].0.os_flags, MNT_NOSUID,
+        "the volume's own flags travel along"
+    );
+    wait_until("both counted as started", || {
+        let stats = m.core.stats();
+        let c = |name: &str| {
+            stats
+                .counters
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| *v)
+        };
+        c("remounts_requested") == 2 && c("remounts_started") == 2
+    });
+    let stats = m.core.stats();
+    for name in ["remounts_failed", "remounts_dropped", "helper_timeouts"] {
+        let v = stats
+            .counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v);
+        assert_eq!(v, Some(0), "{name}: {:?}", stats.counters);
+    }
     session.stop().unwrap();
     m.sim.assert_no_violations();
 }

@@ -164,6 +164,7 @@ fn mount_request(source: String, mount_point: String) -> MountInfo {
         fs_type: String::new(),
         flags: MountFlags::default(),
         disposition: MountDisposition::Unknown,
+        os_flags: 0,
     }
 }
 

@@ -360,6 +360,7 @@ garbage line
             fs_type: String::new(),
             flags: MountFlags::default(),
             disposition: MountDisposition::External,
+            os_flags: 0,
         };
         let got = v
             .volume(&mount, Instant::now() + Duration::from_secs(5))

@@ -1,23 +1,25 @@
 //! Volume metadata for mount decisions from DiskArbitration: removability, bus (device
-//! protocol), encryption, volume UUID and kind. The mount message has none of these.
+//! protocol), encryption, volume UUID and kind, which the mount message lacks; and the forced
+//! remount of a `remount` rule (`DADiskMountWithArguments`).
 #![expect(
     unsafe_code,
     reason = "DiskArbitration calls and CoreFoundation casts are FFI; each block has a SAFETY proof"
 )]
 
-use std::ffi::CString;
+use std::ffi::{CString, c_void};
 use std::ptr::NonNull;
 use std::time::Instant;
 
+use dispatch2::{DispatchQueue, DispatchRetained};
 use model::{MountInfo, VolumeBus, VolumeInfo};
 use objc2_core_foundation::{
     CFBoolean, CFDictionary, CFRetained, CFString, CFType, CFUUID, kCFAllocatorDefault,
 };
 use objc2_disk_arbitration::{
-    DADisk, DASession, kDADiskDescriptionDeviceInternalKey, kDADiskDescriptionDeviceProtocolKey,
-    kDADiskDescriptionMediaEncryptedKey, kDADiskDescriptionMediaRemovableKey,
-    kDADiskDescriptionVolumeKindKey, kDADiskDescriptionVolumeNetworkKey,
-    kDADiskDescriptionVolumeUUIDKey,
+    DADisk, DADissenter, DASession, kDADiskDescriptionDeviceInternalKey,
+    kDADiskDescriptionDeviceProtocolKey, kDADiskDescriptionMediaEncryptedKey,
+    kDADiskDescriptionMediaRemovableKey, kDADiskDescriptionVolumeKindKey,
+    kDADiskDescriptionVolumeNetworkKey, kDADiskDescriptionVolumeUUIDKey, kDADiskMountOptionDefault,
 };
 
 use crate::analyzer::{AnalysisError, VolumeInspector};
@@ -45,6 +47,67 @@ fn string(d: &Description, key: &CFString) -> Option<String> {
     get::<CFString>(d, key).map(|s| s.to_string())
 }
 
+/// A DiskArbitration session and the disk behind BSD device `name`.
+fn open_disk(name: &str) -> Result<(CFRetained<DASession>, CFRetained<DADisk>), AnalysisError> {
+    let c_name = CString::new(name)
+        .map_err(|_| AnalysisError::BadRequest(format!("device name {name:?} has a NUL")))?;
+    // SAFETY: the default allocator is a valid CFAllocator (or NULL, which means default).
+    let session = unsafe { DASession::new(kCFAllocatorDefault) }
+        .ok_or_else(|| AnalysisError::Internal("DASessionCreate returned NULL".to_owned()))?;
+    // SAFETY: live session; `c_name` is a valid NUL-terminated string for the call.
+    let disk = unsafe {
+        DADisk::from_bsd_name(
+            kCFAllocatorDefault,
+            &session,
+            NonNull::new(c_name.as_ptr().cast_mut())
+                .ok_or_else(|| AnalysisError::Internal("CString pointer was NULL".to_owned()))?,
+        )
+    }
+    .ok_or_else(|| AnalysisError::BadRequest(format!("no disk {name} in DiskArbitration")))?;
+    Ok((session, disk))
+}
+
+/// What a started remount keeps alive until DiskArbitration calls back: the session must stay
+/// scheduled on its queue for the callback to run at all.
+struct PendingRemount {
+    session: CFRetained<DASession>,
+    _queue: DispatchRetained<DispatchQueue>,
+    mount_point: String,
+    arguments: String,
+}
+
+/// `DADiskMountCallback`: reclaims the [`PendingRemount`] (called exactly once per mount
+/// request) and logs how it went; nothing waits for it.
+unsafe extern "C-unwind" fn remount_done(
+    _disk: NonNull<DADisk>,
+    dissenter: *const DADissenter,
+    context: *mut c_void,
+) {
+    // SAFETY: `context` is the `Box<PendingRemount>` leaked in `start_remount` for this one
+    // request; DiskArbitration passes it back once, so it is reclaimed exactly once.
+    let pending = unsafe { Box::from_raw(context.cast::<PendingRemount>()) };
+    // SAFETY: a non-NULL dissenter is a live DADissenter for the duration of the callback.
+    match unsafe { dissenter.as_ref() } {
+        None => tracing::info!(
+            mount_point = %pending.mount_point,
+            arguments = %pending.arguments,
+            "volume remounted with the rule's flags"
+        ),
+        Some(d) => {
+            // SAFETY: live dissenter (above).
+            let status = unsafe { d.status() };
+            tracing::warn!(
+                mount_point = %pending.mount_point,
+                arguments = %pending.arguments,
+                status = format_args!("{status:#x}"),
+                "DiskArbitration refused the forced remount; the volume stays unmounted"
+            );
+        }
+    }
+    // SAFETY: unscheduling a session we own; its callbacks are done.
+    unsafe { pending.session.set_dispatch_queue(None) };
+}
+
 impl VolumeInspector for DiskArbitrationVolumes {
     fn volume(&self, mount: &MountInfo, deadline: Instant) -> Result<VolumeInfo, AnalysisError> {
         if Instant::now() >= deadline {
@@ -65,22 +128,7 @@ impl VolumeInspector for DiskArbitrationVolumes {
                 fs_type: Some(mount.fs_type.clone()),
             });
         };
-        let c_name = CString::new(name)
-            .map_err(|_| AnalysisError::BadRequest(format!("device name {name:?} has a NUL")))?;
-        // SAFETY: the default allocator is a valid CFAllocator (or NULL, which means default).
-        let session = unsafe { DASession::new(kCFAllocatorDefault) }
-            .ok_or_else(|| AnalysisError::Internal("DASessionCreate returned NULL".to_owned()))?;
-        // SAFETY: live session; `c_name` is a valid NUL-terminated string for the call.
-        let disk = unsafe {
-            DADisk::from_bsd_name(
-                kCFAllocatorDefault,
-                &session,
-                NonNull::new(c_name.as_ptr().cast_mut()).ok_or_else(|| {
-                    AnalysisError::Internal("CString pointer was NULL".to_owned())
-                })?,
-            )
-        }
-        .ok_or_else(|| AnalysisError::BadRequest(format!("no disk {name} in DiskArbitration")))?;
+        let (_session, disk) = open_disk(name)?;
         // SAFETY: live disk; returns a +1 dictionary or NULL.
         let desc = unsafe { disk.description() }.ok_or_else(|| {
             AnalysisError::Internal(format!("DADiskCopyDescription({name}) returned NULL"))
@@ -124,5 +172,57 @@ impl VolumeInspector for DiskArbitrationVolumes {
             uuid,
             fs_type: string(&desc, kind_key).or_else(|| Some(mount.fs_type.clone())),
         })
+    }
+
+    /// `DADiskMountWithArguments` with the forced arguments, as Santa's device manager does
+    /// after denying the mount (`remount:mountMode:callback:context:`). Returns once
+    /// DiskArbitration has the request; the outcome is logged from its callback.
+    fn start_remount(
+        &self,
+        mount: &MountInfo,
+        arguments: &[&'static str],
+        deadline: Instant,
+    ) -> Result<(), AnalysisError> {
+        if Instant::now() >= deadline {
+            return Err(AnalysisError::DeadlineExceeded);
+        }
+        let name = bsd_name(&mount.source).ok_or_else(|| {
+            AnalysisError::BadRequest(format!(
+                "{} is not a local device: only device volumes are remounted",
+                mount.source
+            ))
+        })?;
+        let (session, disk) = open_disk(name)?;
+        let queue = DispatchQueue::new("dev.gatehouse.helper.remount", None);
+        // SAFETY: live session and queue; the queue is kept alive with the session until the
+        // callback unschedules it.
+        unsafe { session.set_dispatch_queue(Some(&queue)) };
+        let words: Vec<CFRetained<CFString>> =
+            arguments.iter().map(|a| CFString::from_str(a)).collect();
+        let mut argv: Vec<*const CFString> = words
+            .iter()
+            .map(|w| std::ptr::from_ref::<CFString>(w))
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let context = Box::into_raw(Box::new(PendingRemount {
+            session,
+            _queue: queue,
+            mount_point: mount.mount_point.clone(),
+            arguments: arguments.join(","),
+        }));
+        // SAFETY: live disk; NULL path asks for the standard mount point; `argv` is a
+        // NULL-terminated array of live CFStrings that DiskArbitration reads during the call
+        // (Santa frees its array right after the call too); `context` is reclaimed by
+        // `remount_done`, which DiskArbitration calls once for this request.
+        unsafe {
+            disk.mount_with_arguments(
+                None,
+                kDADiskMountOptionDefault,
+                Some(remount_done),
+                context.cast(),
+                argv.as_mut_ptr(),
+            );
+        }
+        Ok(())
     }
 }

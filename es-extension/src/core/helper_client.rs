@@ -290,6 +290,11 @@ impl<R: Responder> HelperClient<R> {
         self.transport.as_ref().and_then(|t| t.peer_pid())
     }
 
+    /// The helper's kernel-stamped audit token on the current connection (XPC only).
+    pub fn peer_token(&self) -> Option<model::AuditToken> {
+        self.transport.as_ref().and_then(|t| t.peer_token())
+    }
+
     pub fn in_flight(&self) -> usize {
         lock(&self.in_flight).map.len()
     }
@@ -387,6 +392,46 @@ impl<R: Responder> HelperClient<R> {
 
     /// `gatehouse helper ping`: round trip of one Ping, from the control thread.
     pub fn ping(&self, timeout: Duration) -> Result<(HelperResponse, Duration), String> {
+        self.call(HelperRequest::Ping, timeout)
+    }
+
+    /// Ask the helper to remount a denied volume with a rule's flags (the remount thread; never
+    /// the delivery thread). The helper starts the mount and answers at once, so this waits at
+    /// most `timeout` for that answer, never for the mount.
+    pub(crate) fn remount(&self, job: &super::RemountJob, timeout: Duration) {
+        let m = &self.shared.metrics;
+        let body = HelperRequest::Remount {
+            mount: job.mount.clone(),
+            forced: job.forced,
+        };
+        match self.call(body, timeout) {
+            Ok((HelperResponse::RemountStarted { arguments }, _)) => {
+                Metrics::inc(&m.remounts_started);
+                tracing::info!(
+                    mount_point = %job.mount.mount_point,
+                    arguments = %arguments.join(","),
+                    "forced remount started"
+                );
+            }
+            Ok((other, _)) => {
+                Metrics::inc(&m.remounts_failed);
+                tracing::warn!(mount_point = %job.mount.mount_point, answer = ?other,
+                    "the helper did not remount the denied volume; it stays unmounted");
+            }
+            Err(e) => {
+                Metrics::inc(&m.remounts_failed);
+                tracing::warn!(mount_point = %job.mount.mount_point, error = %e,
+                    "could not ask the helper to remount the denied volume; it stays unmounted");
+            }
+        }
+    }
+
+    /// One request and its answer, outside the analysis path (ping, remount).
+    fn call(
+        &self,
+        body: HelperRequest,
+        timeout: Duration,
+    ) -> Result<(HelperResponse, Duration), String> {
         if !self.connected() {
             return Err(match &self.transport {
                 Some(t) => format!("not connected to the helper at {}", t.describe()),
@@ -402,12 +447,12 @@ impl<R: Responder> HelperClient<R> {
         let req = Request {
             id,
             budget_us: timeout.as_micros() as u64,
-            body: HelperRequest::Ping,
+            body,
         };
         if let Err(e) = self.send(&req, None) {
             lock(&self.in_flight).map.remove(&id);
             return Err(format!(
-                "sending the ping failed ({e}); the helper connection was reset"
+                "sending the request failed ({e}); the helper connection was reset"
             ));
         }
         match rx.recv_timeout(timeout) {

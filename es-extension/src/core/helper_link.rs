@@ -42,6 +42,14 @@ pub trait HelperTransport: Send + Sync + 'static {
     /// itself); `None` while disconnected.
     fn peer_pid(&self) -> Option<u32>;
 
+    /// The helper's audit token on the current connection, stamped by the kernel on the
+    /// connection itself (XPC), for muting the helper by token: exactly that process
+    /// incarnation, never a later holder of its pid. `None` where the transport has no tokens
+    /// (the Unix socket: Linux mutes by the peer-credential pid) or while disconnected.
+    fn peer_token(&self) -> Option<model::AuditToken> {
+        None
+    }
+
     /// Connect lazily and keep connected (reconnecting with backoff), reporting to `sink`
     /// until `stop` is disconnected. Must never wait on the helper without also watching
     /// `stop`. Every response goes to [`LinkSink::response`]; losing a connection with
@@ -141,4 +149,58 @@ pub enum HelperEndpoint {
     Unix(std::path::PathBuf),
     /// A transport the backend built (macOS XPC, tests).
     Custom(Arc<dyn HelperTransport>),
+}
+
+/// Who the helper is on a connection, as the kernel stamped it: the pid and, where the
+/// transport has one, the audit token the backend mutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// 0 when the transport could not tell.
+    pub pid: u32,
+    pub token: Option<model::AuditToken>,
+}
+
+impl PeerIdentity {
+    /// From the connection's stamped pid and audit token. A token that names another pid than
+    /// the connection's (or that arrives without a pid) is not used: muting it could mute some
+    /// other process, so the helper is then muted by path only.
+    pub fn from_kernel(pid: Option<u32>, token: Option<[u32; 8]>) -> Self {
+        let pid = pid.unwrap_or(0);
+        let token = token
+            .map(model::AuditToken)
+            .filter(|t| pid != 0 && t.pid() == pid);
+        Self { pid, token }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_identity_table() {
+        let token = |pid: u32| {
+            let mut t = [501, 501, 20, 501, 20, 0, 100_001, 4];
+            t[5] = pid;
+            t
+        };
+        type Token = Option<[u32; 8]>;
+        // (stamped pid, stamped token, pid used, token used)
+        let cases: [(Option<u32>, Token, u32, bool); 5] = [
+            (Some(150), Some(token(150)), 150, true),
+            (Some(150), None, 150, false),
+            // Stamped for another process (a stale token): never muted.
+            (Some(150), Some(token(151)), 150, false),
+            (None, Some(token(150)), 0, false),
+            (None, None, 0, false),
+        ];
+        for (pid, tok, want_pid, want_token) in cases {
+            let p = PeerIdentity::from_kernel(pid, tok);
+            assert_eq!(p.pid, want_pid, "{pid:?} {tok:?}");
+            assert_eq!(p.token.is_some(), want_token, "{pid:?} {tok:?}");
+            if let Some(t) = p.token {
+                assert_eq!(t.0, tok.unwrap());
+            }
+        }
+    }
 }

@@ -23,7 +23,7 @@ use protocol::{
 };
 use xpc::{ConnectOptions, Connection, DispatchQueue, FrameKind, XpcError};
 
-use crate::core::{HelperTransport, LinkSink, TransportError};
+use crate::core::{HelperTransport, LinkSink, PeerIdentity, TransportError};
 use protocol::frame::decode_whole_frame;
 
 /// The helper's launchd mach service.
@@ -61,6 +61,11 @@ impl HelperXpc {
     /// The peer's pid from the kernel's stamp on the connection.
     pub fn peer_pid(&self) -> Option<u32> {
         self.conn.peer_pid()
+    }
+
+    /// The peer's audit token from the kernel's stamp on the connection.
+    pub fn peer_audit_token(&self) -> Option<[u32; 8]> {
+        self.conn.peer_audit_token()
     }
 
     /// Set up the connection (libxpc connects lazily: this never waits on the helper).
@@ -226,6 +231,9 @@ pub struct XpcTransport {
     connected: AtomicBool,
     /// The helper's pid from the kernel's stamp on the connection; 0 when unknown.
     pid: AtomicU32,
+    /// The helper's audit token from the kernel's stamp on the connection. Read by the
+    /// backend's maintenance thread only (never the delivery queue).
+    token: Mutex<Option<model::AuditToken>>,
     /// Where replies go; set while `run` runs.
     sink: Mutex<Option<LinkSink>>,
     lost_tx: Sender<XpcError>,
@@ -243,6 +251,7 @@ impl XpcTransport {
             conn: Mutex::new(None),
             connected: AtomicBool::new(false),
             pid: AtomicU32::new(0),
+            token: Mutex::new(None),
             sink: Mutex::new(None),
             lost_tx,
             lost_rx,
@@ -271,7 +280,7 @@ impl XpcTransport {
     }
 
     /// Handshake, then ping for the pid. `None` when stopping.
-    fn greet(&self, conn: &HelperXpc, stop: &Receiver<()>) -> Option<Result<u32, String>> {
+    fn greet(&self, conn: &HelperXpc, stop: &Receiver<()>) -> Option<Result<PeerIdentity, String>> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         conn.handshake(GREETING_TIMEOUT, move |r| {
             let _ = tx.try_send(r);
@@ -300,19 +309,25 @@ impl XpcTransport {
             },
             recv(stop) -> _ => return None,
         };
-        // The pid the backend mutes comes from the kernel's stamp on the connection (the reply
-        // just arrived, so it is set), never from the `Pong` (issue 10 item 6): a helper that
-        // lied, or an impostor, must not get some other process muted.
-        let pid = conn.peer_pid().unwrap_or(0);
-        if pid != said {
+        // Who the backend mutes comes from the kernel's stamp on the connection (the reply just
+        // arrived, so it is set), never from the `Pong` (issue 10 item 6): a helper that lied,
+        // or an impostor, must not get some other process muted.
+        let peer = PeerIdentity::from_kernel(conn.peer_pid(), conn.peer_audit_token());
+        if peer.pid != said {
             tracing::warn!(
-                kernel = pid,
+                kernel = peer.pid,
                 said,
                 "the helper's Pong names another pid; using the kernel's"
             );
         }
-        tracing::info!(%agent, pid, "helper connected over XPC");
-        Some(Ok(pid))
+        if peer.token.is_none() {
+            tracing::warn!(
+                pid = peer.pid,
+                "no usable audit token on the helper's XPC connection; it is muted by path only"
+            );
+        }
+        tracing::info!(%agent, pid = peer.pid, "helper connected over XPC");
+        Some(Ok(peer))
     }
 
     fn went_down(&self, sink: &LinkSink) {
@@ -341,10 +356,11 @@ impl XpcTransport {
             while self.lost_rx.try_recv().is_ok() {}
             match self.greet(&conn, stop) {
                 None => return,
-                Some(Ok(pid)) => {
+                Some(Ok(peer)) => {
                     logged = false;
                     backoff = BACKOFF_START;
-                    self.pid.store(pid, Ordering::Release);
+                    *lock(&self.token) = peer.token;
+                    self.pid.store(peer.pid, Ordering::Release);
                     self.connected.store(true, Ordering::Release);
                     sink.connected();
                     let lost = crossbeam_channel::select! {
@@ -395,6 +411,14 @@ impl HelperTransport for XpcTransport {
         match self.pid.load(Ordering::Acquire) {
             0 => None,
             pid => Some(pid),
+        }
+    }
+
+    fn peer_token(&self) -> Option<model::AuditToken> {
+        if self.connected() {
+            *lock(&self.token)
+        } else {
+            None
         }
     }
 

@@ -130,6 +130,15 @@ pub struct Metrics {
     /// Cacheable answers (kernel or verdict cache) that raced a policy swap and so asked for
     /// the cache to be cleared again.
     pub stale_cache_reclears: AtomicU64,
+    /// Forced remounts (`remount` rules) handed to the remount thread after the deny.
+    pub remounts_requested: AtomicU64,
+    /// Forced remounts the helper started.
+    pub remounts_started: AtomicU64,
+    /// Forced remounts the helper refused or could not be asked for (the volume stays
+    /// unmounted, which is the safe side).
+    pub remounts_failed: AtomicU64,
+    /// Forced remounts not requested because the remount queue was full.
+    pub remounts_dropped: AtomicU64,
     pub fast_path: AtomicHistogram,
     pub helper_round_trip: AtomicHistogram,
     pub event_to_answer: AtomicHistogram,
@@ -199,7 +208,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 29] = [
+        let named: [(&str, &AtomicU64); 33] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -227,6 +236,10 @@ impl Metrics {
             ("cache_clear_retries", &self.cache_clear_retries),
             ("cache_clear_abandoned", &self.cache_clear_abandoned),
             ("stale_cache_reclears", &self.stale_cache_reclears),
+            ("remounts_requested", &self.remounts_requested),
+            ("remounts_started", &self.remounts_started),
+            ("remounts_failed", &self.remounts_failed),
+            ("remounts_dropped", &self.remounts_dropped),
             ("answers", &AtomicU64::new(self.answers_total())),
             (
                 "fallbacks",

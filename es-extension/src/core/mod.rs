@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use model::{Cacheability, Decision, FallbackReason, Outcome, Reason};
+use model::{Cacheability, Decision, Event, EventBody, FallbackReason, Outcome, Reason};
 use policy::{Policy, PolicyStore, Snapshot, VerdictCache};
 
 use crate::backend::{Delivery, KernelControl, Responder};
 use helper_client::{HelperClient, WorkItem};
-pub use helper_link::{HelperEndpoint, HelperTransport, LinkSink, TransportError};
+pub use helper_link::{HelperEndpoint, HelperTransport, LinkSink, PeerIdentity, TransportError};
 pub use helper_unix::UnixTransport;
 use metrics::Metrics;
 pub use mutes::MuteSet;
@@ -251,7 +251,22 @@ pub(crate) struct Shared {
     pub policy_watchers: Mutex<Vec<Sender<u64>>>,
     /// The control server's counters and the lock serializing policy and mute updates.
     pub control: control::ControlState,
+    /// Forced remounts for the remount thread (bounded; a full queue drops and counts).
+    pub remounts: Sender<RemountJob>,
 }
+
+/// A denied mount or remount to perform again with a `remount` rule's flags.
+#[derive(Debug, Clone)]
+pub(crate) struct RemountJob {
+    pub mount: model::MountInfo,
+    pub forced: model::MountFlags,
+}
+
+/// Forced remounts waiting for the helper. Mounts are rare; a burst beyond this is dropped and
+/// counted, and the dropped volume stays unmounted (the deny stands).
+const REMOUNT_QUEUE: usize = 16;
+/// How long the remount thread waits for the helper to say it started one.
+const REMOUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for dyn KernelControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,6 +288,22 @@ impl Shared {
                 Err(crossbeam_channel::TrySendError::Disconnected(_))
             )
         });
+    }
+
+    /// Hand a denied mount to the remount thread (any thread, the delivery thread included:
+    /// a `try_send`, never a wait).
+    pub fn request_remount(&self, event: &Event, forced: model::MountFlags) {
+        let (EventBody::Mount { mount } | EventBody::Remount { mount }) = &event.body else {
+            return;
+        };
+        let job = RemountJob {
+            mount: mount.clone(),
+            forced,
+        };
+        match self.remounts.try_send(job) {
+            Ok(()) => Metrics::inc(&self.metrics.remounts_requested),
+            Err(_) => Metrics::inc(&self.metrics.remounts_dropped),
+        }
     }
 
     /// Recompute the in-process mute mirror from the current policy, keeping the runtime
@@ -303,6 +334,7 @@ pub(crate) fn test_shared(policy: Policy) -> Arc<Shared> {
         clear_retry: kernel_retry::channel().0,
         policy_watchers: Mutex::new(Vec::new()),
         control: control::ControlState::default(),
+        remounts: crossbeam_channel::bounded(REMOUNT_QUEUE).0,
     })
 }
 
@@ -361,6 +393,7 @@ impl<R: Responder> Core<R> {
         let (log, log_rx, recent) =
             eventlog::channel(config.log_channel_capacity.max(1), config.recent_lines);
         let (clear_retry, clear_retry_rx) = kernel_retry::channel();
+        let (remounts, remounts_rx) = crossbeam_channel::bounded::<RemountJob>(REMOUNT_QUEUE);
         let control_listener = match &config.control_socket {
             Some(path) => Some(control::bind(path)?),
             None => None,
@@ -380,6 +413,7 @@ impl<R: Responder> Core<R> {
             clear_retry,
             policy_watchers: Mutex::new(Vec::new()),
             control: control::ControlState::default(),
+            remounts,
             config,
         });
         shared.refresh_mutes();
@@ -421,6 +455,20 @@ impl<R: Responder> Core<R> {
             let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
             threads.push(spawn("kernel", move || {
                 kernel_retry::run(s, clear_retry_rx, stop);
+            })?);
+        }
+        {
+            let (h, stop) = (Arc::clone(&helper), stop_rx.clone());
+            threads.push(spawn("remount", move || {
+                loop {
+                    crossbeam_channel::select! {
+                        recv(remounts_rx) -> job => match job {
+                            Ok(job) => h.remount(&job, REMOUNT_TIMEOUT),
+                            Err(_) => break,
+                        },
+                        recv(stop) -> _ => break,
+                    }
+                }
             })?);
         }
         for _ in 0..cfg.workers {
@@ -673,6 +721,12 @@ impl<R: Responder> Core<R> {
     /// incarnation.
     pub fn helper_pid(&self) -> Option<u32> {
         self.helper.peer_pid()
+    }
+
+    /// The helper's audit token as the kernel stamped it on the connection, where the
+    /// transport has one (macOS: the backend mutes this token).
+    pub fn helper_token(&self) -> Option<model::AuditToken> {
+        self.helper.peer_token()
     }
 
     /// Counters and latency percentiles, as `gatehouse stats` shows them.

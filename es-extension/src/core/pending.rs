@@ -47,6 +47,9 @@ pub(crate) fn respond<R: Responder>(
         answer.cache = false;
     }
     let result = responder.respond(answer);
+    if let Some(forced) = decision.remount {
+        shared.request_remount(event, forced);
+    }
     if answer.cache && shared.store.load().version != policy_version {
         Metrics::inc(&m.stale_cache_reclears);
         let _ = shared.clear_retry.try_send(());

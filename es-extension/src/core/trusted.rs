@@ -355,6 +355,7 @@ mod tests {
                 identity,
             },
             signing,
+            audit_token: None,
         }
     }
 

@@ -137,6 +137,45 @@ pub struct Process {
     pub gid: u32,
     pub executable: FileRef,
     pub signing: CodeSigning,
+    /// macOS: the kernel's audit token for this process incarnation (`es_process_t.audit_token`).
+    /// It is what the helper hands the Security framework to find the running code, so a
+    /// certificate read for a file-access rule is the running image's, never the path's.
+    /// None on Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_token: Option<AuditToken>,
+}
+
+/// A macOS `audit_token_t`: eight words the kernel stamps on a process incarnation. Only the
+/// kernel makes one (an ES message, an XPC connection, `task_info`); a process cannot forge the
+/// token another process's message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct AuditToken(pub [u32; 8]);
+
+impl AuditToken {
+    /// `audit_token_to_pid`.
+    pub fn pid(&self) -> u32 {
+        self.0[5]
+    }
+    /// `audit_token_to_euid`.
+    pub fn euid(&self) -> u32 {
+        self.0[1]
+    }
+    /// `audit_token_to_egid`.
+    pub fn egid(&self) -> u32 {
+        self.0[2]
+    }
+    /// `audit_token_to_pidversion`: bumped by every exec, so (pid, pidversion) is one image.
+    pub fn pidversion(&self) -> u32 {
+        self.0[7]
+    }
+
+    /// A token with the given pid and pid version (simulator and tests; ids 0).
+    pub fn for_pid(pid: u32, pidversion: u32) -> Self {
+        let mut t = [0u32; 8];
+        t[5] = pid;
+        t[7] = pidversion;
+        Self(t)
+    }
 }
 
 /// Open access flags, where the platform reports them (ES: `fflag`). Linux permission events
@@ -226,6 +265,11 @@ pub struct MountInfo {
     #[serde(default)]
     pub flags: MountFlags,
     pub disposition: MountDisposition,
+    /// macOS: the raw `f_flags` of the `statfs` (`MNT_*` bits), kept so that a forced remount
+    /// keeps the volume's other options (nobrowse, noowners, async, journaled), as Santa's
+    /// does. 0 where the platform has none.
+    #[serde(default)]
+    pub os_flags: u32,
 }
 
 /// The kinds of AUTH event, for per-kind defaults, counters and subscriptions.
@@ -475,6 +519,7 @@ mod tests {
             gid: 0,
             executable: FileRef::new("/bin/mv"),
             signing: CodeSigning::unsigned(),
+            audit_token: None,
         };
         let cases: Vec<(EventBody, Vec<&str>)> = vec![
             (

@@ -17,11 +17,11 @@ mod verdict;
 
 pub use digest::{CdHash, DigestError, Sha256};
 pub use event::{
-    AccessFlags, CodeSigning, Event, EventBody, EventKind, FileIdentity, FileRef, MountDisposition,
-    MountFlags, MountInfo, Process, SigningStatus, TargetPaths, cs_flags,
+    AccessFlags, AuditToken, CodeSigning, Event, EventBody, EventKind, FileIdentity, FileRef,
+    MountDisposition, MountFlags, MountInfo, Process, SigningStatus, TargetPaths, cs_flags,
 };
 pub use mute::{MuteScope, MuteSpec};
 pub use verdict::{
     AnalysisRequest, Cacheability, CertificateInfo, Decision, Facts, FallbackReason, Needs,
-    Outcome, PackageTrust, Reason, RuleRef, Verdict, VolumeBus, VolumeInfo,
+    Outcome, PackageTrust, Reason, RuleRef, SigningBinding, Verdict, VolumeBus, VolumeInfo,
 };

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Sha256;
-use crate::event::{FileRef, MountInfo};
+use crate::digest::{CdHash, Sha256};
+use crate::event::{AuditToken, FileRef, MountFlags, MountInfo};
 
 /// The answer the kernel gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -118,6 +118,11 @@ pub struct Decision {
     /// A watch item in audit-only mode turned a deny into a logged allow.
     #[serde(default)]
     pub audit_only: bool,
+    /// A denied mount or remount that the helper then performs itself with these flags added to
+    /// the volume's own (a `remount` rule, as Santa's device manager does): the volume comes up,
+    /// but only read-only or noexec, say. `None` for every other decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remount: Option<MountFlags>,
 }
 
 impl Decision {
@@ -128,6 +133,7 @@ impl Decision {
             cacheable,
             would_deny: false,
             audit_only: false,
+            remount: None,
         }
     }
 
@@ -138,6 +144,7 @@ impl Decision {
             cacheable,
             would_deny: false,
             audit_only: false,
+            remount: None,
         }
     }
 
@@ -149,6 +156,7 @@ impl Decision {
             cacheable: Cacheability::Never,
             would_deny: false,
             audit_only: false,
+            remount: None,
         }
     }
 
@@ -203,6 +211,24 @@ pub struct AnalysisRequest {
     pub file: Option<FileRef>,
     #[serde(default)]
     pub mount: Option<MountInfo>,
+    /// What ties a certificate the helper reads to the code the kernel checked (invariant
+    /// `identity-from-kernel`): the exec target's enforced CDHash, or the acting process's
+    /// audit token. A certificate request without one is refused by the helper.
+    #[serde(default)]
+    pub binding: Option<SigningBinding>,
+}
+
+/// The kernel's identity for the code a certificate request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SigningBinding {
+    /// An exec target: the CDHash the kernel enforces for the image (`CS_VALID` and `CS_HARD`
+    /// or `CS_KILL`); the helper trusts the file's signature only when its `kSecCodeInfoUnique`
+    /// is this.
+    CdHash(CdHash),
+    /// A running process: the helper asks the Security framework for the code behind this
+    /// token (`SecCodeCopyGuestWithAttributes`), so the kernel names the code.
+    AuditToken(AuditToken),
 }
 
 /// The fast path's result.

@@ -4,9 +4,9 @@
 //! `Err`, never a panic; every valid event and facts value round-trips through JSON.
 
 use model::{
-    AccessFlags, CdHash, CertificateInfo, CodeSigning, Event, EventBody, Facts, FileIdentity,
-    FileRef, MountDisposition, MountFlags, MountInfo, PackageTrust, Process, Sha256, SigningStatus,
-    VolumeBus, VolumeInfo,
+    AccessFlags, AuditToken, CdHash, CertificateInfo, CodeSigning, Event, EventBody, Facts,
+    FileIdentity, FileRef, MountDisposition, MountFlags, MountInfo, PackageTrust, Process, Sha256,
+    SigningStatus, VolumeBus, VolumeInfo,
 };
 use proptest::prelude::*;
 
@@ -76,9 +76,10 @@ fn process() -> impl Strategy<Value = Process> {
         any::<u32>(),
         file(),
         signing(),
+        prop::option::of(any::<[u32; 8]>()),
     )
         .prop_map(
-            |(pid, pid_version, ppid, uid, gid, executable, signing)| Process {
+            |(pid, pid_version, ppid, uid, gid, executable, signing, token)| Process {
                 pid,
                 pid_version,
                 ppid,
@@ -86,6 +87,7 @@ fn process() -> impl Strategy<Value = Process> {
                 gid,
                 executable,
                 signing,
+                audit_token: token.map(AuditToken),
             },
         )
 }
@@ -113,14 +115,16 @@ fn mount() -> impl Strategy<Value = MountInfo> {
             MountDisposition::Nullfs,
             MountDisposition::Unknown,
         ]),
+        any::<u32>(),
     )
         .prop_map(
-            |(source, mount_point, fs_type, flags, disposition)| MountInfo {
+            |(source, mount_point, fs_type, flags, disposition, os_flags)| MountInfo {
                 source,
                 mount_point,
                 fs_type,
                 flags,
                 disposition,
+                os_flags,
             },
         )
 }

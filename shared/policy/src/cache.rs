@@ -110,6 +110,8 @@ impl VerdictCache {
                         cacheable: e.cacheable,
                         would_deny: e.would_deny,
                         audit_only: e.audit_only,
+                        // Mount decisions are never cached, so no cached one remounts.
+                        remount: None,
                     });
                 }
             }

@@ -8,7 +8,7 @@
 
 use model::{
     AccessFlags, AnalysisRequest, Cacheability, CodeSigning, Decision, Event, EventBody, EventKind,
-    Facts, FileRef, MountDisposition, MountInfo, Needs, Outcome, Process, Reason, RuleRef,
+    Facts, MountDisposition, MountInfo, Needs, Outcome, Process, Reason, RuleRef, SigningBinding,
     SigningStatus,
 };
 
@@ -154,12 +154,14 @@ impl Compiled {
         }
     }
 
-    fn finish(&self, c: Cand, pending: &Pending, file: &FileRef) -> Outcome {
+    fn finish(&self, c: Cand, pending: &Pending, target: &Process) -> Outcome {
         if pending.could_change(self.class(c)) {
             return Outcome::Analyze(AnalysisRequest {
                 needs: pending.needs,
-                file: Some(file.clone()),
+                file: Some(target.executable.clone()),
                 mount: None,
+                // The certificate the helper reads must be the image the kernel checked.
+                binding: target.signing.trusted_cdhash().map(SigningBinding::CdHash),
             });
         }
         Outcome::Decided(self.build(c))
@@ -181,7 +183,7 @@ impl Compiled {
         if may_cdhash && !self.cdhash.is_empty() {
             if let Some(cd) = cs.trusted_cdhash() {
                 if let Some(&(i, a)) = self.cdhash.get(&cd.0) {
-                    return self.finish(Cand::Rule(i, a), &pending, file);
+                    return self.finish(Cand::Rule(i, a), &pending, target);
                 }
             }
         }
@@ -190,7 +192,7 @@ impl Compiled {
             match &facts.sha256 {
                 Some(h) => {
                     if let Some(&(i, a)) = self.sha256.get(&h.0) {
-                        return self.finish(Cand::Rule(i, a), &pending, file);
+                        return self.finish(Cand::Rule(i, a), &pending, target);
                     }
                 }
                 None => {
@@ -203,7 +205,7 @@ impl Compiled {
         if may_team && !self.signing.is_empty() {
             if let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref()) {
                 if let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id)) {
-                    return self.finish(Cand::Rule(i, a), &pending, file);
+                    return self.finish(Cand::Rule(i, a), &pending, target);
                 }
             }
         }
@@ -216,7 +218,7 @@ impl Compiled {
                     if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0)
                         && (c.valid || a == Action::Block)
                     {
-                        return self.finish(Cand::Rule(i, a), &pending, file);
+                        return self.finish(Cand::Rule(i, a), &pending, target);
                     }
                 }
                 None => {
@@ -232,21 +234,21 @@ impl Compiled {
         if may_team && !self.team.is_empty() {
             if let Some(t) = cs.team_id.as_deref().and_then(team_key) {
                 if let Some(&(i, a)) = self.team.get(&t) {
-                    return self.finish(Cand::Rule(i, a), &pending, file);
+                    return self.finish(Cand::Rule(i, a), &pending, target);
                 }
             }
         }
         // Bad-signature protection.
         if cs.status == SigningStatus::Invalid && self.bad_signature_protection {
-            return self.finish(Cand::BadSignature, &pending, file);
+            return self.finish(Cand::BadSignature, &pending, target);
         }
         // Platform binaries: the kernel's flag, or (Linux) package trust from the helper.
         if is_platform(cs) {
-            return self.finish(Cand::Platform, &pending, file);
+            return self.finish(Cand::Platform, &pending, target);
         }
         if self.package_trust && cs.status == SigningStatus::Unsigned {
             match &facts.package {
-                Some(p) if p.trusted => return self.finish(Cand::Platform, &pending, file),
+                Some(p) if p.trusted => return self.finish(Cand::Platform, &pending, target),
                 Some(_) => {}
                 None => {
                     pending.add(true, false);
@@ -257,22 +259,22 @@ impl Compiled {
         // Path scopes: block wins.
         let path = file.path.as_str();
         if let Some(i) = self.path_block.longest(path) {
-            return self.finish(Cand::PathBlock(i), &pending, file);
+            return self.finish(Cand::PathBlock(i), &pending, target);
         }
         if let Some(r) = &self.regex_block {
             if let Some(n) = first_match(r, path) {
-                return self.finish(Cand::PathBlock(r.rules[n]), &pending, file);
+                return self.finish(Cand::PathBlock(r.rules[n]), &pending, target);
             }
         }
         if let Some(i) = self.path_allow.longest(path) {
-            return self.finish(Cand::PathAllow(i), &pending, file);
+            return self.finish(Cand::PathAllow(i), &pending, target);
         }
         if let Some(r) = &self.regex_allow {
             if let Some(n) = first_match(r, path) {
-                return self.finish(Cand::PathAllow(r.rules[n]), &pending, file);
+                return self.finish(Cand::PathAllow(r.rules[n]), &pending, target);
             }
         }
-        self.finish(Cand::Default, &pending, file)
+        self.finish(Cand::Default, &pending, target)
     }
 
     /// `remount`: the event is a remount of a mounted volume, whose `mount.flags` are the
@@ -289,6 +291,7 @@ impl Compiled {
                         },
                         file: None,
                         mount: Some(mount.clone()),
+                        binding: None,
                     });
                 }
                 Tri::Yes => {
@@ -304,7 +307,13 @@ impl Compiled {
                         MountAction::Remount if !remount && mount.flags.contains(&m.flags) => {
                             Decision::allow(reason, Cacheability::Never)
                         }
-                        MountAction::Remount => Decision::deny(reason, Cacheability::Never),
+                        // Denied, then performed by the helper with the rule's flags added
+                        // (Santa: `remount:mountMode:` after `handleAuthDeviceMount:` denies).
+                        MountAction::Remount => {
+                            let mut d = Decision::deny(reason, Cacheability::Never);
+                            d.remount = Some(m.flags);
+                            d
+                        }
                     };
                     return Outcome::Decided(d);
                 }
@@ -368,6 +377,8 @@ impl Compiled {
                 },
                 file: Some(event.process.executable.clone()),
                 mount: None,
+                // The acting process is running: the kernel's token names its code.
+                binding: event.process.audit_token.map(SigningBinding::AuditToken),
             });
         }
         if let Some(item) = acc.allow {

@@ -512,6 +512,45 @@ fn remount_rule_forces_flags_on_every_remount() {
     }
 }
 
+/// Issue 10 item 7: a `remount` rule's deny carries the flags to remount with (the extension
+/// hands them to the helper, as Santa's device manager calls `remount:mountMode:` after
+/// denying); a `block` deny, an allow and a mount that already has the flags carry none.
+#[test]
+fn remount_denies_carry_the_rules_flags() {
+    let p = Policy::parse("mounts.toml", MOUNTS).unwrap();
+    let usb = facts_volume(true, false, VolumeBus::Usb);
+    let ro_noexec = MountFlags {
+        read_only: true,
+        noexec: true,
+        ..Default::default()
+    };
+    let noexec = MountFlags {
+        noexec: true,
+        ..Default::default()
+    };
+    let dev = |flags| mount("/dev/disk4s1", "msdos", D::External, flags);
+    let image = |flags| mount("/dev/disk9s1", "hfs", D::Virtual, flags);
+    let fixed = facts_volume(false, false, VolumeBus::Thunderbolt);
+    #[rustfmt::skip]
+    let cases: Vec<(&str, model::Event, &Facts, Option<MountFlags>)> = vec![
+        ("usb mount without the flags", dev(MountFlags::default()), &usb, Some(ro_noexec)),
+        ("usb remount of a read-only volume", remount(dev(ro_noexec)), &usb, Some(ro_noexec)),
+        ("usb mount already with them", dev(ro_noexec), &usb, None),
+        ("image remount", remount(image(MountFlags::default())), &usb, Some(noexec)),
+        ("block rule", mount("/dev/disk5s1", "ExFAT", D::External, MountFlags::default()), &fixed, None),
+        ("no rule", mount("/dev/disk1s1", "apfs", D::Internal, MountFlags::default()), &usb, None),
+    ];
+    for (what, ev, facts, want) in cases {
+        let Outcome::Decided(d) = p.decide(&ev, facts) else {
+            panic!("{what}: not decided")
+        };
+        assert_eq!(d.remount, want, "{what}");
+        if want.is_some() {
+            assert_eq!(d.verdict, model::Verdict::Deny, "{what}");
+        }
+    }
+}
+
 /// Network sources with IPv6 hosts match by host, written with or without brackets in the
 /// policy; sources whose host cannot be parsed match no `network_hosts` list (Santa:
 /// `handleAuthNetworkMount:` finds no host, so its allow list never applies).

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use model::{CertificateInfo, CodeSigning, Facts, SigningStatus::*};
+use model::{
+    AuditToken, CertificateInfo, CodeSigning, Facts, Outcome, SigningBinding, SigningStatus::*,
+};
 use policy::{Os, Policy};
 
 const PATHS: &str = r#"
@@ -225,6 +227,80 @@ processes = [{{ certificate = "{}" }}]
     ];
     for (name, event, facts, want) in cases {
         assert_eq!(summary(&p.decide(event, &facts)), want, "{name}");
+    }
+}
+
+/// Issue 10 item 3, invariant `identity-from-kernel`: a certificate the helper reads must be
+/// the code the kernel checked. An exec asks with the target's enforced CDHash (never an
+/// unenforced one), a file access with the acting process's audit token; without either the
+/// request goes unbound, and the helper refuses it.
+#[test]
+fn certificate_requests_carry_the_kernels_identity() {
+    let text = format!(
+        r#"
+version = 1
+mode = "enforce"
+[[exec]]
+name = "good-cert"
+certificate = "{}"
+action = "allow"
+
+[[watch]]
+name = "secrets"
+paths = [{{ path = "/secrets/", prefix = true }}]
+audit_only = false
+processes = [{{ certificate = "{}" }}]
+"#,
+        hex("aa", 32),
+        hex("aa", 32),
+    );
+    let p = Policy::parse_for("p.toml", &text, Os::Macos).unwrap();
+    let signed = |flags| {
+        sig(
+            Production,
+            Some("ABCDE12345"),
+            Some("com.example.app"),
+            Some("11"),
+            flags,
+            false,
+        )
+    };
+    let token = AuditToken([501, 501, 20, 501, 20, 100, 100_001, 9]);
+    let mut running = process("/Applications/App", signed(ENFORCED));
+    running.audit_token = Some(token);
+    let cd = hex("11", 20).parse().unwrap();
+    let cases: Vec<(&str, model::Event, Option<SigningBinding>)> = vec![
+        (
+            "exec, enforced CDHash",
+            exec("/Applications/App", signed(ENFORCED)),
+            Some(SigningBinding::CdHash(cd)),
+        ),
+        (
+            "exec, CDHash not enforced (CS_VALID alone)",
+            exec("/Applications/App", signed(model::cs_flags::CS_VALID)),
+            None,
+        ),
+        (
+            "file access by a process with a token",
+            open(running, "/secrets/x", WRITE),
+            Some(SigningBinding::AuditToken(token)),
+        ),
+        (
+            "file access by a process without one",
+            open(
+                process("/Applications/App", signed(ENFORCED)),
+                "/secrets/x",
+                WRITE,
+            ),
+            None,
+        ),
+    ];
+    for (what, ev, want) in cases {
+        let Outcome::Analyze(r) = p.decide(&ev, &Facts::NONE) else {
+            panic!("{what}: not sent for analysis")
+        };
+        assert!(r.needs.certificate, "{what}");
+        assert_eq!(r.binding, want, "{what}");
     }
 }
 

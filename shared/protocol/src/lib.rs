@@ -24,7 +24,7 @@ pub use messages::*;
 
 /// The protocol version this build speaks. Bump it on any change to a message's encoding, and
 /// add a golden fixture directory for the new version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// First bytes of every `Hello`, so a stray client is refused before anything else is parsed.
 pub const MAGIC: [u8; 4] = *b"GATE";

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use model::{AnalysisRequest, Facts, MuteScope, MuteSpec, Needs};
+pub use model::{AnalysisRequest, Facts, MountFlags, MountInfo, MuteScope, MuteSpec, Needs};
 
 /// Who is connecting; the server refuses roles that do not belong on its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,14 @@ pub enum HelperRequest {
         fd_attached: bool,
     },
     Stats,
+    /// Mount `mount`'s volume again with `forced` added to its own flags, after the extension
+    /// denied a mount or remount under a `remount` rule (as Santa's device manager does). The
+    /// helper starts the mount and answers at once; it never waits for the mount to finish,
+    /// since finishing raises a mount event that the extension may need the helper to decide.
+    Remount {
+        mount: MountInfo,
+        forced: MountFlags,
+    },
 }
 
 /// Why the helper could not answer.
@@ -101,6 +109,10 @@ pub enum HelperResponse {
     Error {
         kind: HelperErrorKind,
         message: String,
+    },
+    /// The remount was started with these mount arguments (`mount -o` words).
+    RemountStarted {
+        arguments: Vec<String>,
     },
 }
 

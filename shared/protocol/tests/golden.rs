@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use model::{
     AccessFlags, AnalysisRequest, CodeSigning, Event, EventBody, Facts, FileIdentity, FileRef,
     MountDisposition, MountFlags, MountInfo, MuteScope, MuteSpec, Needs, PackageTrust, Process,
-    Sha256, SigningStatus, VolumeBus, VolumeInfo,
+    Sha256, SigningBinding, SigningStatus, VolumeBus, VolumeInfo,
 };
 use protocol::frame::encode_frame;
 use protocol::*;
@@ -40,6 +40,7 @@ fn process() -> Process {
             flags: 0x2000_0301,
             is_platform_binary: true,
         },
+        audit_token: Some(model::AuditToken([501, 501, 20, 501, 20, 4242, 100_004, 7])),
     }
 }
 
@@ -57,6 +58,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             nodev: false,
         },
         disposition: MountDisposition::External,
+        os_flags: 0x0010_1004,
     };
     let exec = Event {
         process: process(),
@@ -123,6 +125,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                         },
                         file: Some(process().executable),
                         mount: None,
+                        binding: Some(SigningBinding::CdHash(model::CdHash([0xab; 20]))),
                     },
                     fd_attached: true,
                 },
@@ -141,6 +144,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                         },
                         file: None,
                         mount: Some(mount.clone()),
+                        binding: None,
                     },
                     fd_attached: false,
                 },
@@ -167,6 +171,52 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                         }),
                     },
                     errors: vec![(HelperErrorKind::Unsupported, "code signing on Linux".into())],
+                },
+            }),
+        ),
+        (
+            "helper_analyze_running_certificate",
+            frame(&Request {
+                id: 5,
+                budget_us: 900_000,
+                body: HelperRequest::Analyze {
+                    request: AnalysisRequest {
+                        needs: Needs {
+                            certificate: true,
+                            ..Needs::default()
+                        },
+                        file: Some(FileRef::new(
+                            "/Applications/Editor.app/Contents/MacOS/Editor",
+                        )),
+                        mount: None,
+                        binding: process().audit_token.map(SigningBinding::AuditToken),
+                    },
+                    fd_attached: false,
+                },
+            }),
+        ),
+        (
+            "helper_remount",
+            frame(&Request {
+                id: 6,
+                budget_us: 5_000_000,
+                body: HelperRequest::Remount {
+                    mount: mount.clone(),
+                    forced: MountFlags {
+                        read_only: true,
+                        noexec: true,
+                        nosuid: false,
+                        nodev: false,
+                    },
+                },
+            }),
+        ),
+        (
+            "helper_remount_started",
+            frame(&Response {
+                id: 6,
+                body: HelperResponse::RemountStarted {
+                    arguments: vec!["rdonly".into(), "noexec".into(), "nosuid".into()],
                 },
             }),
         ),
@@ -339,6 +389,7 @@ fn golden_fixtures_decode_back() {
                 needs: Needs::default(),
                 file: Some(bare),
                 mount: None,
+                binding: None,
             },
             fd_attached: false,
         },

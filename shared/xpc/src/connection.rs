@@ -130,6 +130,18 @@ impl Connection {
         u32::try_from(pid).ok().filter(|p| *p != 0)
     }
 
+    /// The peer's audit token as the kernel stamped it on the last message received
+    /// (`xpc_connection_get_audit_token`): one process incarnation, which a later holder of
+    /// the same pid does not share. `None` until a message from the peer has arrived.
+    pub fn peer_audit_token(&self) -> Option<[u32; 8]> {
+        let mut token = [0u32; 8];
+        // SAFETY: `conn` is a live connection object for as long as `self`; `token` is a
+        // writable `audit_token_t` (eight 32-bit words).
+        unsafe { sys::xpc_connection_get_audit_token(self.conn.as_ptr(), &mut token) };
+        // A token is all zeroes until a message has arrived; pid 0 is the kernel, never a peer.
+        (token[5] != 0).then_some(token)
+    }
+
     /// Send one protocol frame of `kind` and call `callback` exactly once on the connection's
     /// queue: with the reply's kind and frame, with the connection error libxpc delivered
     /// instead, or with [`XpcError::Timeout`] when `timeout` passes first (a late reply is then

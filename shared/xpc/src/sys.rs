@@ -95,6 +95,11 @@ unsafe extern "C" {
     ) -> c_int;
     pub fn xpc_connection_get_pid(connection: xpc_connection_t) -> i32;
     pub fn xpc_connection_get_euid(connection: xpc_connection_t) -> u32;
+    /// Not in the public headers, but exported by libxpc on every macOS we support and used by
+    /// Apple's own daemons (and by Santa, through `NSXPCConnection.auditToken`): the audit
+    /// token of the last message received on the connection, stamped by the kernel. The
+    /// public alternative, a pid, names whoever holds that pid when it is read.
+    pub fn xpc_connection_get_audit_token(connection: xpc_connection_t, token: *mut [u32; 8]);
 }
 
 /// `XPC_TYPE_ERROR` and friends are the addresses of these statics (taking an address reads

@@ -99,6 +99,7 @@ pub fn analyze_file(path: &Path, needs: Needs) -> HelperRequest {
             needs,
             file: Some(FileRef::new(path.display().to_string())),
             mount: None,
+            binding: None,
         },
         fd_attached: true,
     }
@@ -114,6 +115,7 @@ pub fn analyze_mount(mount: MountInfo) -> HelperRequest {
             },
             file: None,
             mount: Some(mount),
+            binding: None,
         },
         fd_attached: false,
     }

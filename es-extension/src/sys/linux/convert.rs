@@ -63,6 +63,7 @@ pub fn process(pid: i32) -> Process {
         gid,
         executable: FileRef::new(exe),
         signing: CodeSigning::unsigned(),
+        audit_token: None,
     }
 }
 

@@ -24,37 +24,8 @@ pub enum ApiError {
     Deleted,
 }
 
-/// `audit_token_t`: eight 32-bit words the kernel stamps on a process incarnation. Muting by
-/// token (never by pid) names exactly one process, not whoever reuses its pid later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct AuditToken(pub [u32; 8]);
-
-impl AuditToken {
-    /// `audit_token_to_pid`.
-    pub fn pid(&self) -> u32 {
-        self.0[5]
-    }
-    /// `audit_token_to_euid`.
-    pub fn euid(&self) -> u32 {
-        self.0[1]
-    }
-    /// `audit_token_to_egid`.
-    pub fn egid(&self) -> u32 {
-        self.0[2]
-    }
-    /// `audit_token_to_pidversion`: bumped by every exec, so (pid, pidversion) is one image.
-    pub fn pidversion(&self) -> u32 {
-        self.0[7]
-    }
-
-    /// A token with the given pid and pid version (simulator and tests; ids 0).
-    pub fn for_pid(pid: u32, pidversion: u32) -> Self {
-        let mut t = [0u32; 8];
-        t[5] = pid;
-        t[7] = pidversion;
-        Self(t)
-    }
-}
+/// The kernel's `audit_token_t` (shared with the model: events carry it to the helper).
+pub use model::AuditToken;
 
 /// `es_mute_inversion_type_t` (macOS 13).
 pub mod inversion {

@@ -343,6 +343,7 @@ pub fn mount_info(
         fs_type: c_field(raw.fstypename),
         flags: mount_flags(raw.f_flags),
         disposition: mount_disposition(disposition),
+        os_flags: raw.f_flags,
     }
 }
 

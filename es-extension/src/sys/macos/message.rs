@@ -180,6 +180,7 @@ fn process(p: &EsProcess) -> Process {
             signing_id: &p.signing_id,
             cdhash: p.cdhash,
         }),
+        audit_token: Some(p.token),
     }
 }
 

@@ -39,8 +39,6 @@ pub trait EsConnect: Send + Sync + 'static {
     fn new_client(&self, handler: Arc<Handler<Self::Api>>) -> Result<Arc<Self::Api>, ApiError>;
     /// Our own process's audit token.
     fn self_token(&self) -> Result<AuditToken, String>;
-    /// The audit token of the helper on its current connection, as the kernel stamped it.
-    fn helper_token(&self, pid: u32) -> Option<AuditToken>;
 }
 
 /// The kinds the files client takes (everything but exec and mounts).
@@ -234,7 +232,8 @@ impl<C: EsConnect> Session<C> {
         }
 
         // Maintenance, off the delivery queues: resync after policy changes, and mute the
-        // helper's audit token once the core's transport knows it.
+        // helper by the audit token the kernel stamped on its connection, once the core's
+        // transport knows it (never by a pid: that names whoever holds it later).
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let poll = opts.helper_poll.unwrap_or(Duration::from_secs(1));
         let maint = {
@@ -242,7 +241,7 @@ impl<C: EsConnect> Session<C> {
             std::thread::Builder::new()
                 .name("gh-es-maint".to_owned())
                 .spawn(move || {
-                    let mut helper_pid: Option<u32> = None;
+                    let mut helper: (Option<u32>, Option<AuditToken>) = (None, None);
                     loop {
                         crossbeam_channel::select! {
                             // A stop message or a dropped sender ends the loop.
@@ -252,23 +251,27 @@ impl<C: EsConnect> Session<C> {
                             },
                             default(poll) => {}
                         }
-                        let now = core.helper_pid();
-                        if now != helper_pid {
-                            if let Some(old) = helper_pid {
+                        let now = (core.helper_pid(), core.helper_token());
+                        if now != helper {
+                            if let Some(old) = helper.0 {
                                 core.unmute_pid(old);
                             }
-                            if let Some(pid) = now {
+                            if let Some(pid) = now.0 {
                                 core.mute_pid(pid);
-                                match connect.helper_token(pid) {
-                                    Some(token) => {
-                                        if let Err(e) = control.mute_process(&token) {
-                                            tracing::warn!(error = %e, pid, "muting the helper by audit token failed");
-                                        }
-                                    }
-                                    None => tracing::warn!(pid, "no audit token for the helper"),
-                                }
                             }
-                            helper_pid = now;
+                            match now.1 {
+                                Some(token) => {
+                                    if let Err(e) = control.mute_process(&token) {
+                                        tracing::warn!(error = %e, pid = token.pid(), "muting the helper by audit token failed");
+                                    }
+                                }
+                                None if now.0.is_some() => tracing::warn!(
+                                    pid = now.0,
+                                    "no kernel audit token for the helper's connection; muted by path only"
+                                ),
+                                None => {}
+                            }
+                            helper = now;
                         }
                     }
                 })

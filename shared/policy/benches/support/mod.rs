@@ -89,6 +89,7 @@ fn proc(path: &str, signing: CodeSigning) -> Process {
         gid: 0,
         executable: FileRef::new(path),
         signing,
+        audit_token: None,
     }
 }
 

@@ -29,6 +29,7 @@ pub fn process(path: &str, signing: CodeSigning) -> Process {
         gid: 20,
         executable: FileRef::new(path),
         signing,
+        audit_token: None,
     }
 }
 
@@ -116,6 +117,7 @@ pub fn mount(source: &str, fs: &str, disposition: MountDisposition, flags: Mount
                 fs_type: fs.into(),
                 flags,
                 disposition,
+                os_flags: 0,
             },
         },
     }

@@ -136,13 +136,6 @@ impl EsConnect for FfiConnect {
             format!("task audit token for pid {pid} unavailable (kern_return {code})")
         })
     }
-
-    fn helper_token(&self, pid: u32) -> Option<AuditToken> {
-        // `pid` is the kernel's stamp on the XPC connection (`XpcTransport::peer_pid`), read
-        // when the helper's reply arrived; the token is read for it at once. The `shared/xpc`
-        // binding has no public way to take the connection's audit token itself.
-        token::for_pid(pid).ok()
-    }
 }
 
 /// Run the extension until SIGTERM or SIGINT. Must be called on the main thread.

@@ -799,14 +799,12 @@ impl EsApi for SimClient {
     }
 }
 
-/// The simulator as the session's [`EsConnect`]: our own token, and the helper's as the XPC
-/// connection's kernel stamp would give it (the simulated system registers it).
+/// The simulator as the session's [`EsConnect`]: clients, and our own token. The helper's
+/// token comes from its transport (the XPC connection's kernel stamp; `SimHelper` here).
 #[derive(Debug, Clone)]
 pub struct SimConnect {
     pub sim: EsSim,
     pub self_token: AuditToken,
-    /// pid -> token of live processes the kernel knows (the helper among them).
-    pub tokens: Arc<Mutex<Vec<AuditToken>>>,
 }
 
 impl SimConnect {
@@ -814,13 +812,7 @@ impl SimConnect {
         Self {
             sim: sim.clone(),
             self_token,
-            tokens: Arc::new(Mutex::new(Vec::new())),
         }
-    }
-
-    /// Register a running process's token (the simulated helper's, on launch).
-    pub fn register(&self, token: AuditToken) {
-        lock(&self.tokens).push(token);
     }
 }
 
@@ -833,13 +825,5 @@ impl EsConnect for SimConnect {
 
     fn self_token(&self) -> Result<AuditToken, String> {
         Ok(self.self_token)
-    }
-
-    fn helper_token(&self, pid: u32) -> Option<AuditToken> {
-        lock(&self.tokens)
-            .iter()
-            .rev()
-            .find(|t| t.pid() == pid)
-            .copied()
     }
 }

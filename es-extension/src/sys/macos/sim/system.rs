@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
-use model::{Facts, Sha256, cs_flags};
+use model::{Facts, MountDisposition, MountFlags, MountInfo, Sha256, cs_flags};
 use protocol::{HelperRequest, HelperResponse, Request, Response};
 
 use super::super::api::AuditToken;
-use super::super::convert::{fflag, more_cs_flags};
-use super::super::message::{EsBody, EsFile, EsProcess};
-use super::EsSim;
+use super::super::convert::{fflag, mnt, mnt_bits, more_cs_flags};
+use super::super::message::{EsBody, EsFile, EsMount, EsProcess};
+use super::{EsSim, Raised};
 use crate::core::{HelperTransport, LinkSink, TransportError};
 
 /// A platform (Apple-signed) process image, signing id `com.apple.<file name>`.
@@ -127,6 +127,19 @@ impl Daemon {
     }
 }
 
+/// The model's disposition back to `es_mount_disposition_t` (inverse of
+/// `convert::mount_disposition`).
+fn raw_disposition(d: MountDisposition) -> Option<u32> {
+    match d {
+        MountDisposition::External => Some(0),
+        MountDisposition::Internal => Some(1),
+        MountDisposition::Network => Some(2),
+        MountDisposition::Virtual => Some(3),
+        MountDisposition::Nullfs => Some(4),
+        MountDisposition::Unknown => None,
+    }
+}
+
 /// The fake helper's behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HelperMode {
@@ -149,6 +162,8 @@ pub struct SimHelper {
     connected: AtomicBool,
     requests: AtomicU64,
     work: Mutex<Option<Sender<Request<HelperRequest>>>>,
+    /// Remount requests, and the mount each started (raised by diskarbitrationd's mount tool).
+    remounts: Mutex<Vec<(MountInfo, MountFlags, Raised)>>,
 }
 
 impl SimHelper {
@@ -168,12 +183,22 @@ impl SimHelper {
             connected: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             work: Mutex::new(None),
+            remounts: Mutex::new(Vec::new()),
         })
     }
 
     /// Analysis requests received.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Every remount asked of this helper: the volume, the forced flags, and whether the mount
+    /// it started was allowed (waits for each answer, as the mount tool would).
+    pub fn remounts(&self) -> Vec<(MountInfo, MountFlags, bool)> {
+        super::lock(&self.remounts)
+            .iter()
+            .map(|(m, f, raised)| (m.clone(), *f, raised.wait()))
+            .collect()
     }
 
     pub fn set_mode(&self, mode: HelperMode) {
@@ -196,6 +221,41 @@ impl SimHelper {
             HelperRequest::Stats => HelperResponse::Stats {
                 counters: Vec::new(),
             },
+            HelperRequest::Remount { mount, forced } => {
+                // As DiskArbitration would: the mount tool mounts the volume again with its own
+                // flags plus the forced ones, an AUTH_MOUNT like any other. Not waited for: the
+                // real helper returns once DiskArbitration has the request.
+                let f_flags = mount.os_flags | mnt_bits(&mount.flags) | mnt_bits(forced);
+                let tool = platform_signed(
+                    1303,
+                    "/System/Library/Filesystems/msdos.fs/Contents/Resources/mount_msdos",
+                    "com.apple.mount_msdos",
+                );
+                let raised = self.sim.raise(
+                    &tool,
+                    EsBody::Mount(EsMount {
+                        mntfromname: mount.source.clone(),
+                        mntonname: mount.mount_point.clone(),
+                        fstypename: mount.fs_type.clone(),
+                        f_flags,
+                        disposition: raw_disposition(mount.disposition),
+                    }),
+                );
+                super::lock(&self.remounts).push((mount.clone(), *forced, raised));
+                let words = [
+                    (mnt::MNT_RDONLY, "rdonly"),
+                    (mnt::MNT_NOEXEC, "noexec"),
+                    (mnt::MNT_NOSUID, "nosuid"),
+                    (mnt::MNT_NODEV, "nodev"),
+                ];
+                HelperResponse::RemountStarted {
+                    arguments: words
+                        .iter()
+                        .filter(|(bit, _)| f_flags & bit != 0)
+                        .map(|(_, w)| (*w).to_owned())
+                        .collect(),
+                }
+            }
             HelperRequest::Analyze { request, .. } => {
                 if let Some(f) = &request.file {
                     self.sim.raise(&self.process, open_read(&f.path)).wait();
@@ -244,6 +304,10 @@ impl HelperTransport for SimHelper {
 
     fn peer_pid(&self) -> Option<u32> {
         self.connected().then(|| self.process.token.pid())
+    }
+
+    fn peer_token(&self) -> Option<AuditToken> {
+        self.connected().then_some(self.process.token)
     }
 
     fn run(&self, sink: LinkSink, stop: &Receiver<()>) {
