@@ -10,7 +10,7 @@ use es_extension::core::{Core, CoreConfig, HelperEndpoint, HelperTransport};
 use es_extension::sys::macos::api::AuditToken;
 use es_extension::sys::macos::control::{EsControl, EsCounters};
 use es_extension::sys::macos::handler::{Fallback, Handler, Sink};
-use es_extension::sys::macos::message::{EsBody, EsMount, EsProcess};
+use es_extension::sys::macos::message::{EsBody, EsDestination, EsFile, EsMount, EsProcess};
 use es_extension::sys::macos::responder::EsResponder;
 use es_extension::sys::macos::session::{Session, SessionOptions};
 use es_extension::sys::macos::sim::system::{
@@ -712,6 +712,102 @@ remount_flags = { read_only = true, noexec = true }
             .find(|(n, _)| n == name)
             .map(|(_, v)| *v);
         assert_eq!(v, Some(0), "{name}: {:?}", stats.counters);
+    }
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+/// Issue 13: clones, copies and exchanges of watched files reach the files client (AUTH_CLONE,
+/// AUTH_COPYFILE, AUTH_EXCHANGEDATA, selected by target path like opens) and are decided per
+/// target as Santa's file-access authorizer does: a clone or copy only reads its source, so an
+/// item with `allow_read_access` lets it out, but nothing may be cloned, copied or swapped in.
+#[test]
+fn es_sim_clone_copyfile_and_exchangedata_of_watched_files() {
+    let m = machine(SimConfig::default(), HelperMode::Working);
+    let watch = r#"
+[[watch]]
+name = "secrets"
+paths = [{ path = "/Users/a/secret/", prefix = true }]
+allow_read_access = true
+audit_only = false
+processes = [{ team_id = "platform" }]
+"#;
+    let text = policy("allow", false, watch).replace("mode = \"monitor\"", "mode = \"enforce\"");
+    let mut session = start(&m, Some(text));
+    let files = &m.sim.clients()[1];
+    for kind in [
+        EventKind::Clone,
+        EventKind::Copyfile,
+        EventKind::Exchangedata,
+    ] {
+        assert!(files.subscriptions().contains(&kind), "{kind:?}");
+    }
+    let f = EsFile::new;
+    let new = |dir: &str, name: &str| EsDestination::New {
+        directory: f(dir),
+        filename: name.to_owned(),
+    };
+    let clone = |src: &str, dir: &str, name: &str| EsBody::Clone {
+        source: f(src),
+        target_dir: f(dir),
+        target_name: name.to_owned(),
+    };
+    let vim = unsigned(700, "/usr/local/bin/vim");
+    // (what, event, delivered?, allowed?)
+    let cases: Vec<(&str, EsBody, bool, bool)> = vec![
+        (
+            "clone out",
+            clone("/Users/a/secret/key", "/tmp", "k"),
+            true,
+            true,
+        ),
+        (
+            "clone in",
+            clone("/tmp/k", "/Users/a/secret", "k2"),
+            true,
+            false,
+        ),
+        (
+            "copy out",
+            EsBody::Copyfile {
+                source: f("/Users/a/secret/key"),
+                destination: new("/tmp", "k"),
+            },
+            true,
+            true,
+        ),
+        (
+            "copy onto a watched file",
+            EsBody::Copyfile {
+                source: f("/tmp/k"),
+                destination: EsDestination::Existing(f("/Users/a/secret/key")),
+            },
+            true,
+            false,
+        ),
+        (
+            "exchange with a watched file",
+            EsBody::Exchangedata {
+                file1: f("/tmp/k"),
+                file2: f("/Users/a/secret/key"),
+            },
+            true,
+            false,
+        ),
+        (
+            "nothing watched",
+            EsBody::Exchangedata {
+                file1: f("/tmp/a"),
+                file2: f("/tmp/b"),
+            },
+            false,
+            true,
+        ),
+    ];
+    for (what, body, delivered, allowed) in cases {
+        let r = m.sim.raise(&vim, body);
+        assert_eq!(r.delivered(), delivered, "{what}");
+        assert_eq!(r.wait(), allowed, "{what}");
     }
     session.stop().unwrap();
     m.sim.assert_no_violations();

@@ -285,10 +285,16 @@ pub enum EventKind {
     Truncate,
     Link,
     Create,
+    /// macOS: `clonefile(2)` (ES AUTH_CLONE).
+    Clone,
+    /// macOS 12+: `copyfile(3)` (ES AUTH_COPYFILE).
+    Copyfile,
+    /// macOS: `exchangedata(2)` (ES AUTH_EXCHANGEDATA).
+    Exchangedata,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Exec,
         EventKind::Open,
         EventKind::Mount,
@@ -298,6 +304,9 @@ impl EventKind {
         EventKind::Truncate,
         EventKind::Link,
         EventKind::Create,
+        EventKind::Clone,
+        EventKind::Copyfile,
+        EventKind::Exchangedata,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -311,6 +320,9 @@ impl EventKind {
             EventKind::Truncate => "truncate",
             EventKind::Link => "link",
             EventKind::Create => "create",
+            EventKind::Clone => "clone",
+            EventKind::Copyfile => "copyfile",
+            EventKind::Exchangedata => "exchangedata",
         }
     }
 
@@ -358,6 +370,21 @@ pub enum EventBody {
     Create {
         destination: String,
     },
+    /// A copy-on-write clone of `source` to the new path `destination`.
+    Clone {
+        source: FileRef,
+        destination: String,
+    },
+    /// A copy of `source` to `destination` (an existing file, or a new path).
+    Copyfile {
+        source: FileRef,
+        destination: String,
+    },
+    /// The contents of two files swapped.
+    Exchangedata {
+        file1: FileRef,
+        file2: FileRef,
+    },
 }
 
 /// One AUTH event, owned and platform-neutral.
@@ -381,6 +408,9 @@ impl Event {
             EventBody::Truncate { .. } => EventKind::Truncate,
             EventBody::Link { .. } => EventKind::Link,
             EventBody::Create { .. } => EventKind::Create,
+            EventBody::Clone { .. } => EventKind::Clone,
+            EventBody::Copyfile { .. } => EventKind::Copyfile,
+            EventBody::Exchangedata { .. } => EventKind::Exchangedata,
         }
     }
 
@@ -392,7 +422,11 @@ impl Event {
             EventBody::Open { file, .. }
             | EventBody::Unlink { file }
             | EventBody::Truncate { file } => Some(file),
-            EventBody::Rename { source, .. } | EventBody::Link { source, .. } => Some(source),
+            EventBody::Rename { source, .. }
+            | EventBody::Link { source, .. }
+            | EventBody::Clone { source, .. }
+            | EventBody::Copyfile { source, .. } => Some(source),
+            EventBody::Exchangedata { file1, .. } => Some(file1),
             EventBody::Mount { .. } | EventBody::Remount { .. } | EventBody::Create { .. } => None,
         }
     }
@@ -412,13 +446,38 @@ impl Event {
             | EventBody::Link {
                 source,
                 destination,
+            }
+            | EventBody::Clone {
+                source,
+                destination,
+            }
+            | EventBody::Copyfile {
+                source,
+                destination,
             } => ([source.path.as_str(), destination.as_str()], 2),
+            EventBody::Exchangedata { file1, file2 } => {
+                ([file1.path.as_str(), file2.path.as_str()], 2)
+            }
             EventBody::Create { destination } => ([destination.as_str(), ""], 1),
             EventBody::Mount { mount } | EventBody::Remount { mount } => {
                 ([mount.mount_point.as_str(), ""], 1)
             }
         };
         TargetPaths { paths, len }
+    }
+
+    /// How the event uses its `i`th target path ([`Event::target_paths`]), where that is
+    /// known: an open's flags (ES), and read-only for the source of a clone or copy, which is
+    /// only read (Santa's `PathTargets` marks exactly these readable). `None`: possibly
+    /// modifying (every other target, and opens on Linux).
+    pub fn target_access(&self, i: usize) -> Option<AccessFlags> {
+        match &self.body {
+            EventBody::Open { access, .. } => *access,
+            EventBody::Clone { .. } | EventBody::Copyfile { .. } if i == 0 => {
+                Some(AccessFlags::READ)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -521,12 +580,17 @@ mod tests {
             signing: CodeSigning::unsigned(),
             audit_token: None,
         };
-        let cases: Vec<(EventBody, Vec<&str>)> = vec![
+        let read = Some(AccessFlags::READ);
+        // (body, targets, each target's access): Santa's `FAAPolicyProcessor::PathTargets`
+        // reads only a clone's and a copy's source (and an open's file).
+        type Case = (EventBody, Vec<&'static str>, Vec<Option<AccessFlags>>);
+        let cases: Vec<Case> = vec![
             (
                 EventBody::Unlink {
                     file: FileRef::new("/a"),
                 },
                 vec!["/a"],
+                vec![None],
             ),
             (
                 EventBody::Rename {
@@ -534,20 +598,48 @@ mod tests {
                     destination: "/b".into(),
                 },
                 vec!["/a", "/b"],
+                vec![None, None],
             ),
             (
                 EventBody::Create {
                     destination: "/c".into(),
                 },
                 vec!["/c"],
+                vec![None],
+            ),
+            (
+                EventBody::Clone {
+                    source: FileRef::new("/a"),
+                    destination: "/b".into(),
+                },
+                vec!["/a", "/b"],
+                vec![read, None],
+            ),
+            (
+                EventBody::Copyfile {
+                    source: FileRef::new("/a"),
+                    destination: "/b".into(),
+                },
+                vec!["/a", "/b"],
+                vec![read, None],
+            ),
+            (
+                EventBody::Exchangedata {
+                    file1: FileRef::new("/a"),
+                    file2: FileRef::new("/b"),
+                },
+                vec!["/a", "/b"],
+                vec![None, None],
             ),
         ];
-        for (body, want) in cases {
+        for (body, want, access) in cases {
             let ev = Event {
                 process: p.clone(),
                 body,
             };
             assert_eq!(*ev.target_paths(), *want);
+            let got: Vec<_> = (0..want.len()).map(|i| ev.target_access(i)).collect();
+            assert_eq!(got, access, "{:?}", ev.kind());
         }
     }
 }

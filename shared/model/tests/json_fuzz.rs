@@ -160,6 +160,15 @@ fn body() -> impl Strategy<Value = EventBody> {
             destination
         }),
         text().prop_map(|destination| EventBody::Create { destination }),
+        (file(), text()).prop_map(|(source, destination)| EventBody::Clone {
+            source,
+            destination
+        }),
+        (file(), text()).prop_map(|(source, destination)| EventBody::Copyfile {
+            source,
+            destination
+        }),
+        (file(), file()).prop_map(|(file1, file2)| EventBody::Exchangedata { file1, file2 }),
     ]
 }
 

@@ -53,11 +53,11 @@ pub(crate) struct KindSettings {
 
 /// An operation set as bits indexed by [`Operation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct OpSet(u8);
+pub(crate) struct OpSet(u16);
 
 impl OpSet {
-    pub const ALL: OpSet = OpSet(0b11_1111);
-    fn bit(op: Operation) -> u8 {
+    pub const ALL: OpSet = OpSet(0b1_1111_1111);
+    fn bit(op: Operation) -> u16 {
         1 << (op as u8)
     }
     pub fn contains(self, op: Operation) -> bool {
@@ -428,6 +428,9 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         (EventKind::Truncate, &o.truncate),
         (EventKind::Link, &o.link),
         (EventKind::Create, &o.create),
+        (EventKind::Clone, &o.clone),
+        (EventKind::Copyfile, &o.copyfile),
+        (EventKind::Exchangedata, &o.exchangedata),
     ] {
         if let Some(KindDefaults {
             fallback,

@@ -323,20 +323,25 @@ impl Compiled {
     }
 
     fn decide_file(&self, event: &Event, facts: &Facts) -> Outcome {
-        let (op, access) = match &event.body {
-            EventBody::Open { access, .. } => (Operation::Open, *access),
-            EventBody::Rename { .. } => (Operation::Rename, None),
-            EventBody::Unlink { .. } => (Operation::Unlink, None),
-            EventBody::Truncate { .. } => (Operation::Truncate, None),
-            EventBody::Link { .. } => (Operation::Link, None),
-            EventBody::Create { .. } => (Operation::Create, None),
+        let op = match &event.body {
+            EventBody::Open { .. } => Operation::Open,
+            EventBody::Rename { .. } => Operation::Rename,
+            EventBody::Unlink { .. } => Operation::Unlink,
+            EventBody::Truncate { .. } => Operation::Truncate,
+            EventBody::Link { .. } => Operation::Link,
+            EventBody::Create { .. } => Operation::Create,
+            EventBody::Clone { .. } => Operation::Clone,
+            EventBody::Copyfile { .. } => Operation::Copyfile,
+            EventBody::Exchangedata { .. } => Operation::Exchangedata,
             EventBody::Exec { .. } | EventBody::Mount { .. } | EventBody::Remount { .. } => {
                 return Outcome::Decided(Decision::allow(Reason::Default, Cacheability::Never));
             }
         };
         let targets = event.target_paths();
         let mut acc = FileAcc::default();
-        for path in targets.iter() {
+        for (i, path) in targets.iter().enumerate() {
+            // Per target: a clone's source is only read, its destination written.
+            let access = event.target_access(i);
             if let Some(item) = self.watch_paths.longest(path) {
                 self.apply_watch(&mut acc, item, op, access, &event.process, facts, |_| true);
             }
@@ -436,9 +441,10 @@ impl Compiled {
             acc.bad_signature = true;
             return;
         }
-        // Opens without write, append or truncate are exempt when reads are allowed. Unknown
-        // flags (Linux) count as possibly modifying.
-        if op == Operation::Open && w.allow_read_access && access.is_some_and(|a| !a.modifies()) {
+        // Targets only read (an open without write, append or truncate; the source of a clone
+        // or copy) are exempt when reads are allowed, as Santa exempts its readable targets.
+        // Unknown flags (Linux opens) count as possibly modifying.
+        if w.allow_read_access && access.is_some_and(|a| !a.modifies()) {
             return;
         }
         let mut unknown = false;

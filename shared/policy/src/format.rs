@@ -61,6 +61,9 @@ pub(crate) struct KindOverrides {
     pub truncate: Option<KindDefaults>,
     pub link: Option<KindDefaults>,
     pub create: Option<KindDefaults>,
+    pub clone: Option<KindDefaults>,
+    pub copyfile: Option<KindDefaults>,
+    pub exchangedata: Option<KindDefaults>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +122,9 @@ pub(crate) enum Operation {
     Truncate,
     Link,
     Create,
+    Clone,
+    Copyfile,
+    Exchangedata,
 }
 
 #[derive(Debug, Deserialize)]

@@ -201,6 +201,9 @@ impl Policy {
             EventKind::Truncate => Op::Truncate,
             EventKind::Link => Op::Link,
             EventKind::Create => Op::Create,
+            EventKind::Clone => Op::Clone,
+            EventKind::Copyfile => Op::Copyfile,
+            EventKind::Exchangedata => Op::Exchangedata,
         };
         c.watches.iter().any(|w| w.ops.contains(op))
     }

@@ -661,3 +661,41 @@ processes = [{{ binary_path = "/usr/bin/curl" }}]
         );
     }
 }
+
+/// Issue 13: clone, copyfile and exchangedata are file-access operations like the others.
+/// Santa's `FAAPolicyProcessor::PathTargets` gives a clone or copy two targets, the source
+/// readable and the destination not, and an exchangedata two unreadable ones; a readable
+/// target of an item with `allow_read_access` is allowed, every other covered target goes
+/// through the item's process check. An item without `operations` covers them all.
+#[test]
+fn clone_copyfile_and_exchangedata_are_watched() {
+    let p = Policy::parse("watch.toml", WATCH).unwrap();
+    let ev = |by, kind, a, b| p.decide(&file_event(by, kind, a, b), &Facts::NONE);
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Outcome, &str)> = vec![
+        // "ssh": allow_read_access, only sshd and example apps may modify.
+        ("clone out of a read-allowed item", ev(vim(), "clone", "/etc/ssh/sshd_config", "/tmp/c"), "allow:default"),
+        ("clone into it", ev(vim(), "clone", "/tmp/c", "/etc/ssh/sshd_config"), "deny:ssh"),
+        ("copy out of it", ev(vim(), "copyfile", "/etc/ssh/sshd_config", "/tmp/c"), "allow:default"),
+        ("copy into it", ev(vim(), "copyfile", "/tmp/c", "/etc/ssh/moduli"), "deny:ssh"),
+        ("copy into it by an allowed process", ev(sshd(), "copyfile", "/tmp/c", "/etc/ssh/moduli"), "allow:ssh"),
+        ("exchangedata with a file in it", ev(vim(), "exchangedata", "/tmp/c", "/etc/ssh/moduli"), "deny:ssh"),
+        ("exchangedata with it, first target", ev(vim(), "exchangedata", "/etc/ssh/moduli", "/tmp/c"), "deny:ssh"),
+        // "audit-log" (audit-only by default) has no allow_read_access: reading its file by a
+        // clone is covered, and logged.
+        ("clone out of an item without read access", ev(vim(), "clone", "/var/audit/log", "/tmp/l"), "audit:audit-log"),
+        // "ssh-keys" lists only unlink and rename: platform processes may clone its keys.
+        ("an item whose operations leave clones out", ev(apple_rm(), "clone", "/etc/ssh/keys/k", "/tmp/k"), "allow:default"),
+        ("nothing watched", ev(vim(), "exchangedata", "/tmp/a", "/tmp/b"), "allow:default"),
+    ];
+    for (what, out, want) in cases {
+        assert_eq!(summary(&out), want, "{what}");
+    }
+    for kind in [
+        EventKind::Clone,
+        EventKind::Copyfile,
+        EventKind::Exchangedata,
+    ] {
+        assert!(p.watches_kind(kind), "{kind:?}");
+    }
+}

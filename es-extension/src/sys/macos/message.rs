@@ -105,6 +105,22 @@ pub enum EsBody {
     Create {
         destination: EsDestination,
     },
+    /// `es_event_clone_t`: the new file is `target_name` in `target_dir`.
+    Clone {
+        source: EsFile,
+        target_dir: EsFile,
+        target_name: String,
+    },
+    /// `es_event_copyfile_t`: onto `target_file` when it exists, else a new path.
+    Copyfile {
+        source: EsFile,
+        destination: EsDestination,
+    },
+    /// `es_event_exchangedata_t`.
+    Exchangedata {
+        file1: EsFile,
+        file2: EsFile,
+    },
 }
 
 impl EsBody {
@@ -119,6 +135,9 @@ impl EsBody {
             Self::Truncate { .. } => EventKind::Truncate,
             Self::Link { .. } => EventKind::Link,
             Self::Create { .. } => EventKind::Create,
+            Self::Clone { .. } => EventKind::Clone,
+            Self::Copyfile { .. } => EventKind::Copyfile,
+            Self::Exchangedata { .. } => EventKind::Exchangedata,
         }
     }
 
@@ -143,6 +162,19 @@ impl EsBody {
                 convert::join_path(&target_dir.path, target_filename),
             ],
             Self::Create { destination } => vec![destination.path()],
+            Self::Clone {
+                source,
+                target_dir,
+                target_name,
+            } => vec![
+                source.path.clone(),
+                convert::join_path(&target_dir.path, target_name),
+            ],
+            Self::Copyfile {
+                source,
+                destination,
+            } => vec![source.path.clone(), destination.path()],
+            Self::Exchangedata { file1, file2 } => vec![file1.path.clone(), file2.path.clone()],
         }
     }
 }
@@ -220,6 +252,14 @@ impl EsMessage {
                 source, target_dir, ..
             } => source.path_truncated || target_dir.path_truncated,
             EsBody::Create { destination } => destination.truncated(),
+            EsBody::Clone {
+                source, target_dir, ..
+            } => source.path_truncated || target_dir.path_truncated,
+            EsBody::Copyfile {
+                source,
+                destination,
+            } => source.path_truncated || destination.truncated(),
+            EsBody::Exchangedata { file1, file2 } => file1.path_truncated || file2.path_truncated,
         };
         b || self.process.executable.path_truncated
     }
@@ -263,6 +303,25 @@ impl EsMessage {
             },
             EsBody::Create { destination } => EventBody::Create {
                 destination: destination.path(),
+            },
+            EsBody::Clone {
+                source,
+                target_dir,
+                target_name,
+            } => EventBody::Clone {
+                source: file_ref(source),
+                destination: convert::join_path(&target_dir.path, target_name),
+            },
+            EsBody::Copyfile {
+                source,
+                destination,
+            } => EventBody::Copyfile {
+                source: file_ref(source),
+                destination: destination.path(),
+            },
+            EsBody::Exchangedata { file1, file2 } => EventBody::Exchangedata {
+                file1: file_ref(file1),
+                file2: file_ref(file2),
             },
         };
         Event {
@@ -391,6 +450,53 @@ mod tests {
                 false,
             ),
             ("mount", false, EsBody::Mount(EsMount::default()), false),
+            (
+                "clone source",
+                false,
+                EsBody::Clone {
+                    source: f("/s", true),
+                    target_dir: f("/d", false),
+                    target_name: "c".to_owned(),
+                },
+                true,
+            ),
+            (
+                "clone target dir",
+                false,
+                EsBody::Clone {
+                    source: f("/s", false),
+                    target_dir: f("/d", true),
+                    target_name: "c".to_owned(),
+                },
+                true,
+            ),
+            (
+                "copyfile onto an existing file",
+                false,
+                EsBody::Copyfile {
+                    source: f("/s", false),
+                    destination: EsDestination::Existing(f("/e", true)),
+                },
+                true,
+            ),
+            (
+                "whole copyfile",
+                false,
+                EsBody::Copyfile {
+                    source: f("/s", false),
+                    destination: new_dest(false),
+                },
+                false,
+            ),
+            (
+                "exchangedata second file",
+                false,
+                EsBody::Exchangedata {
+                    file1: f("/a", false),
+                    file2: f("/b", true),
+                },
+                true,
+            ),
         ];
         for (case, actor, body, want) in cases {
             assert_eq!(msg(actor, body).any_path_truncated(), want, "{case}");

@@ -102,6 +102,18 @@ pub fn file_event(by: Process, kind: &str, a: &str, b: &str) -> Event {
         "create" => EventBody::Create {
             destination: a.into(),
         },
+        "clone" => EventBody::Clone {
+            source: FileRef::new(a),
+            destination: b.into(),
+        },
+        "copyfile" => EventBody::Copyfile {
+            source: FileRef::new(a),
+            destination: b.into(),
+        },
+        "exchangedata" => EventBody::Exchangedata {
+            file1: FileRef::new(a),
+            file2: FileRef::new(b),
+        },
         other => panic!("unknown kind {other}"),
     };
     Event { process: by, body }

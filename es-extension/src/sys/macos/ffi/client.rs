@@ -75,6 +75,9 @@ pub fn es_event_type(kind: EventKind) -> es_event_type_t {
         EventKind::Truncate => es_event_type_t::ES_EVENT_TYPE_AUTH_TRUNCATE,
         EventKind::Link => es_event_type_t::ES_EVENT_TYPE_AUTH_LINK,
         EventKind::Create => es_event_type_t::ES_EVENT_TYPE_AUTH_CREATE,
+        EventKind::Clone => es_event_type_t::ES_EVENT_TYPE_AUTH_CLONE,
+        EventKind::Copyfile => es_event_type_t::ES_EVENT_TYPE_AUTH_COPYFILE,
+        EventKind::Exchangedata => es_event_type_t::ES_EVENT_TYPE_AUTH_EXCHANGEDATA,
     }
 }
 

@@ -123,6 +123,25 @@ pub fn message(msg: &Message) -> Option<EsMessage> {
                 _ => return None,
             },
         },
+        RawEvent::AuthClone(e) => EsBody::Clone {
+            source: file(&e.source()),
+            target_dir: file(&e.target_dir()),
+            target_name: lossy(e.target_name()),
+        },
+        RawEvent::AuthCopyFile(e) => EsBody::Copyfile {
+            source: file(&e.source()),
+            destination: match e.target_file() {
+                Some(f) => EsDestination::Existing(file(&f)),
+                None => EsDestination::New {
+                    directory: file(&e.target_dir()),
+                    filename: lossy(e.target_name()),
+                },
+            },
+        },
+        RawEvent::AuthExchangeData(e) => EsBody::Exchangedata {
+            file1: file(&e.file1()),
+            file2: file(&e.file2()),
+        },
         _ => return None,
     };
     Some(EsMessage {

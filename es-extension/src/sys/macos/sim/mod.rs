@@ -424,6 +424,26 @@ impl EsSim {
             EsBody::Create { destination } => EsBody::Create {
                 destination: dest(destination),
             },
+            EsBody::Clone {
+                source,
+                target_dir,
+                target_name,
+            } => EsBody::Clone {
+                source: self.es_file(source),
+                target_dir: self.es_file(target_dir),
+                target_name: target_name.clone(),
+            },
+            EsBody::Copyfile {
+                source,
+                destination,
+            } => EsBody::Copyfile {
+                source: self.es_file(source),
+                destination: dest(destination),
+            },
+            EsBody::Exchangedata { file1, file2 } => EsBody::Exchangedata {
+                file1: self.es_file(file1),
+                file2: self.es_file(file2),
+            },
         }
     }
 
