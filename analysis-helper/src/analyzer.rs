@@ -102,6 +102,13 @@ impl AnalysisError {
 /// 0, under a size cap).
 pub trait FileHasher: Send + Sync {
     fn sha256(&self, input: &Input<'_>) -> Result<Sha256, AnalysisError>;
+
+    /// What kind of executable the file is ([`model::FileKind::of`] its first bytes), read
+    /// the same way as the hash. Hashers that cannot read files say so.
+    fn file_kind(&self, input: &Input<'_>) -> Result<model::FileKind, AnalysisError> {
+        let _ = input;
+        Err(AnalysisError::Unsupported("reading files"))
+    }
 }
 
 /// Package ownership and integrity of a file (Linux: dpkg `*.md5sums`, MD5 over the passed fd).

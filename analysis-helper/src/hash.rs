@@ -72,6 +72,35 @@ impl FileHasher for FdHasher {
         let d = digest_fd::<sha2::Sha256>(input, fd, self.max_size)?;
         Ok(model::Sha256(d.finalize().into()))
     }
+
+    fn file_kind(&self, input: &Input<'_>) -> Result<model::FileKind, AnalysisError> {
+        let fd = input.require_fd("reading the file's kind")?;
+        Ok(model::FileKind::of(&read_prefix(input, fd)?))
+    }
+}
+
+/// The first [`model::FileKind::PREFIX`] bytes behind `fd` (fewer for a shorter file), from
+/// offset 0 with `pread`, so the descriptor's offset is untouched.
+pub fn read_prefix(input: &Input<'_>, fd: BorrowedFd<'_>) -> Result<Vec<u8>, AnalysisError> {
+    input.check_deadline()?;
+    let mut buf = vec![0u8; model::FileKind::PREFIX];
+    let mut got = 0;
+    while got < buf.len() {
+        let off = i64::try_from(got).unwrap_or(i64::MAX);
+        match nix::sys::uio::pread(fd, &mut buf[got..], off) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(AnalysisError::io(
+                    format!("reading the start of {}", input.file.path),
+                    e.into(),
+                ));
+            }
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 // Hashing by path, for platforms whose kernel hands us no descriptor (Endpoint Security).
@@ -111,6 +140,21 @@ pub fn open_checked(input: &Input<'_>) -> Result<std::fs::File, AnalysisError> {
 }
 
 impl FileHasher for PathHasher {
+    fn file_kind(&self, input: &Input<'_>) -> Result<model::FileKind, AnalysisError> {
+        let inner = FdHasher {
+            max_size: self.max_size,
+        };
+        if input.fd.is_some() {
+            return inner.file_kind(input);
+        }
+        input.check_deadline()?;
+        let file = open_checked(input)?;
+        inner.file_kind(&Input {
+            fd: Some(file.as_fd()),
+            ..*input
+        })
+    }
+
     fn sha256(&self, input: &Input<'_>) -> Result<Sha256, AnalysisError> {
         let inner = FdHasher {
             max_size: self.max_size,
@@ -139,6 +183,33 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
         f
+    }
+
+    #[test]
+    fn file_kind_through_the_descriptor_table() {
+        let cases: &[(&[u8], model::FileKind)] = &[
+            (b"#!/bin/sh\necho hi\n", model::FileKind::Script),
+            (b"\x7fELF\x02\x01\x01\x00", model::FileKind::Elf),
+            (b"#", model::FileKind::Other),
+            (b"", model::FileKind::Other),
+        ];
+        let file = FileRef::new("/t");
+        for (bytes, want) in cases {
+            let mut f = file_with(bytes);
+            f.seek(SeekFrom::Start(1)).ok();
+            let input = Input {
+                file: &file,
+                fd: Some(f.as_fd()),
+                deadline: Instant::now() + Duration::from_secs(30),
+            };
+            let got = FdHasher { max_size: 10 }.file_kind(&input).unwrap();
+            assert_eq!(got, *want, "{bytes:?}");
+            assert_eq!(
+                f.stream_position().unwrap(),
+                1,
+                "pread must not move the offset"
+            );
+        }
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Service {
         let needs = request.needs;
         let mut facts = Facts::default();
         let mut errors: Vec<AnalysisError> = Vec::new();
-        if needs.sha256 || needs.package || needs.certificate {
+        if needs.sha256 || needs.package || needs.certificate || needs.file_kind {
             match &request.file {
                 None => errors.push(AnalysisError::BadRequest(
                     "file facts requested without a file".into(),
@@ -218,6 +218,12 @@ impl Service {
                             self.analyzers.packages.package_trust(&input)
                         }) {
                             Ok(p) => facts.package = Some(p),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    if needs.file_kind {
+                        match self.analyzers.hasher.file_kind(&input) {
+                            Ok(k) => facts.file_kind = Some(k),
                             Err(e) => errors.push(e),
                         }
                     }

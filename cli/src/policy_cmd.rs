@@ -193,6 +193,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
                     None => "slow-path dependency (pinned at start)".into(),
                 },
                 Reason::Fallback { why } => format!("fallback ({})", why.as_str()),
+                Reason::NotABinary => "not a binary (a script): allowed by scope".into(),
             };
             let mut flags = Vec::new();
             if d.would_deny {

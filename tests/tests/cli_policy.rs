@@ -126,7 +126,9 @@ fn eval_needs_the_slow_path_until_facts_are_given() {
     let other = write(
         dir.path(),
         "f2.json",
-        &format!(r#"{{"sha256":"{}"}}"#, "1".repeat(64)),
+        // An ELF binary: an unsigned exec target's kind is a fact too (scripts are out of
+        // scope).
+        &format!(r#"{{"sha256":"{}","file_kind":"elf"}}"#, "1".repeat(64)),
     );
     /// Extra arguments, then what `eval --json` must say.
     type Expect<'a> = (bool, Option<&'a str>, Option<&'a str>);

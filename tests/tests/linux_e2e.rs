@@ -454,3 +454,46 @@ processes = [{{ binary_path = "{reader}" }}]
     let line = stop_extension(ext);
     assert_eq!(counter(&line, "pending"), 0, "{line}");
 }
+
+/// Issue 13, Santa's scope rule on Linux: in enforce mode an unknown ELF binary gets the mode
+/// default (deny), while a script no rule names is allowed by scope ("Not a Mach-O" in
+/// Santa), the helper having read its first bytes through the event's descriptor; the
+/// script's interpreter is decided as its own exec. The exec counter shows both were decided.
+#[test]
+fn scripts_are_out_of_scope_unknown_binaries_are_not() {
+    if skip("scripts_are_out_of_scope_unknown_binaries_are_not") {
+        return;
+    }
+    let s = setup(3000);
+    let bin = s.scratch.join("bin");
+    let unknown = bin.join("unknown");
+    std::fs::copy("/bin/ls", &unknown).unwrap();
+    let script = bin.join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let _helper = start_helper(&s.run.join("helper.sock"));
+    std::thread::sleep(Duration::from_millis(300));
+    let ext = start_extension(&s);
+    std::thread::sleep(Duration::from_millis(500));
+
+    assert_eq!(
+        exec_errno(&unknown),
+        Some(libc::EPERM),
+        "unknown ELF: mode default"
+    );
+    let (ok, err) = exec(&script, &[]);
+    assert!(ok, "a script is out of scope: {err}");
+
+    let line = stop_extension(ext);
+    assert_eq!(counter(&line, "fanotify.exec_events"), 2, "{line}");
+    assert_eq!(counter(&line, "pending"), 0, "{line}");
+    let log = std::fs::read_to_string(s.run.join("events.jsonl")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("unknown") && l.contains("\"deny\"")),
+        "the deny is logged: {log}"
+    );
+}

@@ -22,6 +22,6 @@ pub use event::{
 };
 pub use mute::{MuteScope, MuteSpec};
 pub use verdict::{
-    AnalysisRequest, Cacheability, CertificateInfo, Decision, Facts, FallbackReason, Needs,
-    Outcome, PackageTrust, Reason, RuleRef, SigningBinding, Verdict, VolumeBus, VolumeInfo,
+    AnalysisRequest, Cacheability, CertificateInfo, Decision, Facts, FallbackReason, FileKind,
+    Needs, Outcome, PackageTrust, Reason, RuleRef, SigningBinding, Verdict, VolumeBus, VolumeInfo,
 };

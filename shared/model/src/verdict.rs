@@ -104,6 +104,9 @@ pub enum Reason {
     /// the fast path so that restarting the helper never waits for the helper. Last, so the
     /// variant indices before it stay as they were.
     SlowPathDependency,
+    /// No rule named the file and it is not a native binary (a script): allowed by scope, as
+    /// Santa allows anything that is not a Mach-O; its interpreter's exec is decided.
+    NotABinary,
 }
 
 /// A verdict with its reason and how it may be cached.
@@ -185,11 +188,14 @@ pub struct Needs {
     /// Bus, removability, encryption and UUID of a volume being mounted.
     #[serde(default)]
     pub volume: bool,
+    /// What kind of executable the subject file is (binary or script), from its first bytes.
+    #[serde(default)]
+    pub file_kind: bool,
 }
 
 impl Needs {
     pub fn is_empty(&self) -> bool {
-        !(self.sha256 || self.certificate || self.package || self.volume)
+        !(self.sha256 || self.certificate || self.package || self.volume || self.file_kind)
     }
 
     /// Needs in `self` that `facts` does not answer yet.
@@ -199,6 +205,7 @@ impl Needs {
             certificate: self.certificate && facts.certificate.is_none(),
             package: self.package && facts.package.is_none(),
             volume: self.volume && facts.volume.is_none(),
+            file_kind: self.file_kind && facts.file_kind.is_none(),
         }
     }
 }
@@ -298,6 +305,8 @@ pub struct Facts {
     pub package: Option<PackageTrust>,
     #[serde(default)]
     pub volume: Option<VolumeInfo>,
+    #[serde(default)]
+    pub file_kind: Option<FileKind>,
 }
 
 impl Facts {
@@ -306,12 +315,86 @@ impl Facts {
         certificate: None,
         package: None,
         volume: None,
+        file_kind: None,
     };
+}
+
+/// What kind of executable a file is, by its first bytes. Santa decides only Mach-O files and
+/// lets everything else through by scope ("Not a Mach-O"); on Linux the kernel asks about a
+/// script itself before its interpreter, so the same split needs ELF too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// A Mach-O image, thin or universal.
+    MachO,
+    /// An ELF image.
+    Elf,
+    /// `#!`: run by the interpreter it names, which is itself an exec that is decided.
+    Script,
+    /// Anything else the kernel was asked to run (binfmt_misc formats, say).
+    Other,
+}
+
+impl FileKind {
+    /// Bytes [`FileKind::of`] reads.
+    pub const PREFIX: usize = 4;
+
+    /// A native binary, which identifier and default rules are for.
+    pub fn is_binary(self) -> bool {
+        matches!(self, FileKind::MachO | FileKind::Elf)
+    }
+
+    /// The kind of a file whose first bytes are `prefix` (fewer than four: what there is).
+    /// Mach-O magics in either byte order, 32 and 64 bit, and the universal (fat) magics, as
+    /// Santa's `SNTFileInfo` `machHeaders` accepts them.
+    pub fn of(prefix: &[u8]) -> FileKind {
+        const MACHO: [[u8; 4]; 8] = [
+            [0xfe, 0xed, 0xfa, 0xce],
+            [0xce, 0xfa, 0xed, 0xfe],
+            [0xfe, 0xed, 0xfa, 0xcf],
+            [0xcf, 0xfa, 0xed, 0xfe],
+            [0xca, 0xfe, 0xba, 0xbe],
+            [0xbe, 0xba, 0xfe, 0xca],
+            [0xca, 0xfe, 0xba, 0xbf],
+            [0xbf, 0xba, 0xfe, 0xca],
+        ];
+        match prefix {
+            [b'#', b'!', ..] => FileKind::Script,
+            [0x7f, b'E', b'L', b'F', ..] => FileKind::Elf,
+            [a, b, c, d, ..] if MACHO.contains(&[*a, *b, *c, *d]) => FileKind::MachO,
+            _ => FileKind::Other,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Santa's `SNTFileInfo` (`isMachO`: a thin or universal Mach-O header in either byte
+    /// order; `isScript`: `#!`), plus ELF for Linux.
+    #[test]
+    fn file_kind_table() {
+        let cases: [(&[u8], FileKind); 12] = [
+            (b"#!/bin/sh\n", FileKind::Script),
+            (b"#!", FileKind::Script),
+            (b"\x7fELF\x02\x01", FileKind::Elf),
+            (&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1], FileKind::MachO),
+            (&[0xfe, 0xed, 0xfa, 0xce], FileKind::MachO),
+            (&[0xce, 0xfa, 0xed, 0xfe], FileKind::MachO),
+            (&[0xca, 0xfe, 0xba, 0xbe, 0, 0, 0, 2], FileKind::MachO),
+            (&[0xbf, 0xba, 0xfe, 0xca], FileKind::MachO),
+            (b"\x7fEL", FileKind::Other),
+            (b"# !not", FileKind::Other),
+            (b"MZ\x90\x00", FileKind::Other),
+            (b"", FileKind::Other),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(FileKind::of(bytes), want, "{bytes:?}");
+        }
+        assert!(FileKind::MachO.is_binary() && FileKind::Elf.is_binary());
+        assert!(!FileKind::Script.is_binary() && !FileKind::Other.is_binary());
+    }
 
     #[test]
     fn notable_table() {
@@ -350,13 +433,16 @@ mod tests {
             certificate: true,
             package: true,
             volume: true,
+            file_kind: true,
         };
         let facts = Facts {
             sha256: Some(Sha256([0; 32])),
+            file_kind: Some(FileKind::Script),
             ..Facts::NONE
         };
         let missing = all.missing_from(&facts);
         assert!(!missing.sha256 && missing.certificate && missing.package && missing.volume);
+        assert!(!missing.file_kind);
         assert!(Needs::default().missing_from(&facts).is_empty());
     }
 }

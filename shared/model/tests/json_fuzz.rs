@@ -226,6 +226,7 @@ fn facts() -> impl Strategy<Value = Facts> {
             certificate,
             package,
             volume,
+            file_kind: None,
         })
 }
 

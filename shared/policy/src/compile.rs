@@ -160,6 +160,8 @@ pub(crate) struct Compiled {
     pub mode: Mode,
     pub bad_signature_protection: bool,
     pub package_trust: bool,
+    /// Files that are not native binaries (scripts) pass by scope when no rule names them.
+    pub allow_scripts: bool,
     pub kinds: [KindSettings; EventKind::ALL.len()],
     pub rules: Vec<RuleMeta>,
     pub names: HashMap<String, u32>,
@@ -583,6 +585,9 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         mode: file.mode,
         bad_signature_protection: defaults.bad_signature_protection.unwrap_or(true),
         package_trust,
+        // On macOS every exec target is a Mach-O image (a script's exec reports its
+        // interpreter), so only Linux, where the kernel asks about the script itself, asks.
+        allow_scripts: defaults.allow_scripts.unwrap_or(true) && os == Os::Linux,
         kinds,
         rules: b.rules,
         names: b.names,

@@ -57,6 +57,7 @@ enum Cand {
     Platform,
     PathBlock(u32),
     PathAllow(u32),
+    NotABinary,
     Default,
 }
 
@@ -104,7 +105,10 @@ impl Compiled {
 
     fn class(&self, c: Cand) -> Class {
         match c {
-            Cand::Rule(_, Action::Allow) | Cand::Platform | Cand::PathAllow(_) => Class::Allow,
+            Cand::Rule(_, Action::Allow)
+            | Cand::Platform
+            | Cand::PathAllow(_)
+            | Cand::NotABinary => Class::Allow,
             Cand::Rule(_, Action::Block) | Cand::BadSignature | Cand::PathBlock(_) => Class::Deny,
             Cand::Default => match self.mode {
                 Mode::Monitor => Class::AllowWouldDeny,
@@ -135,6 +139,8 @@ impl Compiled {
             // kernel's caches track: never cached.
             Cand::PathBlock(i) => Decision::deny(self.rule_reason(i), Cacheability::Never),
             Cand::PathAllow(i) => Decision::allow(self.rule_reason(i), Cacheability::Never),
+            // What the file is depends on its contents alone, which its identity pins.
+            Cand::NotABinary => Decision::allow(Reason::NotABinary, Cacheability::Identity),
             Cand::Default => match self.mode {
                 Mode::Monitor => {
                     let mut d = Decision::allow(Reason::Default, Cacheability::Never);
@@ -272,6 +278,21 @@ impl Compiled {
         if let Some(r) = &self.regex_allow {
             if let Some(n) = first_match(r, path) {
                 return self.finish(Cand::PathAllow(r.rules[n]), &pending, target);
+            }
+        }
+        // Out of scope: not a native binary (Santa's `fileIsScopeAllowed:`, "Not a Mach-O").
+        // A signed image is Mach-O by construction (and on macOS every exec target is one: a
+        // script's exec reports its interpreter), so only unsigned files are asked about.
+        if self.allow_scripts && cs.status == SigningStatus::Unsigned {
+            match facts.file_kind {
+                Some(k) if !k.is_binary() => {
+                    return self.finish(Cand::NotABinary, &pending, target);
+                }
+                Some(_) => {}
+                None => {
+                    pending.add(true, false);
+                    pending.needs.file_kind = true;
+                }
             }
         }
         self.finish(Cand::Default, &pending, target)

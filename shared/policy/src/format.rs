@@ -75,6 +75,9 @@ pub(crate) struct Defaults {
     pub bad_signature_protection: Option<bool>,
     /// Linux: a file owned by an installed package with a matching digest is a platform binary.
     pub package_trust: Option<bool>,
+    /// An exec of a file that is not a native binary (a script) and that no rule names is
+    /// allowed by scope, as Santa allows what is not a Mach-O. Default true.
+    pub allow_scripts: Option<bool>,
     #[serde(default)]
     pub kind: KindOverrides,
 }

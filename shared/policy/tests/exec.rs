@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use model::{Cacheability, Facts, Outcome, SigningStatus::*};
-use policy::Policy;
+use model::{Cacheability, Facts, FileKind, Outcome, SigningStatus::*};
+use policy::{Os, Policy};
 
 fn exec_policy(mode: &str, extra: &str) -> Policy {
     let text = format!(
@@ -166,7 +166,7 @@ fn exec_table() {
         ("monitor default", &monitor, exec("/usr/local/bin/x", sig(Unsigned, None, None, None, 0, false)), other_sha(), "would_deny"),
         ("monitor block rule", &monitor, exec("/x", sig(Production, Some("BADBAD1234"), None, None, 0, false)), with_cert(other_sha(), "99"), "deny:team-block"),
         // Analysis: a SHA-256 rule of either action could override anything below CDHash.
-        ("needs sha", &enforce, exec("/x", sig(Unsigned, None, None, None, 0, false)), Facts::NONE, "analyze:sha256"),
+        ("needs sha", &enforce, exec("/x", sig(Unsigned, None, None, None, 0, false)), Facts::NONE, "analyze:sha256+file_kind"),
         ("needs sha and cert", &enforce, exec("/x", sig(Production, Some("ZZZZZ00000"), None, None, 0, false)), Facts::NONE, "analyze:sha256+certificate"),
         ("needs cert only", &enforce, exec("/x", sig(Production, Some("ZZZZZ00000"), None, None, 0, false)), other_sha(), "analyze:certificate"),
         ("adhoc never needs cert", &enforce, exec("/x", sig(AdHoc, None, None, None, 0, false)), other_sha(), "deny:default"),
@@ -220,13 +220,14 @@ team_id = "ABCDE12345"
         ("enforce default, sha allow: hash", p("enforce", "allow", "allow", false), &other, Facts::NONE, "analyze:sha256"),
         ("monitor default, sha allow: hash", p("monitor", "allow", "allow", false), &other, Facts::NONE, "analyze:sha256"),
         // Linux: every file unsigned, package trust makes a platform binary.
-        ("linux: needs hash and package", p("enforce", "allow", "allow", true), &linux, Facts::NONE, "analyze:sha256+package"),
+        ("linux: needs hash and package", p("enforce", "allow", "allow", true), &linux, Facts::NONE, "analyze:sha256+package+file_kind"),
         ("linux: package trusted", p("enforce", "allow", "allow", true), &linux, Facts { sha256: Some(sha("99")), ..facts_package(true) }, "allow:platform"),
         ("linux: package untrusted", p("enforce", "allow", "allow", true), &linux, Facts { sha256: Some(sha("99")), ..facts_package(false) }, "deny:default"),
         ("linux: sha rule first", p("enforce", "block", "allow", true), &linux, Facts { sha256: Some(sha("11")), ..facts_package(true) }, "deny:sha"),
         ("linux: block sha only, package pending", p("enforce", "block", "allow", true), &linux, facts_sha("99"), "analyze:package"),
         ("linux: monitor needs package", p("monitor", "block", "allow", true), &linux, facts_sha("99"), "analyze:package"),
-        ("package trust off", p("enforce", "block", "allow", false), &linux, Facts::NONE, "deny:default"),
+        ("package trust off", p("enforce", "block", "allow", false), &linux, Facts::NONE, "analyze:sha256+file_kind"),
+        ("package trust off, an ELF", p("enforce", "block", "allow", false), &linux, facts_sha("99"), "deny:default"),
     ];
     for (what, p, ev, facts, want) in cases {
         assert_eq!(summary(&p.decide(ev, &facts)), want, "{what}");
@@ -286,7 +287,7 @@ fn cacheability_table() {
         ("path allow: never", &enforce, exec("/opt/tools/x", sig(Unsigned, None, None, None, 0, false)), other_sha(), Cacheability::Never),
         ("path block: never", &enforce, exec("/tmp/x", sig(Unsigned, None, None, None, 0, false)), other_sha(), Cacheability::Never),
         ("monitor would-deny: never", &monitor, exec("/x", sig(Unsigned, None, None, None, 0, false)), other_sha(), Cacheability::Never),
-        ("enforce default, no path scopes: identity", &plain, exec("/x", sig(Unsigned, None, None, None, 0, false)), Facts::NONE, Cacheability::Identity),
+        ("enforce default, no path scopes: identity", &plain, exec("/x", sig(Unsigned, None, None, None, 0, false)), other_sha(), Cacheability::Identity),
     ];
     for (what, p, ev, facts, want) in cases {
         match p.decide(&ev, &facts) {
@@ -310,4 +311,67 @@ fn analyze_names_the_file() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Issue 13: what is not a native binary is out of scope, as in Santa's
+/// `SNTPolicyProcessor` `fileIsScopeAllowed:` ("Not a Mach-O": allowed when no rule named the
+/// file; rules and blocked paths still apply first). On Linux the kernel asks about a script
+/// before its interpreter, so the helper reads the first bytes; on macOS every exec target is
+/// a Mach-O image and nothing is asked. `allow_scripts = false` sends scripts to the default.
+#[test]
+fn scripts_are_out_of_scope_unless_a_rule_names_them() {
+    let policy = |extra: &str, os: Os| {
+        Policy::parse_for(
+            "s.toml",
+            &format!(
+                r#"version = 1
+mode = "enforce"
+[defaults]
+package_trust = false
+{extra}
+[[exec]]
+name = "bad-script"
+action = "block"
+sha256 = "{h}"
+[[exec_path]]
+name = "no-tmp"
+action = "block"
+prefix = "/tmp/"
+"#,
+                h = hex("66", 32)
+            ),
+            os,
+        )
+        .unwrap()
+    };
+    let linux = policy("", Os::Linux);
+    let strict = policy("allow_scripts = false", Os::Linux);
+    let macos = policy("", Os::Macos);
+    let kind = |k: FileKind, byte: &str| Facts {
+        file_kind: Some(k),
+        ..facts_sha(byte)
+    };
+    let unsigned = |path: &str| exec(path, sig(Unsigned, None, None, None, 0, false));
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &Policy, model::Event, Facts, &str)> = vec![
+        ("a script no rule names", &linux, unsigned("/home/a/run.sh"), kind(FileKind::Script, "99"), "allow:not_a_binary"),
+        ("another non-binary format", &linux, unsigned("/home/a/app.jar"), kind(FileKind::Other, "99"), "allow:not_a_binary"),
+        ("an ELF binary gets the default", &linux, unsigned("/home/a/tool"), kind(FileKind::Elf, "99"), "deny:default"),
+        ("a rule naming the script wins", &linux, unsigned("/home/a/run.sh"), kind(FileKind::Script, "66"), "deny:bad-script"),
+        ("a blocked path wins", &linux, unsigned("/tmp/run.sh"), kind(FileKind::Script, "99"), "deny:no-tmp"),
+        ("the kind is asked for with the hash", &linux, unsigned("/home/a/run.sh"), Facts::NONE, "analyze:sha256+file_kind"),
+        ("scope off: scripts get the default", &strict, unsigned("/home/a/run.sh"), kind(FileKind::Script, "99"), "deny:default"),
+        ("scope off: nothing to ask (only a block rule, the default denies)", &strict, unsigned("/home/a/run.sh"), Facts::NONE, "deny:default"),
+        ("macOS: exec targets are Mach-O, never asked", &macos, unsigned("/Users/a/tool"), facts_sha("99"), "deny:default"),
+    ];
+    for (what, p, ev, facts, want) in cases {
+        assert_eq!(summary(&p.decide(&ev, &facts)), want, "{what}");
+    }
+    // Out of scope depends on the file's contents alone: cached by identity.
+    let Outcome::Decided(d) =
+        linux.decide(&unsigned("/home/a/run.sh"), &kind(FileKind::Script, "99"))
+    else {
+        panic!()
+    };
+    assert_eq!(d.cacheable, Cacheability::Identity);
 }

@@ -108,8 +108,13 @@ fn paths_are_canonical_on_macos_only() {
             want_mac,
             "macOS: {name}"
         );
+        // An ELF binary (Linux asks what an unsigned exec target is).
+        let elf = Facts {
+            file_kind: Some(model::FileKind::Elf),
+            ..Facts::NONE
+        };
         assert_eq!(
-            summary(&linux.decide(&event, &Facts::NONE)),
+            summary(&linux.decide(&event, &elf)),
             want_linux,
             "Linux: {name}"
         );
@@ -156,7 +161,10 @@ action = "allow"
 fn package_trust_defaults_by_os() {
     let text = "version = 1\nmode = \"enforce\"\n";
     let event = exec("/usr/bin/tool", CodeSigning::unsigned());
-    let cases = [(Os::Linux, "analyze:package"), (Os::Macos, "deny:default")];
+    let cases = [
+        (Os::Linux, "analyze:package+file_kind"),
+        (Os::Macos, "deny:default"),
+    ];
     for (os, want) in cases {
         let p = Policy::parse_for("p.toml", text, os).unwrap();
         assert_eq!(summary(&p.decide(&event, &Facts::NONE)), want, "{os}");

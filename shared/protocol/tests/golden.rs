@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 
 use model::{
-    AccessFlags, AnalysisRequest, CodeSigning, Event, EventBody, Facts, FileIdentity, FileRef,
-    MountDisposition, MountFlags, MountInfo, MuteScope, MuteSpec, Needs, PackageTrust, Process,
-    Sha256, SigningBinding, SigningStatus, VolumeBus, VolumeInfo,
+    AccessFlags, AnalysisRequest, CodeSigning, Event, EventBody, Facts, FileIdentity, FileKind,
+    FileRef, MountDisposition, MountFlags, MountInfo, MuteScope, MuteSpec, Needs, PackageTrust,
+    Process, Sha256, SigningBinding, SigningStatus, VolumeBus, VolumeInfo,
 };
 use protocol::frame::encode_frame;
 use protocol::*;
@@ -122,6 +122,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                             certificate: false,
                             package: true,
                             volume: false,
+                            file_kind: true,
                         },
                         file: Some(process().executable),
                         mount: None,
@@ -169,6 +170,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                             uuid: Some("0A1B-2C3D".into()),
                             fs_type: Some("vfat".into()),
                         }),
+                        file_kind: Some(FileKind::Script),
                     },
                     errors: vec![(HelperErrorKind::Unsupported, "code signing on Linux".into())],
                 },

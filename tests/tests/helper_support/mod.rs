@@ -126,6 +126,7 @@ pub const SHA: Needs = Needs {
     certificate: false,
     package: false,
     volume: false,
+    file_kind: false,
 };
 
 pub const PACKAGE: Needs = Needs {
@@ -133,6 +134,7 @@ pub const PACKAGE: Needs = Needs {
     certificate: false,
     package: true,
     volume: false,
+    file_kind: false,
 };
 
 /// Send one request (with `fd` attached when given) and wait for its answer.

@@ -5,9 +5,9 @@
 )]
 
 use model::{
-    AccessFlags, CertificateInfo, CodeSigning, Event, EventBody, Facts, FileRef, MountDisposition,
-    MountFlags, MountInfo, Outcome, PackageTrust, Process, Reason, Sha256, SigningStatus, Verdict,
-    VolumeBus, VolumeInfo, cs_flags,
+    AccessFlags, CertificateInfo, CodeSigning, Event, EventBody, Facts, FileKind, FileRef,
+    MountDisposition, MountFlags, MountInfo, Outcome, PackageTrust, Process, Reason, Sha256,
+    SigningStatus, Verdict, VolumeBus, VolumeInfo, cs_flags,
 };
 
 pub const ENFORCED: u32 = cs_flags::CS_VALID | cs_flags::CS_HARD | cs_flags::CS_KILL;
@@ -135,9 +135,11 @@ pub fn mount(source: &str, fs: &str, disposition: MountDisposition, flags: Mount
     }
 }
 
+/// Facts about an ELF binary with this SHA-256.
 pub fn facts_sha(byte: &str) -> Facts {
     Facts {
         sha256: Some(sha(byte)),
+        file_kind: Some(FileKind::Elf),
         ..Facts::NONE
     }
 }
@@ -159,6 +161,7 @@ pub fn facts_package(trusted: bool) -> Facts {
             package: Some("coreutils".into()),
             trusted,
         }),
+        file_kind: Some(FileKind::Elf),
         ..Facts::NONE
     }
 }
@@ -188,6 +191,7 @@ pub fn summary(o: &Outcome) -> String {
                 (n.certificate, "certificate"),
                 (n.package, "package"),
                 (n.volume, "volume"),
+                (n.file_kind, "file_kind"),
             ]
             .iter()
             .filter(|(b, _)| *b)
@@ -204,6 +208,7 @@ pub fn summary(o: &Outcome) -> String {
                 Reason::Muted => "muted".into(),
                 Reason::Cached => "cached".into(),
                 Reason::SlowPathDependency => "slow_path_dependency".into(),
+                Reason::NotABinary => "not_a_binary".into(),
                 Reason::Fallback { why } => format!("fallback_{}", why.as_str()),
             };
             if d.would_deny {
