@@ -66,6 +66,19 @@ mod linux {
     }
 
     fn sizes() -> Sizes {
+        let mut s = base_sizes();
+        // Knobs for profiling one part: fewer rounds, a smaller (or no) flood.
+        let knob = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        if let Some(n) = knob("GH_BENCH_ROUNDS") {
+            s.rounds = n.max(1);
+        }
+        if let Some(n) = knob("GH_BENCH_FLOOD") {
+            s.flood = n;
+        }
+        s
+    }
+
+    fn base_sizes() -> Sizes {
         let smoke = !std::env::args().any(|a| a == "--bench");
         let quick = std::env::var_os("GH_BENCH_QUICK").is_some_and(|v| v != "0");
         if smoke {
@@ -783,6 +796,19 @@ allow perm=open all : all
         if fap_skip.is_none() {
             cfgs.extend([Cfg::FapAllow, Cfg::FapTrust]);
         }
+        // `GH_BENCH_ONLY=gatehouse` (say): only these columns besides "no agent", for
+        // profiling one agent (the ratios need the columns they divide by).
+        if let Ok(only) = std::env::var("GH_BENCH_ONLY") {
+            let keep: Vec<&str> = only.split(',').map(str::trim).collect();
+            cfgs.retain(|c| {
+                *c == Cfg::None
+                    || keep.iter().any(|k| match c {
+                        Cfg::Minimal => *k == "minimal",
+                        Cfg::Gatehouse => *k == "gatehouse",
+                        _ => *k == "fapolicyd",
+                    })
+            });
+        }
         let pinnings: &[bool] = if s.pinned { &[false, true] } else { &[false] };
         let all: Vec<usize> =
             (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
@@ -921,16 +947,16 @@ allow perm=open all : all
                         line.push_str(&format!(" {v:.1} ({:.2}x) |", v / bare));
                     }
                 }
-                let gh = med[&(Cfg::Gatehouse, pinned, row)];
-                line.push_str(&format!(
-                    " {:.2}x |",
-                    gh / med[&(Cfg::Minimal, pinned, row)]
-                ));
+                let ratio = |c: Cfg| match (
+                    med.get(&(Cfg::Gatehouse, pinned, row)),
+                    med.get(&(c, pinned, row)),
+                ) {
+                    (Some(g), Some(o)) => format!(" {:.2}x |", g / o),
+                    _ => " - |".to_owned(),
+                };
+                line.push_str(&ratio(Cfg::Minimal));
                 if fap_skip.is_none() {
-                    line.push_str(&format!(
-                        " {:.2}x |",
-                        gh / med[&(Cfg::FapAllow, pinned, row)]
-                    ));
+                    line.push_str(&ratio(Cfg::FapAllow));
                 }
                 println!("{line}");
             }
