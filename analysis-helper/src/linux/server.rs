@@ -380,7 +380,7 @@ impl Connection {
                 return;
             }
         };
-        let writer = match {
+        let spawned = {
             let service = self.service.clone();
             let out = Arc::clone(&out);
             std::thread::Builder::new()
@@ -395,7 +395,8 @@ impl Connection {
                         }
                     }
                 })
-        } {
+        };
+        let writer = match spawned {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(conn = self.id, error = %e, "cannot start the writer thread");
