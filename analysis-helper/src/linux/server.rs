@@ -1,5 +1,8 @@
 //! The helper's Unix socket listener: authenticated peers, a handshake, then per connection a
-//! reader (frames in, work to the pool) and a writer (answers out, in completion order).
+//! reader (frames in, work to the pool) and a writer (answers out, in completion order). A
+//! worker sends its own answer when the socket takes it at once and no frame is being written
+//! (saving the wake-up of the writer, one of four thread hand-offs in a round trip,
+//! BENCHMARKS.md); otherwise the answer queues for the writer as before.
 //!
 //! Bounded everywhere: a fixed worker pool with a bounded queue (`Busy` when full), a cap on
 //! connections (two threads each), a cap on requests in flight per connection, and the frame
@@ -15,19 +18,20 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, sendmsg};
 use protocol::unix::{recv_frame, send_frame};
 use protocol::{
     HELPER_MAX_FRAME, HelloReply, HelperErrorKind, HelperRequest, HelperResponse, PROTOCOL_VERSION,
@@ -47,6 +51,9 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
 const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a write to a peer that does not read may block the connection's writer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Answers up to this size may be sent by the worker itself: a Unix stream socket queues a send
+/// this small as one buffer, so a non-blocking `sendmsg` takes all of it or none.
+const DIRECT_MAX: usize = 4096;
 /// How often the accept loop looks at the shutdown flag.
 const ACCEPT_POLL: u16 = 200;
 /// How long shutdown waits for connections and in-flight work before abandoning them.
@@ -211,6 +218,56 @@ impl Listener {
     }
 }
 
+/// A connection's sending side, shared by its writer thread and the workers answering its
+/// requests. The lock is held across one frame so frames never interleave.
+#[derive(Debug)]
+struct Out {
+    stream: UnixStream,
+    lock: Mutex<()>,
+}
+
+impl Out {
+    /// Send `resp` from the calling worker if that cannot block: nobody is mid-frame and the
+    /// socket takes the whole frame now. False: queue it for the writer (which also reports a
+    /// failed connection).
+    fn try_send_now(&self, resp: &Response<HelperResponse>) -> bool {
+        let _g = match self.lock.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        let Ok(buf) = protocol::frame::encode_frame(resp, HELPER_MAX_FRAME) else {
+            return false;
+        };
+        if buf.len() > DIRECT_MAX {
+            return false;
+        }
+        match sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &[IoSlice::new(&buf)],
+            &[],
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(n) if n == buf.len() => true,
+            // Not expected at this size; the frame must still be whole, so finish it (bounded
+            // by the socket's write timeout) or end the connection.
+            Ok(n) => {
+                if (&self.stream).write_all(&buf[n..]).is_err() {
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn send(&self, resp: &Response<HelperResponse>) -> Result<(), ProtocolError> {
+        let _g = lock(&self.lock);
+        send_frame(&self.stream, resp, &[], HELPER_MAX_FRAME)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -313,21 +370,33 @@ impl Connection {
     fn serve_requests(&self, role: Role) {
         let stats = self.service.stats();
         let (tx, rx) = bounded::<Response<HelperResponse>>(self.max_in_flight + 4);
-        let writer = match self.stream.try_clone().and_then(|out| {
+        let out = match self.stream.try_clone() {
+            Ok(stream) => Arc::new(Out {
+                stream,
+                lock: Mutex::new(()),
+            }),
+            Err(e) => {
+                tracing::warn!(conn = self.id, error = %e, "cannot clone the connection's socket");
+                return;
+            }
+        };
+        let spawned = {
             let service = self.service.clone();
+            let out = Arc::clone(&out);
             std::thread::Builder::new()
                 .name(format!("conn-{}-w", self.id))
                 .spawn(move || {
                     for resp in rx {
-                        if send_frame(&out, &resp, &[], HELPER_MAX_FRAME).is_err() {
+                        if out.send(&resp).is_err() {
                             Stats::bump(&service.stats().responses_dropped);
                             // Wake the reader: this connection is finished.
-                            let _ = out.shutdown(Shutdown::Both);
+                            let _ = out.stream.shutdown(Shutdown::Both);
                             break;
                         }
                     }
                 })
-        }) {
+        };
+        let writer = match spawned {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(conn = self.id, error = %e, "cannot start the writer thread");
@@ -346,7 +415,7 @@ impl Connection {
             first = false;
             match recv_frame::<Request<HelperRequest>>(&self.stream, HELPER_MAX_FRAME) {
                 Ok((req, fds)) => {
-                    if !self.dispatch(role, req, fds, &tx, &in_flight) {
+                    if !self.dispatch(role, req, fds, (&tx, &out), &in_flight) {
                         break;
                     }
                 }
@@ -377,7 +446,7 @@ impl Connection {
         role: Role,
         req: Request<HelperRequest>,
         fds: Vec<OwnedFd>,
-        tx: &Sender<Response<HelperResponse>>,
+        (tx, out): (&Sender<Response<HelperResponse>>, &Arc<Out>),
         in_flight: &Arc<AtomicUsize>,
     ) -> bool {
         let arrival = Instant::now();
@@ -423,14 +492,19 @@ impl Connection {
             let service = service.clone();
             let tx = tx.clone();
             let in_flight = in_flight.clone();
+            let out = Arc::clone(out);
             let body = req.body;
             move || {
                 let resp = service.handle(role, &body, fd.as_ref().map(|f| f.as_fd()), deadline);
                 drop(fd);
                 in_flight.fetch_sub(1, Ordering::SeqCst);
+                let resp = Response { id, body: resp };
+                if out.try_send_now(&resp) {
+                    return;
+                }
                 // Never block a worker on a peer that does not read: give up at the deadline.
                 let wait = deadline.saturating_duration_since(Instant::now());
-                if tx.send_timeout(Response { id, body: resp }, wait).is_err() {
+                if tx.send_timeout(resp, wait).is_err() {
                     Stats::bump(&service.stats().responses_dropped);
                 }
             }

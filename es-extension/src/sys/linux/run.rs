@@ -566,7 +566,18 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     drop(guard);
     if opts.status_line {
         let c = control.counters();
-        let line: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut line: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // The latency percentiles too, so a benchmark driving this backend in-process reads
+        // the figures `gatehouse stats` would show without a control socket.
+        for l in core.metrics().latencies() {
+            line.push(format!(
+                "latency.{n}.count={} latency.{n}.p50_us={} latency.{n}.p99_us={}",
+                l.count,
+                l.p50_us,
+                l.p99_us,
+                n = l.name
+            ));
+        }
         supervise::print_line(format!(
             "gatehouse-extension: stopped on {sig:?}; pending={} {}",
             progress.pending(),
