@@ -142,6 +142,20 @@ pub trait VolumeInspector: Send + Sync {
         let _ = (mount, arguments, deadline);
         Err(AnalysisError::Unsupported("remounting volumes"))
     }
+
+    /// Start unmounting `mount`'s volume (`force`: even if busy) and, once that succeeds,
+    /// mounting it again with `then_mount` (`mount -o` words) when given. Returns without
+    /// waiting, for the same reason as [`VolumeInspector::start_remount`].
+    fn start_unmount(
+        &self,
+        mount: &MountInfo,
+        force: bool,
+        then_mount: Option<&[&'static str]>,
+        deadline: Instant,
+    ) -> Result<(), AnalysisError> {
+        let _ = (mount, force, then_mount, deadline);
+        Err(AnalysisError::Unsupported("unmounting volumes"))
+    }
 }
 
 /// The leaf certificate of a binary's code signature (macOS: Security framework). Linux has no

@@ -59,6 +59,7 @@ impl Service {
             HelperRequest::Stats => &self.stats.requests_stats,
             HelperRequest::Analyze { .. } => &self.stats.requests_analyze,
             HelperRequest::Remount { .. } => &self.stats.requests_remount,
+            HelperRequest::Unmount { .. } => &self.stats.requests_unmount,
         });
     }
 
@@ -114,6 +115,41 @@ impl Service {
             HelperRequest::Stats => HelperResponse::Stats {
                 counters: self.stats.snapshot(),
             },
+            HelperRequest::Unmount { .. } if role != Role::Extension => self.error(
+                HelperErrorKind::BadRequest,
+                format!("role {role:?} may not unmount volumes; that is for the extension"),
+            ),
+            HelperRequest::Unmount {
+                mount,
+                force,
+                remount,
+            } => {
+                if Instant::now() >= deadline {
+                    return self.error(
+                        HelperErrorKind::DeadlineExceeded,
+                        "the unmount's budget was spent before it started; dropped",
+                    );
+                }
+                let words = remount.map(|f| crate::remount::mount_arguments(mount, &f));
+                match self.analyzers.volumes.start_unmount(
+                    mount,
+                    *force,
+                    words.as_deref(),
+                    deadline,
+                ) {
+                    Ok(()) => {
+                        Stats::bump(&self.stats.unmounts_started);
+                        HelperResponse::UnmountStarted {
+                            then_mount_with: words
+                                .map(|w| w.iter().map(|a| (*a).to_owned()).collect()),
+                        }
+                    }
+                    Err(e) => {
+                        Stats::bump(&self.stats.unmounts_failed);
+                        self.error(e.kind(), format!("unmounting {}: {e}", mount.mount_point))
+                    }
+                }
+            }
             HelperRequest::Remount { .. } if role != Role::Extension => self.error(
                 HelperErrorKind::BadRequest,
                 format!("role {role:?} may not remount volumes; that is for the extension"),

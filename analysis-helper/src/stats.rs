@@ -35,6 +35,11 @@ counters! {
     requests_stats,
     requests_analyze,
     requests_remount,
+    requests_unmount,
+    /// Start-up unmounts started (DiskArbitration accepted the request).
+    unmounts_started,
+    /// Start-up unmounts that could not start.
+    unmounts_failed,
     /// Forced remounts started (DiskArbitration accepted the request).
     remounts_started,
     /// Forced remounts that could not start (DiskArbitration's later refusals are logged).
@@ -73,7 +78,7 @@ mod tests {
         Stats::bump(&s.timeouts);
         Stats::bump(&s.timeouts);
         let snap = s.snapshot();
-        assert_eq!(snap.len(), 20);
+        assert_eq!(snap.len(), 23);
         assert!(snap.contains(&("timeouts".to_owned(), 2)));
         assert!(snap.contains(&("cache_hits".to_owned(), 0)));
     }

@@ -812,3 +812,97 @@ processes = [{ team_id = "platform" }]
     session.stop().unwrap();
     m.sim.assert_no_violations();
 }
+
+/// Issue 13, Santa's `OnStartUSBOptions`: volumes mounted before the extension ran are decided
+/// as if mounted now, once the helper is up. With `mounted_at_start = "remount"`, a volume a
+/// `remount` rule denies is unmounted and mounted again with the rule's flags (that mount is
+/// allowed: it has them); one a `block` rule denies is only unmounted; one the rules allow is
+/// kept. Start-up itself never waited: the session was up before the pass ran.
+#[test]
+fn es_sim_volumes_mounted_before_start_are_unmounted_or_remounted() {
+    let volume = |point: &str, fs: &str, disposition| model::MountInfo {
+        source: format!("/dev/disk{}s1", point.len()),
+        mount_point: point.into(),
+        fs_type: fs.into(),
+        flags: model::MountFlags::default(),
+        disposition,
+        os_flags: 0,
+    };
+    let mounted = vec![
+        volume("/Volumes/USB", "msdos", model::MountDisposition::External),
+        volume(
+            "/Volumes/CAMERA",
+            "exfat",
+            model::MountDisposition::External,
+        ),
+        volume("/", "apfs", model::MountDisposition::Internal),
+    ];
+    let source = es_extension::core::startup_mounts::MountSource(Arc::new(move || mounted.clone()));
+    let m = machine_with(SimConfig::default(), HelperMode::Working, |c| {
+        c.mounted_volumes = Some(source);
+    });
+    let rules = r#"
+[[mount]]
+name = "no-exfat"
+action = "block"
+disposition = ["external"]
+fs_type = ["exfat"]
+
+[[mount]]
+name = "usb-read-only"
+action = "remount"
+disposition = ["external"]
+remount_flags = { read_only = true, noexec = true }
+"#;
+    let text = policy("deny", false, rules).replace(
+        "deadline_ms = 2000\n",
+        "deadline_ms = 2000\nmounted_at_start = \"remount\"\n",
+    );
+    let mut session = start(&m, Some(text));
+    let helper = m.helper.as_ref().unwrap();
+    wait_until("both denied volumes unmounted", || {
+        helper.unmounts().len() == 2
+    });
+    let unmounted: Vec<String> = helper
+        .unmounts()
+        .iter()
+        .map(|(v, force)| {
+            assert!(!force, "`remount` does not force");
+            v.mount_point.clone()
+        })
+        .collect();
+    assert!(
+        unmounted.contains(&"/Volumes/USB".to_owned()),
+        "{unmounted:?}"
+    );
+    assert!(
+        unmounted.contains(&"/Volumes/CAMERA".to_owned()),
+        "{unmounted:?}"
+    );
+    let remounts = helper.remounts();
+    assert_eq!(
+        remounts.len(),
+        1,
+        "only the remount rule's volume comes back"
+    );
+    let (v, flags, allowed) = &remounts[0];
+    assert_eq!(v.mount_point, "/Volumes/USB");
+    assert!(flags.read_only && flags.noexec, "{flags:?}");
+    assert!(
+        allowed,
+        "the mount again has the rule's flags, so it is allowed"
+    );
+    let stats = m.core.stats();
+    let c = |name: &str| {
+        stats
+            .counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(c("startup_mounts_checked"), Some(3), "{:?}", stats.counters);
+    assert_eq!(c("startup_unmounts_started"), Some(2));
+    assert_eq!(c("startup_unmounts_failed"), Some(0));
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}

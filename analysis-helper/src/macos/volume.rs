@@ -20,6 +20,7 @@ use objc2_disk_arbitration::{
     kDADiskDescriptionDeviceProtocolKey, kDADiskDescriptionMediaEncryptedKey,
     kDADiskDescriptionMediaRemovableKey, kDADiskDescriptionVolumeKindKey,
     kDADiskDescriptionVolumeNetworkKey, kDADiskDescriptionVolumeUUIDKey, kDADiskMountOptionDefault,
+    kDADiskUnmountOptionDefault, kDADiskUnmountOptionForce,
 };
 
 use crate::analyzer::{AnalysisError, VolumeInspector};
@@ -106,6 +107,91 @@ unsafe extern "C-unwind" fn remount_done(
     }
     // SAFETY: unscheduling a session we own; its callbacks are done.
     unsafe { pending.session.set_dispatch_queue(None) };
+}
+
+/// What a started start-up unmount keeps alive until DiskArbitration calls back, and the mount
+/// to start then.
+struct PendingUnmount {
+    session: CFRetained<DASession>,
+    queue: DispatchRetained<DispatchQueue>,
+    mount_point: String,
+    then_mount: Option<Vec<&'static str>>,
+}
+
+/// Mount `disk` with `arguments`; `remount_done` reclaims the context it is given.
+///
+/// # Safety
+/// `disk` must be live for the call; `pending.session` must be scheduled on `pending._queue`.
+unsafe fn mount_with(disk: &DADisk, pending: PendingRemount, arguments: &[&'static str]) {
+    let words: Vec<CFRetained<CFString>> =
+        arguments.iter().map(|a| CFString::from_str(a)).collect();
+    let mut argv: Vec<*const CFString> = words
+        .iter()
+        .map(|w| std::ptr::from_ref::<CFString>(w))
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let context = Box::into_raw(Box::new(pending));
+    // SAFETY: the caller's `disk` is live; NULL path asks for the standard mount point; `argv`
+    // is a NULL-terminated array of live CFStrings that DiskArbitration reads during the call
+    // (Santa frees its array right after the call too); `context` is reclaimed by
+    // `remount_done`, which DiskArbitration calls once for this request.
+    unsafe {
+        disk.mount_with_arguments(
+            None,
+            kDADiskMountOptionDefault,
+            Some(remount_done),
+            context.cast(),
+            argv.as_mut_ptr(),
+        );
+    }
+}
+
+/// `DADiskUnmountCallback`: reclaims the [`PendingUnmount`] and, when the unmount succeeded
+/// and a remount was asked for, starts it (Santa's start-up tasks: unmount, then mount with the
+/// updated flags).
+unsafe extern "C-unwind" fn unmount_done(
+    disk: NonNull<DADisk>,
+    dissenter: *const DADissenter,
+    context: *mut c_void,
+) {
+    // SAFETY: `context` is the `Box<PendingUnmount>` leaked in `start_unmount` for this one
+    // request; DiskArbitration passes it back once.
+    let pending = unsafe { Box::from_raw(context.cast::<PendingUnmount>()) };
+    // SAFETY: a non-NULL dissenter is a live DADissenter for the duration of the callback.
+    if let Some(d) = unsafe { dissenter.as_ref() } {
+        // SAFETY: live dissenter (above).
+        let status = unsafe { d.status() };
+        tracing::warn!(
+            mount_point = %pending.mount_point,
+            status = format_args!("{status:#x}"),
+            "DiskArbitration refused the start-up unmount; the volume stays mounted"
+        );
+        // SAFETY: unscheduling a session we own; its callbacks are done.
+        unsafe { pending.session.set_dispatch_queue(None) };
+        return;
+    }
+    tracing::info!(mount_point = %pending.mount_point, "volume unmounted at start-up");
+    let PendingUnmount {
+        session,
+        queue,
+        mount_point,
+        then_mount,
+    } = *pending;
+    match then_mount {
+        Some(arguments) => {
+            let next = PendingRemount {
+                session,
+                _queue: queue,
+                mount_point,
+                arguments: arguments.join(","),
+            };
+            // SAFETY: DiskArbitration passes a live disk to the callback; the session stays
+            // scheduled on its queue inside `next` until `remount_done` unschedules it.
+            unsafe { mount_with(disk.as_ref(), next, &arguments) };
+        }
+        // SAFETY: unscheduling a session we own; its callbacks are done.
+        None => unsafe { session.set_dispatch_queue(None) },
+    }
 }
 
 impl VolumeInspector for DiskArbitrationVolumes {
@@ -197,32 +283,53 @@ impl VolumeInspector for DiskArbitrationVolumes {
         // SAFETY: live session and queue; the queue is kept alive with the session until the
         // callback unschedules it.
         unsafe { session.set_dispatch_queue(Some(&queue)) };
-        let words: Vec<CFRetained<CFString>> =
-            arguments.iter().map(|a| CFString::from_str(a)).collect();
-        let mut argv: Vec<*const CFString> = words
-            .iter()
-            .map(|w| std::ptr::from_ref::<CFString>(w))
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let context = Box::into_raw(Box::new(PendingRemount {
+        let pending = PendingRemount {
             session,
             _queue: queue,
             mount_point: mount.mount_point.clone(),
             arguments: arguments.join(","),
-        }));
-        // SAFETY: live disk; NULL path asks for the standard mount point; `argv` is a
-        // NULL-terminated array of live CFStrings that DiskArbitration reads during the call
-        // (Santa frees its array right after the call too); `context` is reclaimed by
-        // `remount_done`, which DiskArbitration calls once for this request.
-        unsafe {
-            disk.mount_with_arguments(
-                None,
-                kDADiskMountOptionDefault,
-                Some(remount_done),
-                context.cast(),
-                argv.as_mut_ptr(),
-            );
+        };
+        // SAFETY: live disk; the session is scheduled on the queue `pending` keeps.
+        unsafe { mount_with(&disk, pending, arguments) };
+        Ok(())
+    }
+
+    /// `DADiskUnmount` (forced when asked), then the mount again from its callback, as Santa's
+    /// `performStartupTasks:` does for volumes mounted before it started.
+    fn start_unmount(
+        &self,
+        mount: &MountInfo,
+        force: bool,
+        then_mount: Option<&[&'static str]>,
+        deadline: Instant,
+    ) -> Result<(), AnalysisError> {
+        if Instant::now() >= deadline {
+            return Err(AnalysisError::DeadlineExceeded);
         }
+        let name = bsd_name(&mount.source).ok_or_else(|| {
+            AnalysisError::BadRequest(format!(
+                "{} is not a local device: only device volumes are unmounted",
+                mount.source
+            ))
+        })?;
+        let (session, disk) = open_disk(name)?;
+        let queue = DispatchQueue::new("dev.gatehouse.helper.unmount", None);
+        // SAFETY: live session and queue; both stay alive in the context until the callback.
+        unsafe { session.set_dispatch_queue(Some(&queue)) };
+        let context = Box::into_raw(Box::new(PendingUnmount {
+            session,
+            queue,
+            mount_point: mount.mount_point.clone(),
+            then_mount: then_mount.map(<[&'static str]>::to_vec),
+        }));
+        let options = if force {
+            kDADiskUnmountOptionForce
+        } else {
+            kDADiskUnmountOptionDefault
+        };
+        // SAFETY: live disk; `context` is reclaimed by `unmount_done`, which DiskArbitration
+        // calls once for this request.
+        unsafe { disk.unmount(options, Some(unmount_done), context.cast()) };
         Ok(())
     }
 }

@@ -426,8 +426,9 @@ impl<R: Responder> HelperClient<R> {
         }
     }
 
-    /// One request and its answer, outside the analysis path (ping, remount).
-    fn call(
+    /// One request and its answer, outside the analysis path (ping, remount, the start-up
+    /// pass over mounted volumes). Never called on the delivery thread.
+    pub(crate) fn call(
         &self,
         body: HelperRequest,
         timeout: Duration,

@@ -139,6 +139,12 @@ pub struct Metrics {
     pub remounts_failed: AtomicU64,
     /// Forced remounts not requested because the remount queue was full.
     pub remounts_dropped: AtomicU64,
+    /// Volumes mounted before start-up that the start-up pass decided.
+    pub startup_mounts_checked: AtomicU64,
+    /// Of those, unmounts (and remounts) the helper started.
+    pub startup_unmounts_started: AtomicU64,
+    /// Of those, unmounts the helper refused or could not be asked for.
+    pub startup_unmounts_failed: AtomicU64,
     pub fast_path: AtomicHistogram,
     pub helper_round_trip: AtomicHistogram,
     pub event_to_answer: AtomicHistogram,
@@ -208,7 +214,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 33] = [
+        let named: [(&str, &AtomicU64); 36] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -240,6 +246,9 @@ impl Metrics {
             ("remounts_started", &self.remounts_started),
             ("remounts_failed", &self.remounts_failed),
             ("remounts_dropped", &self.remounts_dropped),
+            ("startup_mounts_checked", &self.startup_mounts_checked),
+            ("startup_unmounts_started", &self.startup_unmounts_started),
+            ("startup_unmounts_failed", &self.startup_unmounts_failed),
             ("answers", &AtomicU64::new(self.answers_total())),
             (
                 "fallbacks",

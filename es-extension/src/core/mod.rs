@@ -28,6 +28,7 @@ pub mod kernel_retry;
 pub mod metrics;
 pub mod mutes;
 pub mod pending;
+pub mod startup_mounts;
 pub mod trusted;
 pub mod watchdog;
 
@@ -123,6 +124,10 @@ pub struct CoreConfig {
     /// system daemons and our team's binaries ([`trusted::TrustedSet::macos`]); fanotify:
     /// empty until the Linux backend pins its files.
     pub trusted: Arc<trusted::TrustedSet>,
+    /// The volumes mounted now, for the start-up pass over volumes mounted before we ran
+    /// (`startup_mounts`; the policy's `mounted_at_start`). `None`: no such pass (Linux,
+    /// whose kernel reports no mounts to fanotify).
+    pub mounted_volumes: Option<startup_mounts::MountSource>,
 }
 
 impl CoreConfig {
@@ -162,6 +167,7 @@ impl CoreConfig {
                 trusted::TrustedSet::macos(defaults::TEAM_ID)
                     .expect("the macOS set fits MAX_TRUSTED (tested)"),
             ),
+            mounted_volumes: None,
         }
     }
 
@@ -172,6 +178,7 @@ impl CoreConfig {
             headroom_max: Duration::from_millis(500),
             backend_name: "fanotify".to_owned(),
             trusted: Arc::new(trusted::TrustedSet::empty()),
+            mounted_volumes: None,
             ..Self::endpoint_security()
         }
     }
@@ -288,6 +295,11 @@ impl Shared {
                 Err(crossbeam_channel::TrySendError::Disconnected(_))
             )
         });
+    }
+
+    /// True once shutdown began.
+    pub fn is_stopping(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     /// Hand a denied mount to the remount thread (any thread, the delivery thread included:
@@ -459,7 +471,12 @@ impl<R: Responder> Core<R> {
         }
         {
             let (h, stop) = (Arc::clone(&helper), stop_rx.clone());
+            let (s, source) = (Arc::clone(&shared), cfg.mounted_volumes.clone());
             threads.push(spawn("remount", move || {
+                // Once, before taking remount jobs: volumes mounted before we started.
+                if let Some(source) = &source {
+                    startup_mounts::run(&s, &h, source, &stop);
+                }
                 loop {
                     crossbeam_channel::select! {
                         recv(remounts_rx) -> job => match job {

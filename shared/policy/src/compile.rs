@@ -162,6 +162,7 @@ pub(crate) struct Compiled {
     pub package_trust: bool,
     /// Files that are not native binaries (scripts) pass by scope when no rule names them.
     pub allow_scripts: bool,
+    pub mounted_at_start: crate::MountedAtStart,
     pub kinds: [KindSettings; EventKind::ALL.len()],
     pub rules: Vec<RuleMeta>,
     pub names: HashMap<String, u32>,
@@ -588,6 +589,7 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         // On macOS every exec target is a Mach-O image (a script's exec reports its
         // interpreter), so only Linux, where the kernel asks about the script itself, asks.
         allow_scripts: defaults.allow_scripts.unwrap_or(true) && os == Os::Linux,
+        mounted_at_start: defaults.mounted_at_start.unwrap_or_default(),
         kinds,
         rules: b.rules,
         names: b.names,

@@ -75,6 +75,8 @@ pub(crate) struct Defaults {
     pub bad_signature_protection: Option<bool>,
     /// Linux: a file owned by an installed package with a matching digest is a platform binary.
     pub package_trust: Option<bool>,
+    /// macOS: volumes mounted before the extension started that the mount rules deny.
+    pub mounted_at_start: Option<crate::MountedAtStart>,
     /// An exec of a file that is not a native binary (a script) and that no rule names is
     /// allowed by scope, as Santa allows what is not a Mach-O. Default true.
     pub allow_scripts: Option<bool>,

@@ -38,6 +38,28 @@ pub enum Mode {
     Enforce,
 }
 
+/// What to do at start-up with volumes mounted before the extension ran, when the mount rules
+/// would not let them mount now (Santa's `OnStartUSBOptions`). A volume the rules allow is
+/// always kept.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MountedAtStart {
+    /// Leave them mounted (Santa's default: no start-up action).
+    #[default]
+    Keep,
+    /// Unmount them; a busy volume stays (Santa `Unmount`).
+    Unmount,
+    /// Unmount them even if busy (Santa `ForceUnmount`).
+    ForceUnmount,
+    /// Unmount, then mount again with a `remount` rule's flags; a volume a `block` rule
+    /// denies stays unmounted (Santa `Remount`).
+    Remount,
+    /// As `Remount`, forcing the unmount (Santa `ForceRemount`).
+    ForceRemount,
+}
+
 /// A policy file that failed validation: which file, where, which rule, and what is wrong.
 /// Displays as `file:line:col: message (rule NAME)`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,6 +235,11 @@ impl Policy {
     /// backend can then expect first executions to go to the slow path.
     pub fn exec_rules_need_hash(&self) -> bool {
         !self.compiled.sha256.is_empty() || self.compiled.package_trust
+    }
+
+    /// What to do with volumes already mounted when the extension starts.
+    pub fn mounted_at_start(&self) -> MountedAtStart {
+        self.compiled.mounted_at_start
     }
 
     /// The flags a `remount` mount rule requires (to add to the mount's existing flags), for

@@ -699,3 +699,25 @@ fn clone_copyfile_and_exchangedata_are_watched() {
         assert!(p.watches_kind(kind), "{kind:?}");
     }
 }
+
+/// `mounted_at_start` takes Santa's `OnStartUSBOptions` values (snake case); anything else is
+/// an error at its position.
+#[test]
+fn mounted_at_start_values() {
+    use policy::MountedAtStart as M;
+    let cases = [
+        (None, Some(M::Keep)),
+        (Some("keep"), Some(M::Keep)),
+        (Some("unmount"), Some(M::Unmount)),
+        (Some("force_unmount"), Some(M::ForceUnmount)),
+        (Some("remount"), Some(M::Remount)),
+        (Some("force_remount"), Some(M::ForceRemount)),
+        (Some("ForceRemount"), None),
+    ];
+    for (value, want) in cases {
+        let line = value.map_or(String::new(), |v| format!("mounted_at_start = \"{v}\"\n"));
+        let text = format!("version = 1\nmode = \"enforce\"\n[defaults]\n{line}");
+        let got = Policy::parse("m.toml", &text).map(|p| p.mounted_at_start());
+        assert_eq!(got.as_ref().ok().copied(), want, "{value:?}: {got:?}");
+    }
+}

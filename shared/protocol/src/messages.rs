@@ -70,6 +70,15 @@ pub enum HelperRequest {
         mount: MountInfo,
         forced: MountFlags,
     },
+    /// Start-up (Santa's `OnStartUSBOptions`): unmount a volume that was mounted before the
+    /// extension ran and that the mount rules deny (`force`: even if busy), then, with
+    /// `remount`, mount it again with those flags added to its own. Started and answered at
+    /// once, like [`HelperRequest::Remount`].
+    Unmount {
+        mount: MountInfo,
+        force: bool,
+        remount: Option<MountFlags>,
+    },
 }
 
 /// Why the helper could not answer.
@@ -113,6 +122,11 @@ pub enum HelperResponse {
     /// The remount was started with these mount arguments (`mount -o` words).
     RemountStarted {
         arguments: Vec<String>,
+    },
+    /// The unmount was started; once it succeeds the volume is mounted again with these
+    /// arguments, if any.
+    UnmountStarted {
+        then_mount_with: Option<Vec<String>>,
     },
 }
 

@@ -223,6 +223,32 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "helper_unmount",
+            frame(&Request {
+                id: 7,
+                budget_us: 5_000_000,
+                body: HelperRequest::Unmount {
+                    mount: mount.clone(),
+                    force: true,
+                    remount: Some(MountFlags {
+                        read_only: true,
+                        noexec: false,
+                        nosuid: false,
+                        nodev: true,
+                    }),
+                },
+            }),
+        ),
+        (
+            "helper_unmount_started",
+            frame(&Response {
+                id: 7,
+                body: HelperResponse::UnmountStarted {
+                    then_mount_with: Some(vec!["rdonly".into(), "nodev".into()]),
+                },
+            }),
+        ),
+        (
             "helper_error",
             frame(&Response {
                 id: 9,

@@ -54,6 +54,11 @@ fn bytes(field: &[libc::c_char]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(field.as_ptr().cast::<u8>(), field.len()) }
 }
 
+/// A mounted filesystem's `statfs` (from `getfsstat`) as the message's mount fields.
+pub fn statfs_mount(statfs: &libc::statfs) -> EsMount {
+    mount(statfs, None)
+}
+
 fn mount(statfs: &libc::statfs, disposition: Option<u32>) -> EsMount {
     EsMount {
         mntfromname: convert::c_field(bytes(&statfs.f_mntfromname)),

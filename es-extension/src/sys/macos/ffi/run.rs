@@ -11,7 +11,7 @@ use dispatch2::{DispatchObject, DispatchQueue, DispatchRetained, DispatchSource}
 use objc2_core_foundation::CFRunLoop;
 
 use super::client::FfiClient;
-use super::token;
+use super::{read, token};
 use crate::backend::KernelControl;
 use crate::core::helper_xpc::{HELPER_SERVICE, XpcTransport};
 use crate::core::{Core, CoreConfig, CoreError, HelperEndpoint, HelperTransport};
@@ -138,6 +138,46 @@ impl EsConnect for FfiConnect {
     }
 }
 
+/// The volumes mounted now (`getfsstat`, at most `MAX_STARTUP_MOUNTS`), for the start-up pass
+/// over volumes mounted before we ran. The disposition is unknown (no ES message), so mount
+/// rules ask the helper about removability and bus.
+fn mounted_volumes() -> Vec<model::MountInfo> {
+    use crate::core::startup_mounts::MAX_STARTUP_MOUNTS;
+    // SAFETY: a NULL buffer with size 0 asks only for the number of mounted filesystems.
+    let n = unsafe { libc::getfsstat(std::ptr::null_mut(), 0, libc::MNT_NOWAIT) };
+    let Ok(n) = usize::try_from(n) else {
+        return Vec::new();
+    };
+    let cap = n.min(MAX_STARTUP_MOUNTS);
+    let mut buf: Vec<libc::statfs> = Vec::with_capacity(cap);
+    let Ok(bytes) = libc::c_int::try_from(cap * std::mem::size_of::<libc::statfs>()) else {
+        return Vec::new();
+    };
+    // SAFETY: `buf` has room for `cap` entries, which `bytes` states; the kernel writes at
+    // most that many and returns how many it wrote.
+    let got = unsafe { libc::getfsstat(buf.as_mut_ptr(), bytes, libc::MNT_NOWAIT) };
+    let Ok(got) = usize::try_from(got) else {
+        return Vec::new();
+    };
+    // SAFETY: the kernel initialised the first `got` (<= cap) entries.
+    unsafe { buf.set_len(got.min(cap)) };
+    buf.iter()
+        .map(|s| {
+            let m = read::statfs_mount(s);
+            crate::sys::macos::convert::mount_info(
+                &crate::sys::macos::convert::RawStatfs {
+                    mntfromname: m.mntfromname.as_bytes(),
+                    mntonname: m.mntonname.as_bytes(),
+                    fstypename: m.fstypename.as_bytes(),
+                    f_flags: m.f_flags,
+                },
+                crate::sys::macos::convert::MOUNT_DISPOSITION_MIN_VERSION,
+                None,
+            )
+        })
+        .collect()
+}
+
 /// Run the extension until SIGTERM or SIGINT. Must be called on the main thread.
 pub fn run(opts: MacOptions) -> Result<(), MacError> {
     let (major, minor, patch) = os_version()?;
@@ -159,6 +199,9 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
         events_log_max_bytes: opts.events_log_max_bytes,
         events_log_keep: opts.events_log_keep,
         control_socket: opts.control_socket.clone(),
+        mounted_volumes: Some(crate::core::startup_mounts::MountSource(Arc::new(
+            mounted_volumes,
+        ))),
         ..CoreConfig::endpoint_security()
     }
     .with_helper(helper);

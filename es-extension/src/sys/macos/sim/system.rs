@@ -164,6 +164,8 @@ pub struct SimHelper {
     work: Mutex<Option<Sender<Request<HelperRequest>>>>,
     /// Remount requests, and the mount each started (raised by diskarbitrationd's mount tool).
     remounts: Mutex<Vec<(MountInfo, MountFlags, Raised)>>,
+    /// Unmount requests (start-up), with `force`.
+    unmounts: Mutex<Vec<(MountInfo, bool)>>,
 }
 
 impl SimHelper {
@@ -184,6 +186,7 @@ impl SimHelper {
             requests: AtomicU64::new(0),
             work: Mutex::new(None),
             remounts: Mutex::new(Vec::new()),
+            unmounts: Mutex::new(Vec::new()),
         })
     }
 
@@ -198,6 +201,45 @@ impl SimHelper {
         super::lock(&self.remounts)
             .iter()
             .map(|(m, f, raised)| (m.clone(), *f, raised.wait()))
+            .collect()
+    }
+
+    /// Every start-up unmount asked of this helper, with whether it was forced.
+    pub fn unmounts(&self) -> Vec<(MountInfo, bool)> {
+        super::lock(&self.unmounts).clone()
+    }
+
+    /// As DiskArbitration would: the mount tool mounts the volume (again) with its own flags
+    /// plus `forced`, an AUTH_MOUNT like any other, not waited for (the real helper returns
+    /// once DiskArbitration has the request). The `mount -o` words.
+    fn mount_again(&self, mount: &MountInfo, forced: &MountFlags) -> Vec<String> {
+        let f_flags = mount.os_flags | mnt_bits(&mount.flags) | mnt_bits(forced);
+        let tool = platform_signed(
+            1303,
+            "/System/Library/Filesystems/msdos.fs/Contents/Resources/mount_msdos",
+            "com.apple.mount_msdos",
+        );
+        let raised = self.sim.raise(
+            &tool,
+            EsBody::Mount(EsMount {
+                mntfromname: mount.source.clone(),
+                mntonname: mount.mount_point.clone(),
+                fstypename: mount.fs_type.clone(),
+                f_flags,
+                disposition: raw_disposition(mount.disposition),
+            }),
+        );
+        super::lock(&self.remounts).push((mount.clone(), *forced, raised));
+        let words = [
+            (mnt::MNT_RDONLY, "rdonly"),
+            (mnt::MNT_NOEXEC, "noexec"),
+            (mnt::MNT_NOSUID, "nosuid"),
+            (mnt::MNT_NODEV, "nodev"),
+        ];
+        words
+            .iter()
+            .filter(|(bit, _)| f_flags & bit != 0)
+            .map(|(_, w)| (*w).to_owned())
             .collect()
     }
 
@@ -222,39 +264,17 @@ impl SimHelper {
                 counters: Vec::new(),
             },
             HelperRequest::Remount { mount, forced } => {
-                // As DiskArbitration would: the mount tool mounts the volume again with its own
-                // flags plus the forced ones, an AUTH_MOUNT like any other. Not waited for: the
-                // real helper returns once DiskArbitration has the request.
-                let f_flags = mount.os_flags | mnt_bits(&mount.flags) | mnt_bits(forced);
-                let tool = platform_signed(
-                    1303,
-                    "/System/Library/Filesystems/msdos.fs/Contents/Resources/mount_msdos",
-                    "com.apple.mount_msdos",
-                );
-                let raised = self.sim.raise(
-                    &tool,
-                    EsBody::Mount(EsMount {
-                        mntfromname: mount.source.clone(),
-                        mntonname: mount.mount_point.clone(),
-                        fstypename: mount.fs_type.clone(),
-                        f_flags,
-                        disposition: raw_disposition(mount.disposition),
-                    }),
-                );
-                super::lock(&self.remounts).push((mount.clone(), *forced, raised));
-                let words = [
-                    (mnt::MNT_RDONLY, "rdonly"),
-                    (mnt::MNT_NOEXEC, "noexec"),
-                    (mnt::MNT_NOSUID, "nosuid"),
-                    (mnt::MNT_NODEV, "nodev"),
-                ];
-                HelperResponse::RemountStarted {
-                    arguments: words
-                        .iter()
-                        .filter(|(bit, _)| f_flags & bit != 0)
-                        .map(|(_, w)| (*w).to_owned())
-                        .collect(),
-                }
+                let arguments = self.mount_again(mount, forced);
+                HelperResponse::RemountStarted { arguments }
+            }
+            HelperRequest::Unmount {
+                mount,
+                force,
+                remount,
+            } => {
+                super::lock(&self.unmounts).push((mount.clone(), *force));
+                let then_mount_with = remount.map(|f| self.mount_again(mount, &f));
+                HelperResponse::UnmountStarted { then_mount_with }
             }
             HelperRequest::Analyze { request, .. } => {
                 if let Some(f) = &request.file {
