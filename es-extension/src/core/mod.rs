@@ -361,6 +361,8 @@ pub struct Core<R: Responder> {
     log_stop_tx: Mutex<Option<Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     log_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Starts the pass over volumes mounted before we started (once; capacity one).
+    startup_tx: Sender<()>,
 }
 
 impl<R: Responder> std::fmt::Debug for Core<R> {
@@ -406,6 +408,7 @@ impl<R: Responder> Core<R> {
             eventlog::channel(config.log_channel_capacity.max(1), config.recent_lines);
         let (clear_retry, clear_retry_rx) = kernel_retry::channel();
         let (remounts, remounts_rx) = crossbeam_channel::bounded::<RemountJob>(REMOUNT_QUEUE);
+        let (startup_tx, startup_rx) = crossbeam_channel::bounded::<()>(1);
         let control_listener = match &config.control_socket {
             Some(path) => Some(control::bind(path)?),
             None => None,
@@ -472,16 +475,20 @@ impl<R: Responder> Core<R> {
         {
             let (h, stop) = (Arc::clone(&helper), stop_rx.clone());
             let (s, source) = (Arc::clone(&shared), cfg.mounted_volumes.clone());
+            let startup = startup_rx;
             threads.push(spawn("remount", move || {
-                // Once, before taking remount jobs: volumes mounted before we started.
-                if let Some(source) = &source {
-                    startup_mounts::run(&s, &h, source, &stop);
-                }
                 loop {
                     crossbeam_channel::select! {
                         recv(remounts_rx) -> job => match job {
                             Ok(job) => h.remount(&job, REMOUNT_TIMEOUT),
                             Err(_) => break,
+                        },
+                        // Once, when the backend has its policy in force: volumes mounted
+                        // before we started.
+                        recv(startup) -> go => if go.is_ok() {
+                            if let Some(source) = &source {
+                                startup_mounts::run(&s, &h, source, &stop);
+                            }
                         },
                         recv(stop) -> _ => break,
                     }
@@ -537,6 +544,7 @@ impl<R: Responder> Core<R> {
                 })?;
         }
         Ok(Core {
+            startup_tx,
             shared,
             queue_tx,
             queue_rx,
@@ -659,6 +667,13 @@ impl<R: Responder> Core<R> {
             }
         }
         m.fast_path.record(start.elapsed());
+    }
+
+    /// Start the pass over volumes mounted before we started (`startup_mounts`), for the
+    /// policy in force now: the backend calls this once its start-up policy load is done.
+    /// Returns at once; the pass runs on the remount thread, after the helper is up.
+    pub fn begin_startup_mounts(&self) {
+        let _ = self.startup_tx.try_send(());
     }
 
     /// The current policy snapshot (lock-free).

@@ -1,7 +1,8 @@
 //! Volumes mounted before the extension started (Santa's `OnStartUSBOptions`): each is decided
 //! as if it were being mounted now, and where the mount rules deny it the helper unmounts it
 //! (and mounts it again with a `remount` rule's flags, when the policy says so). Runs once, on
-//! the remount thread after the helper first connects: start-up never waits for it, and the
+//! the remount thread, when the backend says its start-up policy is in force
+//! (`Core::begin_startup_mounts`) and the helper is up: start-up never waits for it, and the
 //! delivery thread never sees it.
 #![forbid(unsafe_code)]
 
@@ -124,7 +125,6 @@ pub(crate) fn run<R: Responder>(
     source: &MountSource,
     stop: &Receiver<()>,
 ) {
-    // The policy file is loaded after the core starts; by the time the helper is up it is in.
     while !helper.connected() {
         if stop.recv_timeout(Duration::from_millis(100)).is_ok() || shared.is_stopping() {
             return;

@@ -230,6 +230,8 @@ impl<C: EsConnect> Session<C> {
             }
             subs.sync(&control, &core.policy().policy);
         }
+        // Volumes mounted before we started, under the policy now in force (never waited for).
+        core.begin_startup_mounts();
 
         // Maintenance, off the delivery queues: resync after policy changes, and mute the
         // helper by the audit token the kernel stamped on its connection, once the core's
