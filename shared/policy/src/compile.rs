@@ -9,6 +9,7 @@ use std::time::Duration;
 use model::{EventKind, MountDisposition, MountFlags, MuteScope, MuteSpec, Verdict, VolumeBus};
 use toml::Spanned;
 
+use crate::glob::{Glob, Parsed};
 use crate::format::{
     Action, ExecRule, FallbackVerdict, KindDefaults, MountAction, Operation, PathRule, PolicyFile,
     RuleType, WatchItem, WatchProcess,
@@ -119,9 +120,29 @@ pub(crate) struct CompiledWatch {
     pub audit_only: bool,
     pub ops: OpSet,
     pub processes: Vec<ProcMatcher>,
-    /// For the process-keyed rule types: the paths the item names.
+    /// For the process-keyed rule types: the paths the item names...
     pub paths: PathTable<()>,
+    /// ... and its glob paths, with their prefix flags.
+    pub globs: Vec<(Glob, bool)>,
 }
+
+impl CompiledWatch {
+    /// Whether a process-keyed item names `path` (literally, as a prefix or by a glob).
+    pub fn covers(&self, path: &str) -> bool {
+        self.paths.longest(path).is_some()
+            || self.globs.iter().any(|(g, prefix)| {
+                if *prefix {
+                    g.longest_prefix(path).is_some()
+                } else {
+                    g.matches(path)
+                }
+            })
+    }
+}
+
+/// At most this many glob paths per policy: each is tried (after a literal-prefix check) for
+/// every watched event, so their number bounds the fast path's cost.
+pub const MAX_WATCH_GLOBS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledMount {
@@ -175,8 +196,10 @@ pub(crate) struct Compiled {
     pub regex_block: Option<RegexScope>,
     pub regex_allow: Option<RegexScope>,
     pub watches: Vec<CompiledWatch>,
-    /// Path-keyed watch items (the two `paths_with_*` rule types) by path.
+    /// Path-keyed watch items (the two `paths_with_*` rule types) by path...
     pub watch_paths: PathTable<u32>,
+    /// ... and by glob path (glob, prefix flag, item), in file order.
+    pub watch_globs: Vec<(Glob, bool, u32)>,
     /// Indexes of process-keyed watch items, scanned per event (expected to be few).
     pub process_watches: Vec<u32>,
     pub watched: Vec<WatchedPath>,
@@ -475,22 +498,65 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         compile_paths(&mut b, &file.exec_path)?;
 
     // Watch items.
-    let mut watches = Vec::new();
+    let mut watches: Vec<CompiledWatch> = Vec::new();
     let mut path_entries = Vec::new();
     let mut process_watches = Vec::new();
     let mut watched = Vec::new();
+    let mut watch_globs: Vec<(Glob, bool, u32)> = Vec::new();
+    let mut glob_count = 0usize;
+    let mut glob_seen: HashMap<(String, bool), u32> = HashMap::new();
     for item in &file.watch {
         let idx = u32::try_from(watches.len()).expect("fewer than 2^32 watch items");
-        let (w, paths) = compile_watch(&mut b, item)?;
+        let (w, paths, globs) = compile_watch(&mut b, item)?;
         for (p, prefix, _) in &paths {
             watched.push(WatchedPath {
                 path: p.clone(),
                 prefix: *prefix,
             });
         }
+        for (pattern, prefix, span, g) in &globs {
+            glob_count += 1;
+            if glob_count > MAX_WATCH_GLOBS {
+                return Err(b.ctx.err(
+                    span.clone(),
+                    Some(b.name(w.rule)),
+                    format!(
+                        "more than {MAX_WATCH_GLOBS} glob watch paths in the policy: each is \
+                         tried for every watched event; use prefixes or fewer globs"
+                    ),
+                ));
+            }
+            // Backends mark the glob's literal directory as a tree (fanotify marks and ES
+            // target paths cannot hold a pattern).
+            let root = WatchedPath {
+                path: g.root().to_owned(),
+                prefix: true,
+            };
+            if !watched.contains(&root) {
+                watched.push(root);
+            }
+            if matches!(
+                w.rule_type,
+                RuleType::PathsWithAllowedProcesses | RuleType::PathsWithDeniedProcesses
+            ) {
+                if let Some(&old) = glob_seen.get(&(pattern.clone(), *prefix)) {
+                    return Err(b.ctx.err(
+                        span.clone(),
+                        Some(b.name(w.rule)),
+                        format!(
+                            "path {pattern:?} is already watched by item {:?}: a path may belong \
+                             to one path-keyed watch item",
+                            b.name(watches[old as usize].rule)
+                        ),
+                    ));
+                }
+                glob_seen.insert((pattern.clone(), *prefix), idx);
+            }
+        }
         match w.rule_type {
             RuleType::PathsWithAllowedProcesses | RuleType::PathsWithDeniedProcesses => {
                 path_entries.extend(paths.into_iter().map(|(p, pre, span)| (p, pre, idx, span)));
+                watch_globs.extend(globs.into_iter().map(|(_, pre, _, g)| (g, pre, idx)));
             }
             RuleType::ProcessesWithAllowedPaths | RuleType::ProcessesWithDeniedPaths => {
                 process_watches.push(idx);
@@ -596,6 +662,7 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         regex_allow,
         watches,
         watch_paths,
+        watch_globs,
         process_watches,
         watched,
         mounts,
@@ -894,11 +961,13 @@ fn regex_set(
 }
 
 type WatchPaths = Vec<(String, bool, Range<usize>)>;
+/// Glob paths of one item: pattern (as compiled for the OS), prefix flag, span, glob.
+type WatchGlobs = Vec<(String, bool, Range<usize>, Glob)>;
 
 fn compile_watch(
     b: &mut Builder<'_>,
     item: &Spanned<WatchItem>,
-) -> Result<(CompiledWatch, WatchPaths), PolicyError> {
+) -> Result<(CompiledWatch, WatchPaths, WatchGlobs), PolicyError> {
     let w = item.get_ref();
     let name = w.name.get_ref().clone();
     let err =
@@ -912,6 +981,7 @@ fn compile_watch(
         );
     }
     let mut paths = Vec::new();
+    let mut globs = Vec::new();
     for p in w.paths.get_ref() {
         let v = p.path.get_ref();
         if !v.starts_with('/') {
@@ -922,6 +992,14 @@ fn compile_watch(
             );
         }
         let v = b.path(v);
+        if v.contains(['*', '?', '[']) {
+            match Glob::parse(&v) {
+                Ok(Parsed::Glob(g)) => globs.push((v, p.prefix, p.path.span(), g)),
+                Ok(Parsed::Literal(l)) => paths.push((l, p.prefix, p.path.span())),
+                Err(e) => return err(b, p.path.span(), format!("glob path {v:?}: {e}")),
+            }
+            continue;
+        }
         paths.push((v, p.prefix, p.path.span()));
     }
     let ops = match &w.operations {
@@ -977,8 +1055,14 @@ fn compile_watch(
             ops,
             processes,
             paths: table,
+            globs: if process_keyed {
+                globs.iter().map(|(_, pre, _, g)| (g.clone(), *pre)).collect()
+            } else {
+                Vec::new()
+            },
         },
         paths,
+        globs,
     ))
 }
 

@@ -328,12 +328,12 @@ impl Compiled {
         let targets = event.target_paths();
         let mut acc = FileAcc::default();
         for path in targets.iter() {
-            if let Some(item) = self.watch_paths.longest(path) {
+            if let Some(item) = self.path_item(path) {
                 self.apply_watch(&mut acc, item, op, access, &event.process, facts, |_| true);
             }
             for &item in &self.process_watches {
                 self.apply_watch(&mut acc, item, op, access, &event.process, facts, |w| {
-                    w.paths.longest(path).is_some()
+                    w.covers(path)
                 });
             }
         }
@@ -391,6 +391,34 @@ impl Compiled {
             _ => Cacheability::Never,
         };
         Outcome::Decided(Decision::allow(Reason::Default, cache))
+    }
+
+    /// The path-keyed watch item for `path`: the longest match over literal paths, prefixes and
+    /// globs (Santa's longest match over the expanded paths, `DataWatchItems::FindPolicies`).
+    /// The matched length is all of `path` for an exact (non-prefix) entry and the covered
+    /// leading part for a prefix; ties go to an exact entry, then a literal over a glob, then
+    /// the earlier glob in the file.
+    fn path_item(&self, path: &str) -> Option<u32> {
+        let literal = self.watch_paths.longest_with_len(path);
+        if self.watch_globs.is_empty() {
+            return literal.map(|(_, _, item)| item);
+        }
+        // Rank: (length, exact, literal); a later candidate must be strictly better.
+        let mut best = literal.map(|(len, exact, item)| ((len, exact, true), item));
+        for (g, prefix, item) in &self.watch_globs {
+            let len = if *prefix {
+                g.longest_prefix(path)
+            } else {
+                g.matches(path).then_some(path.len())
+            };
+            if let Some(len) = len {
+                let rank = (len, !*prefix, false);
+                if best.is_none_or(|(r, _)| rank > r) {
+                    best = Some((rank, *item));
+                }
+            }
+        }
+        best.map(|(_, item)| item)
     }
 
     /// Applies one watch item to one target; `covers` says whether a process-keyed item names

@@ -16,6 +16,7 @@ mod cache;
 mod compile;
 mod decide;
 mod format;
+mod glob;
 pub mod santa;
 mod tables;
 

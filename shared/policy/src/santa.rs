@@ -237,21 +237,13 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             .map(Vec::as_slice)
             .unwrap_or(&[])
         {
-            let mut glob = |s: &str| {
-                if s.contains(['*', '?', '[']) {
-                    notes.push(format!(
-                        "watch item {name}: path {s:?} is a glob in Santa; Gatehouse matches it literally"
-                    ));
-                }
-            };
+            // Globs keep their meaning: Gatehouse matches `*`, `?` and `[...]` as glob(3).
             if let Some(s) = p.as_string() {
-                glob(s);
                 paths.push(format!("{{ path = {}, prefix = false }}", q(s)));
             } else if let Some(d) = p.as_dictionary() {
                 let path = d.get("Path").and_then(|v| v.as_string()).ok_or_else(|| {
                     ImportError::Shape(format!("watch item {name}: a path entry has no Path"))
                 })?;
-                glob(path);
                 let prefix = d
                     .get("IsPrefix")
                     .and_then(|v| v.as_boolean())
