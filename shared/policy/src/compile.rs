@@ -26,6 +26,8 @@ const DEADLINE_RANGE_MS: Range<i64> = 10..600_001;
 pub(crate) struct RuleMeta {
     pub name: String,
     pub message: Option<String>,
+    /// What the rule matches, for `gatehouse rule list` (`exec allow sha256 <hex>`, ...).
+    pub what: String,
 }
 
 /// Which verdict classes a group of rules can produce, to tell whether an unknown fact could
@@ -184,13 +186,8 @@ pub(crate) struct Compiled {
     pub kinds: [KindSettings; EventKind::ALL.len()],
     pub rules: Vec<RuleMeta>,
     pub names: HashMap<String, u32>,
-    pub cdhash: HashMap<[u8; 20], (u32, Action)>,
-    pub sha256: HashMap<[u8; 32], (u32, Action)>,
-    pub sha256_actions: ActionSet,
-    pub signing: HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>>,
-    pub certificate: HashMap<[u8; 32], (u32, Action)>,
-    pub certificate_actions: ActionSet,
-    pub team: HashMap<TeamKey, (u32, Action)>,
+    /// The static tier's identifier rules (this file's `[[exec]]`).
+    pub ids: IdRules,
     pub path_block: PathTable<u32>,
     pub path_allow: PathTable<u32>,
     pub regex_block: Option<RegexScope>,
@@ -211,6 +208,149 @@ pub(crate) struct Compiled {
     /// The OS compiled for, and every path rewritten for it (as written, as compiled).
     pub os: Os,
     pub canonicalized: Vec<(String, String)>,
+    /// Rules added locally (`gatehouse rule add`), ranked below every rule of this file; their
+    /// rule indexes follow this file's.
+    pub local: Option<LocalTier>,
+    /// Rules of this file (the static tier): `rules[..static_rules]`.
+    pub static_rules: usize,
+}
+
+/// Exec identifier rules of one tier, one map per identifier kind, with the action sets that
+/// tell whether an unknown hash or certificate could change an answer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdRules {
+    pub cdhash: HashMap<[u8; 20], (u32, Action)>,
+    pub sha256: HashMap<[u8; 32], (u32, Action)>,
+    pub sha256_actions: ActionSet,
+    pub signing: HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>>,
+    pub certificate: HashMap<[u8; 32], (u32, Action)>,
+    pub certificate_actions: ActionSet,
+    pub team: HashMap<TeamKey, (u32, Action)>,
+}
+
+impl IdRules {
+    /// The same rules with every rule index moved by `by` (to follow another tier's rules).
+    fn offset(mut self, by: u32) -> IdRules {
+        let o = |v: &mut (u32, Action)| v.0 += by;
+        self.cdhash.values_mut().for_each(o);
+        self.sha256.values_mut().for_each(o);
+        self.certificate.values_mut().for_each(o);
+        self.team.values_mut().for_each(o);
+        self.signing
+            .values_mut()
+            .for_each(|m| m.values_mut().for_each(o));
+        self
+    }
+}
+
+/// The local rules tier: identifier rules and exec path scopes, compiled from a local rules
+/// file (see `local.rs`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalTier {
+    pub ids: IdRules,
+    pub path_block: PathTable<u32>,
+    pub path_allow: PathTable<u32>,
+    pub regex_block: Option<RegexScope>,
+    pub regex_allow: Option<RegexScope>,
+}
+
+impl LocalTier {
+    pub(crate) fn offset(self, by: u32) -> LocalTier {
+        let re = |r: Option<RegexScope>| {
+            r.map(|mut r| {
+                r.rules.iter_mut().for_each(|i| *i += by);
+                r
+            })
+        };
+        LocalTier {
+            ids: self.ids.offset(by),
+            path_block: self.path_block.map_values(|i| i + by),
+            path_allow: self.path_allow.map_values(|i| i + by),
+            regex_block: re(self.regex_block),
+            regex_allow: re(self.regex_allow),
+        }
+    }
+
+    pub(crate) fn has_path_scopes(&self) -> bool {
+        !(self.path_block.is_empty()
+            && self.path_allow.is_empty()
+            && self.regex_block.is_none()
+            && self.regex_allow.is_none())
+    }
+}
+
+/// A compiled local rules file: its tier (rule indexes from 0) and its rules.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledLocal {
+    pub tier: LocalTier,
+    pub rules: Vec<RuleMeta>,
+}
+
+/// The prefix of every local rule's name in decisions, so a decision names its tier and a
+/// local rule can never take a static rule's name.
+pub(crate) const LOCAL_NAME_PREFIX: &str = "local:";
+
+/// Compiles a local rules file: `version = 1` plus `[[exec]]` and `[[exec_path]]` tables with
+/// the policy's keys. The same validation as the policy file's, line and column included.
+pub(crate) fn compile_local(
+    origin: &str,
+    text: &str,
+    os: Os,
+) -> Result<CompiledLocal, PolicyError> {
+    let ctx = Ctx { origin, text };
+    let file: crate::format::LocalFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let rule = enclosing_rule_name(text, span.start);
+        ctx.err(span, rule.as_deref(), e.message().trim_end().to_owned())
+    })?;
+    if *file.version.get_ref() != 1 {
+        return Err(ctx.err(
+            file.version.span(),
+            None,
+            format!(
+                "unsupported local rules version {}: this Gatehouse reads version 1",
+                file.version.get_ref()
+            ),
+        ));
+    }
+    let count = file.exec.len() + file.exec_path.len();
+    if count > crate::local::LOCAL_RULES_MAX {
+        return Err(ctx.err(
+            0..0,
+            None,
+            format!(
+                "{count} local rules: at most {} are allowed",
+                crate::local::LOCAL_RULES_MAX
+            ),
+        ));
+    }
+    let mut b = Builder {
+        ctx,
+        rules: Vec::new(),
+        names: HashMap::new(),
+        os,
+        canonicalized: Vec::new(),
+        reserve_local: false,
+    };
+    let mut ids = IdRules::default();
+    for rule in &file.exec {
+        compile_exec(&mut b, rule, &mut ids)?;
+    }
+    let (path_block, path_allow, regex_block, regex_allow) =
+        compile_paths(&mut b, &file.exec_path)?;
+    for r in &mut b.rules {
+        r.name = format!("{LOCAL_NAME_PREFIX}{}", r.name);
+    }
+    Ok(CompiledLocal {
+        tier: LocalTier {
+            ids,
+            path_block,
+            path_allow,
+            regex_block,
+            regex_allow,
+        },
+        rules: b.rules,
+    })
 }
 
 /// `path` as `os`'s kernel reports it. macOS resolves `/var`, `/etc` and `/tmp` (symlinks
@@ -317,6 +457,8 @@ struct Builder<'a> {
     names: HashMap<String, u32>,
     os: Os,
     canonicalized: Vec<(String, String)>,
+    /// The policy file (static tier): names beginning `local:` belong to the local tier.
+    reserve_local: bool,
 }
 
 impl Builder<'_> {
@@ -344,6 +486,16 @@ impl Builder<'_> {
             Some(n) => {
                 if n.get_ref().trim().is_empty() {
                     return Err(self.ctx.err(n.span(), None, "rule name is empty"));
+                }
+                if self.reserve_local && n.get_ref().starts_with(LOCAL_NAME_PREFIX) {
+                    return Err(self.ctx.err(
+                        n.span(),
+                        Some(n.get_ref()),
+                        format!(
+                            "rule names beginning {LOCAL_NAME_PREFIX:?} are reserved for local \
+                             rules (`gatehouse rule add`)"
+                        ),
+                    ));
                 }
                 if self.names.contains_key(n.get_ref()) {
                     return Err(self.ctx.err(
@@ -374,6 +526,7 @@ impl Builder<'_> {
         self.rules.push(RuleMeta {
             name: name_s,
             message,
+            what: String::new(),
         });
         Ok(idx)
     }
@@ -430,6 +583,7 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         names: HashMap::new(),
         os,
         canonicalized: Vec::new(),
+        reserve_local: true,
     };
 
     let defaults = file.defaults.unwrap_or_default();
@@ -472,25 +626,9 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
     }
 
     // Exec identifier rules.
-    let mut cdhash = HashMap::new();
-    let mut sha256 = HashMap::new();
-    let mut signing: HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>> = HashMap::new();
-    let mut certificate = HashMap::new();
-    let mut team = HashMap::new();
-    let mut sha256_actions = ActionSet::default();
-    let mut certificate_actions = ActionSet::default();
+    let mut ids = IdRules::default();
     for rule in &file.exec {
-        compile_exec(
-            &mut b,
-            rule,
-            &mut cdhash,
-            &mut sha256,
-            &mut signing,
-            &mut certificate,
-            &mut team,
-            &mut sha256_actions,
-            &mut certificate_actions,
-        )?;
+        compile_exec(&mut b, rule, &mut ids)?;
     }
 
     // Path scopes.
@@ -647,15 +785,8 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         bad_signature_protection: defaults.bad_signature_protection.unwrap_or(true),
         package_trust,
         kinds,
-        rules: b.rules,
         names: b.names,
-        cdhash,
-        sha256,
-        sha256_actions,
-        signing,
-        certificate,
-        certificate_actions,
-        team,
+        ids,
         path_block,
         path_allow,
         regex_block,
@@ -671,7 +802,10 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         mute_process,
         mute_target,
         os,
+        static_rules: b.rules.len(),
+        local: None,
         canonicalized: b.canonicalized,
+        rules: b.rules,
     })
 }
 
@@ -697,21 +831,20 @@ fn deadline(
     Ok(Some(Duration::from_millis(ms.unsigned_abs())))
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one map per identifier kind, filled in one pass"
-)]
 fn compile_exec(
     b: &mut Builder<'_>,
     rule: &Spanned<ExecRule>,
-    cdhash: &mut HashMap<[u8; 20], (u32, Action)>,
-    sha256: &mut HashMap<[u8; 32], (u32, Action)>,
-    signing: &mut HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>>,
-    certificate: &mut HashMap<[u8; 32], (u32, Action)>,
-    team: &mut HashMap<TeamKey, (u32, Action)>,
-    sha256_actions: &mut ActionSet,
-    certificate_actions: &mut ActionSet,
+    ids: &mut IdRules,
 ) -> Result<(), PolicyError> {
+    let IdRules {
+        cdhash,
+        sha256,
+        sha256_actions,
+        signing,
+        certificate,
+        certificate_actions,
+        team,
+    } = ids;
     let r = rule.get_ref();
     let ids: Vec<(&str, &Spanned<String>)> = [
         ("cdhash", &r.cdhash),
@@ -752,6 +885,7 @@ fn compile_exec(
     let bad =
         |b: &Builder<'_>, msg: String| Err(b.ctx.err(value.span(), shown_name.as_deref(), msg));
     let idx = b.add_rule(r.name.as_ref(), || format!("{key}:{v}"), r.message.clone())?;
+    b.rules[idx as usize].what = format!("exec {} {key} {v}", action_str(r.action));
     let conflict = |b: &Builder<'_>, (old, old_action): (u32, Action)| {
         b.ctx.err(
             value.span(),
@@ -860,6 +994,7 @@ fn compile_paths(
                     ));
                 }
                 let idx = b.add_rule(r.name.as_ref(), || format!("path:{v}"), r.message.clone())?;
+                b.rules[idx as usize].what = format!("exec_path {} prefix {v}", action_str(r.action));
                 // Canonical before the duplicate check: `/tmp/` and `/private/tmp/` are one
                 // prefix on macOS.
                 let v = &b.path(v);
@@ -895,6 +1030,7 @@ fn compile_paths(
                 }
                 let idx =
                     b.add_rule(r.name.as_ref(), || format!("regex:{v}"), r.message.clone())?;
+                b.rules[idx as usize].what = format!("exec_path {} regex {v}", action_str(r.action));
                 let target = match r.action {
                     Action::Block => &mut rblock,
                     Action::Allow => &mut rallow,
@@ -973,6 +1109,7 @@ fn compile_watch(
     let err =
         |b: &Builder<'_>, span: Range<usize>, msg: String| Err(b.ctx.err(span, Some(&name), msg));
     let rule = b.add_rule(Some(&w.name), String::new, w.message.clone())?;
+    b.rules[rule as usize].what = format!("watch {}", w.rule_type.as_str());
     if w.paths.get_ref().is_empty() {
         return err(
             b,
@@ -1207,6 +1344,7 @@ fn compile_mount(
     let name = r.name.get_ref().clone();
     let idx = b.add_rule(Some(&r.name), String::new, r.message.clone())?;
     let action = *r.action.get_ref();
+    b.rules[idx as usize].what = format!("mount {}", action.as_str());
     let flags = r.remount_flags;
     match (action, flags) {
         (MountAction::Remount, None) => {

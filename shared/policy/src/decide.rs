@@ -13,7 +13,9 @@ use model::{
 };
 
 use crate::Mode;
-use crate::compile::{Compiled, CompiledMount, CompiledWatch, ProcMatcher, TeamMatch};
+use crate::compile::{
+    Compiled, CompiledMount, CompiledWatch, IdRules, LocalTier, ProcMatcher, TeamMatch,
+};
 use crate::format::{Action, MountAction, Operation, RuleType};
 use crate::tables::{SigTeam, team_key};
 
@@ -118,6 +120,7 @@ impl Compiled {
             && self.path_allow.is_empty()
             && self.regex_block.is_none()
             && self.regex_allow.is_none())
+            || self.local.as_ref().is_some_and(LocalTier::has_path_scopes)
     }
 
     fn build(&self, c: Cand) -> Decision {
@@ -177,64 +180,21 @@ impl Compiled {
         };
         let mut pending = Pending::default();
 
-        // 1. CDHash, only when the kernel enforces it.
-        if may_cdhash && !self.cdhash.is_empty() {
-            if let Some(cd) = cs.trusted_cdhash() {
-                if let Some(&(i, a)) = self.cdhash.get(&cd.0) {
-                    return self.finish(Cand::Rule(i, a), &pending, file);
-                }
-            }
+        // Identifier rules: the static tier (this policy file) whole, then the local tier, as
+        // Santa checks its static rules before its database (SNTRuleTable.mm
+        // `ruleForIdentifiers:`).
+        let allowed = IdAllowed {
+            cdhash: may_cdhash,
+            team: may_team,
+            cert: may_cert,
+        };
+        if let Some(c) = self.ids.find(cs, facts, allowed, &mut pending) {
+            return self.finish(c, &pending, file);
         }
-        // 2. Binary SHA-256 (never in the message).
-        if !self.sha256.is_empty() {
-            match &facts.sha256 {
-                Some(h) => {
-                    if let Some(&(i, a)) = self.sha256.get(&h.0) {
-                        return self.finish(Cand::Rule(i, a), &pending, file);
-                    }
-                }
-                None => {
-                    pending.add(self.sha256_actions.allow, self.sha256_actions.block);
-                    pending.needs.sha256 = true;
-                }
-            }
-        }
-        // 3. Signing ID.
-        if may_team && !self.signing.is_empty() {
-            if let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref()) {
-                if let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id)) {
-                    return self.finish(Cand::Rule(i, a), &pending, file);
-                }
-            }
-        }
-        // 4. Certificate SHA-256 (from the helper on macOS).
-        if may_cert && !self.certificate.is_empty() {
-            match &facts.certificate {
-                Some(c) => {
-                    // The helper's `valid`: only a signature that validated earns an allow; a
-                    // block applies to the certificate however its signature fared.
-                    if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0)
-                        && (c.valid || a == Action::Block)
-                    {
-                        return self.finish(Cand::Rule(i, a), &pending, file);
-                    }
-                }
-                None => {
-                    pending.add(
-                        self.certificate_actions.allow,
-                        self.certificate_actions.block,
-                    );
-                    pending.needs.certificate = true;
-                }
-            }
-        }
-        // 5. Team ID.
-        if may_team && !self.team.is_empty() {
-            if let Some(t) = cs.team_id.as_deref().and_then(team_key) {
-                if let Some(&(i, a)) = self.team.get(&t) {
-                    return self.finish(Cand::Rule(i, a), &pending, file);
-                }
-            }
+        if let Some(local) = &self.local
+            && let Some(c) = local.ids.find(cs, facts, allowed, &mut pending)
+        {
+            return self.finish(c, &pending, file);
         }
         // Bad-signature protection.
         if cs.status == SigningStatus::Invalid && self.bad_signature_protection {
@@ -254,21 +214,39 @@ impl Compiled {
                 }
             }
         }
-        // Path scopes: block wins.
+        // Path scopes: block wins; the static tier's, then the local tier's.
         let path = file.path.as_str();
-        if let Some(i) = self.path_block.longest(path) {
-            return self.finish(Cand::PathBlock(i), &pending, file);
-        }
-        if let Some(r) = &self.regex_block {
-            if let Some(n) = first_match(r, path) {
+        let tiers = [
+            Some((
+                &self.path_block,
+                &self.regex_block,
+                &self.path_allow,
+                &self.regex_allow,
+            )),
+            self.local.as_ref().map(|l| {
+                (
+                    &l.path_block,
+                    &l.regex_block,
+                    &l.path_allow,
+                    &l.regex_allow,
+                )
+            }),
+        ];
+        for (block, regex_block, allow, regex_allow) in tiers.into_iter().flatten() {
+            if let Some(i) = block.longest(path) {
+                return self.finish(Cand::PathBlock(i), &pending, file);
+            }
+            if let Some(r) = regex_block
+                && let Some(n) = first_match(r, path)
+            {
                 return self.finish(Cand::PathBlock(r.rules[n]), &pending, file);
             }
-        }
-        if let Some(i) = self.path_allow.longest(path) {
-            return self.finish(Cand::PathAllow(i), &pending, file);
-        }
-        if let Some(r) = &self.regex_allow {
-            if let Some(n) = first_match(r, path) {
+            if let Some(i) = allow.longest(path) {
+                return self.finish(Cand::PathAllow(i), &pending, file);
+            }
+            if let Some(r) = regex_allow
+                && let Some(n) = first_match(r, path)
+            {
                 return self.finish(Cand::PathAllow(r.rules[n]), &pending, file);
             }
         }
@@ -487,6 +465,88 @@ impl Compiled {
         } else if matched && w.rule_type == RuleType::PathsWithAllowedProcesses {
             acc.allow.get_or_insert(item);
         }
+    }
+}
+
+/// Which identifier kinds a signature may match (docs/DESIGN.md 3a).
+#[derive(Debug, Clone, Copy)]
+struct IdAllowed {
+    cdhash: bool,
+    team: bool,
+    cert: bool,
+}
+
+impl IdRules {
+    /// The first identifier rule of this tier that matches, in Santa's precedence (CDHash >
+    /// SHA-256 > signing ID > certificate > team ID). Unknown facts this tier's rules depend on
+    /// are added to `pending`.
+    fn find(
+        &self,
+        cs: &CodeSigning,
+        facts: &Facts,
+        allowed: IdAllowed,
+        pending: &mut Pending,
+    ) -> Option<Cand> {
+        // 1. CDHash, only when the kernel enforces it.
+        if allowed.cdhash && !self.cdhash.is_empty() {
+            if let Some(cd) = cs.trusted_cdhash() {
+                if let Some(&(i, a)) = self.cdhash.get(&cd.0) {
+                    return Some(Cand::Rule(i, a));
+                }
+            }
+        }
+        // 2. Binary SHA-256 (never in the message).
+        if !self.sha256.is_empty() {
+            match &facts.sha256 {
+                Some(h) => {
+                    if let Some(&(i, a)) = self.sha256.get(&h.0) {
+                        return Some(Cand::Rule(i, a));
+                    }
+                }
+                None => {
+                    pending.add(self.sha256_actions.allow, self.sha256_actions.block);
+                    pending.needs.sha256 = true;
+                }
+            }
+        }
+        // 3. Signing ID.
+        if allowed.team && !self.signing.is_empty() {
+            if let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref()) {
+                if let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id)) {
+                    return Some(Cand::Rule(i, a));
+                }
+            }
+        }
+        // 4. Certificate SHA-256 (from the helper on macOS).
+        if allowed.cert && !self.certificate.is_empty() {
+            match &facts.certificate {
+                Some(c) => {
+                    // The helper's `valid`: only a signature that validated earns an allow; a
+                    // block applies to the certificate however its signature fared.
+                    if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0)
+                        && (c.valid || a == Action::Block)
+                    {
+                        return Some(Cand::Rule(i, a));
+                    }
+                }
+                None => {
+                    pending.add(
+                        self.certificate_actions.allow,
+                        self.certificate_actions.block,
+                    );
+                    pending.needs.certificate = true;
+                }
+            }
+        }
+        // 5. Team ID.
+        if allowed.team && !self.team.is_empty() {
+            if let Some(t) = cs.team_id.as_deref().and_then(team_key) {
+                if let Some(&(i, a)) = self.team.get(&t) {
+                    return Some(Cand::Rule(i, a));
+                }
+            }
+        }
+        None
     }
 }
 

@@ -41,6 +41,18 @@ pub(crate) struct PolicyFile {
     pub mute: Option<Mute>,
 }
 
+/// A local rules file (`gatehouse rule add`): exec identifier rules and exec path scopes only,
+/// with the policy's keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LocalFile {
+    pub version: Spanned<i64>,
+    #[serde(default)]
+    pub exec: Vec<Spanned<ExecRule>>,
+    #[serde(default)]
+    pub exec_path: Vec<Spanned<PathRule>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KindDefaults {
@@ -110,6 +122,17 @@ pub(crate) enum RuleType {
     ProcessesWithDeniedPaths,
 }
 
+impl RuleType {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RuleType::PathsWithAllowedProcesses => "paths_with_allowed_processes",
+            RuleType::PathsWithDeniedProcesses => "paths_with_denied_processes",
+            RuleType::ProcessesWithAllowedPaths => "processes_with_allowed_paths",
+            RuleType::ProcessesWithDeniedPaths => "processes_with_denied_paths",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Operation {
@@ -167,6 +190,16 @@ pub(crate) enum MountAction {
     Allow,
     Block,
     Remount,
+}
+
+impl MountAction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MountAction::Allow => "allow",
+            MountAction::Block => "block",
+            MountAction::Remount => "remount",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

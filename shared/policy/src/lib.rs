@@ -17,6 +17,7 @@ mod compile;
 mod decide;
 mod format;
 mod glob;
+pub mod local;
 pub mod santa;
 mod tables;
 
@@ -29,6 +30,7 @@ use model::{
 
 pub use cache::{CacheKey, DENY_TTL, VerdictCache};
 pub use defaults::Os;
+pub use local::{LocalRules, RuleInfo, Tier};
 
 /// Monitor never denies (except block rules and bad signatures) and records would-denies;
 /// enforce denies what no rule allows.
@@ -74,6 +76,8 @@ pub struct Policy {
     origin: String,
     source: String,
     compiled: compile::Compiled,
+    /// The local rules tier composed in, if any.
+    local: Option<LocalRules>,
 }
 
 /// The policy used when no file is given: monitor mode, self-protection on (see the file for
@@ -99,7 +103,56 @@ impl Policy {
             origin: origin.to_owned(),
             source: text.to_owned(),
             compiled,
+            local: None,
         })
+    }
+
+    /// This policy (the static tier) with `local` as its local rules tier, replacing any
+    /// before: every local rule ranks below every rule of the policy file (identifier rules
+    /// after the file's identifier rules, path scopes after the file's path scopes). `None`
+    /// removes the local tier. Local rules compiled for another OS are not composed.
+    pub fn with_local(mut self, local: Option<LocalRules>) -> Policy {
+        let c = &mut self.compiled;
+        // Drop a previous local tier: its rules follow the file's.
+        for r in c.rules.drain(c.static_rules..) {
+            c.names.remove(&r.name);
+        }
+        c.local = None;
+        self.local = None;
+        let Some(local) = local.filter(|l| l.os() == c.os) else {
+            return self;
+        };
+        let by = u32::try_from(c.rules.len()).expect("fewer than 2^32 rules");
+        c.local = Some(local.compiled.tier.clone().offset(by));
+        for (n, r) in local.compiled.rules.iter().enumerate() {
+            c.names.insert(r.name.clone(), by + n as u32);
+            c.rules.push(r.clone());
+        }
+        self.local = Some(local);
+        self
+    }
+
+    /// The local rules tier composed in ([`Policy::with_local`]).
+    pub fn local_rules(&self) -> Option<&LocalRules> {
+        self.local.as_ref()
+    }
+
+    /// Every named rule with its tier, static first, each tier in file order.
+    pub fn rules(&self) -> Vec<RuleInfo> {
+        let c = &self.compiled;
+        c.rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RuleInfo {
+                tier: if i < c.static_rules {
+                    Tier::Static
+                } else {
+                    Tier::Local
+                },
+                name: r.name.clone(),
+                what: r.what.clone(),
+            })
+            .collect()
     }
 
     pub fn embedded_default() -> Policy {
@@ -210,7 +263,10 @@ impl Policy {
     /// package trust (Linux: `package_trust`, which the helper checks by hashing). A Linux
     /// backend can then expect first executions to go to the slow path.
     pub fn exec_rules_need_hash(&self) -> bool {
-        !self.compiled.sha256.is_empty() || self.compiled.package_trust
+        let c = &self.compiled;
+        !c.ids.sha256.is_empty()
+            || c.local.as_ref().is_some_and(|l| !l.ids.sha256.is_empty())
+            || c.package_trust
     }
 
     /// The flags a `remount` mount rule requires (to add to the mount's existing flags), for
@@ -225,7 +281,7 @@ impl Policy {
         self.compiled.rules[idx as usize].message.as_deref()
     }
 
-    /// Number of named rules (exec, path scopes, watch items, mounts).
+    /// Number of named rules (exec, path scopes, watch items, mounts), local rules included.
     pub fn rule_count(&self) -> usize {
         self.compiled.rules.len()
     }
