@@ -124,10 +124,14 @@ pub fn rule(c: RuleCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// The SHA-256 of the regular file at `path` as lower-case hex, streamed through a descriptor
-/// opened by `protocol::bounded` (a FIFO or device is refused at once).
-pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
+/// opened by `protocol::bounded` (a FIFO or device is refused at once), with that descriptor's
+/// `fstat` (the identity of the bytes hashed, not of whatever the path names later).
+pub fn file_digest(path: &Path) -> anyhow::Result<(String, std::fs::Metadata)> {
     use sha2::Digest as _;
     let mut f = protocol::bounded::open_regular(path)?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -139,7 +143,8 @@ pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hex, meta))
 }
 
 /// The editable local rules at `path`: empty when the file does not exist.
@@ -262,7 +267,7 @@ fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
     }
     .to_owned();
     let sha256 = match (&a.sha256, &a.file) {
-        (_, Some(f)) => Some(file_sha256(f)?),
+        (_, Some(f)) => Some(file_digest(f)?.0),
         (s, None) => s.clone(),
     };
     let added = if a.path_prefix.is_some() || a.path_regex.is_some() {
