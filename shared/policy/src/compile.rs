@@ -195,8 +195,11 @@ pub(crate) struct Compiled {
     pub watches: Vec<CompiledWatch>,
     /// Path-keyed watch items (the two `paths_with_*` rule types) by path...
     pub watch_paths: PathTable<u32>,
-    /// ... and by glob path (glob, prefix flag, item), in file order.
+    /// ... and by glob path (glob, prefix flag, item), in file order...
     pub watch_globs: Vec<(Glob, bool, u32)>,
+    /// ... with one regex set over them all (pattern `n` is `watch_globs[n]`), so an event
+    /// costs one pass over its path to find the candidate globs, whatever their number.
+    pub watch_glob_set: Option<regex::RegexSet>,
     /// Indexes of process-keyed watch items, scanned per event (expected to be few).
     pub process_watches: Vec<u32>,
     pub watched: Vec<WatchedPath>,
@@ -725,6 +728,19 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         })?
         .map_values(|n| path_entries[n as usize].2);
 
+    let watch_glob_set = if watch_globs.is_empty() {
+        None
+    } else {
+        let pats: Vec<String> = watch_globs.iter().map(|(g, pre, _)| g.regex(*pre)).collect();
+        Some(regex::RegexSet::new(&pats).map_err(|e| {
+            b.ctx.err(
+                0..0,
+                None,
+                format!("the glob watch paths exceed the regex size limit together ({e}); use fewer or shorter globs"),
+            )
+        })?)
+    };
+
     // Mount rules.
     let mut mounts = Vec::new();
     let mut remount_flags = HashMap::new();
@@ -794,6 +810,7 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         watches,
         watch_paths,
         watch_globs,
+        watch_glob_set,
         process_watches,
         watched,
         mounts,

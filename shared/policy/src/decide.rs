@@ -378,12 +378,17 @@ impl Compiled {
     /// the earlier glob in the file.
     fn path_item(&self, path: &str) -> Option<u32> {
         let literal = self.watch_paths.longest_with_len(path);
-        if self.watch_globs.is_empty() {
+        let Some(set) = &self.watch_glob_set else {
+            return literal.map(|(_, _, item)| item);
+        };
+        // `is_match` first, so a path no glob can match never allocates.
+        if !set.is_match(path) {
             return literal.map(|(_, _, item)| item);
         }
         // Rank: (length, exact, literal); a later candidate must be strictly better.
         let mut best = literal.map(|(len, exact, item)| ((len, exact, true), item));
-        for (g, prefix, item) in &self.watch_globs {
+        for n in set.matches(path).iter() {
+            let (g, prefix, item) = &self.watch_globs[n];
             let len = if *prefix {
                 g.longest_prefix(path)
             } else {

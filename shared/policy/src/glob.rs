@@ -139,6 +139,42 @@ impl Glob {
         }))
     }
 
+    /// A regex that matches every path this glob matches (whole, or as a prefix with
+    /// `prefix`), and possibly more (it ignores the leading-`.` rule and the non-empty last
+    /// component of a prefix): the policy compiles all globs into one set to find the few
+    /// candidates, which [`Glob::matches`] and [`Glob::longest_prefix`] then decide.
+    pub(crate) fn regex(&self, prefix: bool) -> String {
+        let mut r = String::from("^(?:");
+        for (n, comp) in self.components.iter().enumerate() {
+            if n > 0 {
+                r.push('/');
+            }
+            for t in comp {
+                match t {
+                    Tok::Lit(c) => r.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+                    Tok::One => r.push_str("[^/]"),
+                    Tok::Star => r.push_str("[^/]*"),
+                    Tok::Class { negated, ranges } => {
+                        r.push('[');
+                        if *negated {
+                            r.push('^');
+                            r.push_str("\\x{2f}");
+                        }
+                        for (lo, hi) in ranges {
+                            r.push_str(&format!("\\x{{{:x}}}-\\x{{{:x}}}", *lo as u32, *hi as u32));
+                        }
+                        r.push(']');
+                    }
+                }
+            }
+        }
+        r.push(')');
+        if !prefix {
+            r.push('$');
+        }
+        r
+    }
+
     /// The directory every match lies under: the literal head up to its last `/` (a
     /// directory prefix, so a backend can mark it as a tree).
     pub(crate) fn root(&self) -> &str {
@@ -310,7 +346,13 @@ mod tests {
             ("/d/?", "/d/é", true),
         ];
         for (pat, path, want) in cases {
-            assert_eq!(glob(pat).matches(path), want, "{pat} vs {path}");
+            let g = glob(pat);
+            assert_eq!(g.matches(path), want, "{pat} vs {path}");
+            // The set's regex never misses a match.
+            let re = regex::Regex::new(&g.regex(false)).unwrap();
+            assert!(!want || re.is_match(path), "{pat} regex {} vs {path}", g.regex(false));
+            let re = regex::Regex::new(&g.regex(true)).unwrap();
+            assert!(!want || re.is_match(path), "{pat} prefix regex vs {path}");
         }
     }
 
