@@ -28,6 +28,8 @@ pub(crate) struct RuleMeta {
     pub message: Option<String>,
     /// What the rule matches, for `gatehouse rule list` (`exec allow sha256 <hex>`, ...).
     pub what: String,
+    /// An exec allow with `compiler = true`.
+    pub compiler: bool,
 }
 
 /// Which verdict classes a group of rules can produce, to tell whether an unknown fact could
@@ -216,6 +218,10 @@ pub(crate) struct Compiled {
     pub local: Option<LocalTier>,
     /// Rules of this file (the static tier): `rules[..static_rules]`.
     pub static_rules: usize,
+    /// Santa's `EnableTransitiveRules`.
+    pub transitive_rules: bool,
+    /// The transitive allows (files written by compilers), composed in at run time.
+    pub transitive: Option<std::sync::Arc<crate::transitive::TransitiveRules>>,
 }
 
 /// Exec identifier rules of one tier, one map per identifier kind, with the action sets that
@@ -530,6 +536,7 @@ impl Builder<'_> {
             name: name_s,
             message,
             what: String::new(),
+            compiler: false,
         });
         Ok(idx)
     }
@@ -821,6 +828,8 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         os,
         static_rules: b.rules.len(),
         local: None,
+        transitive_rules: defaults.transitive_rules.unwrap_or(false),
+        transitive: None,
         canonicalized: b.canonicalized,
         rules: b.rules,
     })
@@ -903,6 +912,20 @@ fn compile_exec(
         |b: &Builder<'_>, msg: String| Err(b.ctx.err(value.span(), shown_name.as_deref(), msg));
     let idx = b.add_rule(r.name.as_ref(), || format!("{key}:{v}"), r.message.clone())?;
     b.rules[idx as usize].what = format!("exec {} {key} {v}", action_str(r.action));
+    if let Some(c) = &r.compiler
+        && *c.get_ref()
+    {
+        if r.action != Action::Allow {
+            return Err(b.ctx.err(
+                c.span(),
+                Some(b.name(idx)),
+                "compiler = true only applies to an allow rule",
+            ));
+        }
+        let meta = &mut b.rules[idx as usize];
+        meta.compiler = true;
+        meta.what.push_str(" (compiler)");
+    }
     let conflict = |b: &Builder<'_>, (old, old_action): (u32, Action)| {
         b.ctx.err(
             value.span(),

@@ -19,6 +19,9 @@ use crate::compile::{
 use crate::format::{Action, MountAction, Operation, RuleType};
 use crate::tables::{SigTeam, team_key};
 
+/// The rule name transitive allows carry in decisions.
+pub const TRANSITIVE_RULE: &str = "transitive";
+
 /// What an exec decision amounts to, for comparing against pending unknowns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
@@ -59,6 +62,8 @@ enum Cand {
     Platform,
     PathBlock(u32),
     PathAllow(u32),
+    /// A transitive allow (a file a compiler wrote).
+    Transitive,
     Default,
 }
 
@@ -106,7 +111,10 @@ impl Compiled {
 
     fn class(&self, c: Cand) -> Class {
         match c {
-            Cand::Rule(_, Action::Allow) | Cand::Platform | Cand::PathAllow(_) => Class::Allow,
+            Cand::Rule(_, Action::Allow)
+            | Cand::Platform
+            | Cand::PathAllow(_)
+            | Cand::Transitive => Class::Allow,
             Cand::Rule(_, Action::Block) | Cand::BadSignature | Cand::PathBlock(_) => Class::Deny,
             Cand::Default => match self.mode {
                 Mode::Monitor => Class::AllowWouldDeny,
@@ -134,6 +142,13 @@ impl Compiled {
             }
             Cand::BadSignature => Decision::deny(Reason::InvalidSignature, Cacheability::Identity),
             Cand::Platform => Decision::allow(Reason::PlatformBinary, Cacheability::Kernel),
+            // Depends on the file alone (its hash); clearing the store clears the caches.
+            Cand::Transitive => Decision::allow(
+                Reason::Rule {
+                    rule: RuleRef::new(TRANSITIVE_RULE),
+                },
+                Cacheability::Kernel,
+            ),
             // Path scopes depend on where the file is, which neither a CDHash key nor the
             // kernel's caches track: never cached.
             Cand::PathBlock(i) => Decision::deny(self.rule_reason(i), Cacheability::Never),
@@ -195,6 +210,23 @@ impl Compiled {
             && let Some(c) = local.ids.find(cs, facts, allowed, &mut pending)
         {
             return self.finish(c, &pending, file);
+        }
+        // Transitive allows, below every identifier rule (Santa's ALLOWLIST_TRANSITIVE, only
+        // with EnableTransitiveRules).
+        if self.transitive_rules
+            && let Some(store) = &self.transitive
+            && !store.is_empty()
+        {
+            match &facts.sha256 {
+                Some(h) if store.contains(&h.0) => {
+                    return self.finish(Cand::Transitive, &pending, file);
+                }
+                Some(_) => {}
+                None => {
+                    pending.add(true, false);
+                    pending.needs.sha256 = true;
+                }
+            }
         }
         // Bad-signature protection.
         if cs.status == SigningStatus::Invalid && self.bad_signature_protection {

@@ -84,6 +84,8 @@ pub(crate) struct Defaults {
     pub bad_signature_protection: Option<bool>,
     /// Linux: a file owned by an installed package with a matching digest is a platform binary.
     pub package_trust: Option<bool>,
+    /// Santa's `EnableTransitiveRules`: compiler rules create transitive allows (default false).
+    pub transitive_rules: Option<bool>,
     #[serde(default)]
     pub kind: KindOverrides,
 }
@@ -93,6 +95,9 @@ pub(crate) struct Defaults {
 pub(crate) struct ExecRule {
     pub name: Option<Spanned<String>>,
     pub action: Action,
+    /// Santa's `ALLOWLIST_COMPILER`: files this program writes become allowed (transitive).
+    #[serde(default)]
+    pub compiler: Option<Spanned<bool>>,
     pub cdhash: Option<Spanned<String>>,
     pub sha256: Option<Spanned<String>>,
     pub signing_id: Option<Spanned<String>>,

@@ -18,6 +18,7 @@ mod decide;
 mod format;
 mod glob;
 pub mod local;
+pub mod transitive;
 pub mod santa;
 mod tables;
 
@@ -130,6 +131,30 @@ impl Policy {
         }
         self.local = Some(local);
         self
+    }
+
+    /// This policy reading transitive allows from `store` (shared: the extension adds to it
+    /// as compilers write files). They apply only with `defaults.transitive_rules = true`.
+    pub fn with_transitive(mut self, store: Option<Arc<transitive::TransitiveRules>>) -> Policy {
+        self.compiled.transitive = store;
+        self
+    }
+
+    /// Whether compiler rules create transitive allows (`defaults.transitive_rules`).
+    pub fn transitive_rules(&self) -> bool {
+        self.compiled.transitive_rules
+    }
+
+    /// Whether the decision's rule `rule` is a compiler rule whose process's output files
+    /// become transitive allows: an exec allow with `compiler = true`, and only while
+    /// `transitive_rules` is on (off, it is a plain allow, as in Santa).
+    pub fn is_compiler_rule(&self, rule: &RuleRef) -> bool {
+        self.compiled.transitive_rules
+            && self
+                .compiled
+                .names
+                .get(&rule.name)
+                .is_some_and(|&i| self.compiled.rules[i as usize].compiler)
     }
 
     /// The local rules tier composed in ([`Policy::with_local`]).

@@ -138,7 +138,8 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
     // for the same key replaces an earlier one (REMOVE deletes it); keep the last, in
     // first-seen order.
     let mut order: Vec<(&'static str, String)> = Vec::new();
-    let mut last: HashMap<(&'static str, String), (&'static str, Option<String>)> = HashMap::new();
+    type Entry = (&'static str, Option<String>, bool);
+    let mut last: HashMap<(&'static str, String), Entry> = HashMap::new();
     for (n, r) in rules.iter().enumerate() {
         let n = n + 1;
         let bad = |id: &str, what: String| ImportError::Rule {
@@ -195,10 +196,12 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
         if !last.contains_key(&k) {
             order.push(k.clone());
         }
-        last.insert(k, (action, msg.map(str::to_owned)));
+        // ALLOWLIST_COMPILER keeps its meaning: a compiler rule (transitive allowlisting).
+        let compiler = policy.ends_with("_COMPILER");
+        last.insert(k, (action, msg.map(str::to_owned), compiler));
     }
     for (n, k) in order.iter().enumerate() {
-        let (action, msg) = &last[k];
+        let (action, msg, compiler) = &last[k];
         let (key, id) = k;
         let _ = write!(
             out,
@@ -208,6 +211,9 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
         );
         if let Some(m) = msg {
             let _ = writeln!(out, "message = {}", q(m));
+        }
+        if *compiler {
+            out.push_str("compiler = true\n");
         }
     }
     Ok(())
