@@ -156,9 +156,8 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         None => Facts::NONE,
     };
     let event: Event = match (&a.event, &a.exec) {
-        (Some(e), _) => serde_json::from_str(&crate::input::json_text(e)?).with_context(|| {
-            format!("{} is not an event in the model's JSON form", e.display())
-        })?,
+        (Some(e), _) => serde_json::from_str(&crate::input::json_text(e)?)
+            .with_context(|| format!("{} is not an event in the model's JSON form", e.display()))?,
         (None, Some(x)) => {
             let (ev, sha) = exec_event(x)?;
             // Facts given explicitly win over the computed hash.

@@ -324,9 +324,8 @@ fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let base = match &policy_file {
         Some(p) => {
             let text = crate::input::policy_text(p)?;
-            Policy::parse_for(&p.display().to_string(), &text, a.os).map_err(|e| {
-                anyhow::anyhow!("{e}")
-            })?
+            Policy::parse_for(&p.display().to_string(), &text, a.os)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
         }
         None => Policy::embedded_default_for(a.os),
     };

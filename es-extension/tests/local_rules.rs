@@ -79,7 +79,11 @@ fn a_missing_or_bad_local_file_never_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("none.toml");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "version = 1\n[[exec]]\naction = \"allow\"\nsha256 = \"12\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "version = 1\n[[exec]]\naction = \"allow\"\nsha256 = \"12\"\n",
+    )
+    .unwrap();
     // A directory: not a regular file, refused by the bounded reader.
     let not_regular = dir.path().to_owned();
     for path in [&missing, &bad, &not_regular] {
@@ -110,7 +114,11 @@ fn local_rules_reload_and_survive_policy_loads() {
     std::fs::write(&path, "version = 1\nmode = \"enforce\"\n").unwrap();
     let e = rig.core.load_local_rules(&path).unwrap_err();
     assert!(e.contains("unknown field `mode`"), "{e}");
-    assert!(rig.core.load_local_rules(std::path::Path::new("rel.toml")).is_err());
+    assert!(
+        rig.core
+            .load_local_rules(std::path::Path::new("rel.toml"))
+            .is_err()
+    );
     assert_eq!(rig.core.policy().version, v1);
     assert_eq!(rule_for(&rig, DD), "local:local-block");
     // A policy load keeps the local tier.

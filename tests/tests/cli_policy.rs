@@ -393,7 +393,9 @@ fn eval_exec_hashes_the_file_and_shows_the_fallbacks() {
     let local = write(
         dir.path(),
         "local.toml",
-        &format!("version = 1\n[[exec]]\nname = \"mine\"\naction = \"allow\"\nsha256 = \"{digest}\"\n"),
+        &format!(
+            "version = 1\n[[exec]]\nname = \"mine\"\naction = \"allow\"\nsha256 = \"{digest}\"\n"
+        ),
     );
     let missing = write(dir.path(), "facts.json", "{}");
     let tool_s = tool.to_str().unwrap();
@@ -401,10 +403,17 @@ fn eval_exec_hashes_the_file_and_shows_the_fallbacks() {
     let cases: [(&str, &[&str], &str, Option<&str>); 3] = [
         (&blocks, &[], "deny", Some("blk")),
         (&other, &[], "deny", None),
-        (&other, &["--local-rules", &local], "allow", Some("local:mine")),
+        (
+            &other,
+            &["--local-rules", &local],
+            "allow",
+            Some("local:mine"),
+        ),
     ];
     for (policy, extra, verdict, rule) in cases {
-        let mut args = vec!["policy", "eval", policy, "--exec", tool_s, "--os", "linux", "--json"];
+        let mut args = vec![
+            "policy", "eval", policy, "--exec", tool_s, "--os", "linux", "--json",
+        ];
         args.extend_from_slice(extra);
         let o = gatehouse(&args);
         assert!(o.status.success(), "{extra:?}: {}", text(&o));
@@ -422,7 +431,9 @@ fn eval_exec_hashes_the_file_and_shows_the_fallbacks() {
             "kind":"exec","target":{"pid":11,"uid":0,"executable":{"path":"/usr/local/bin/tool"},
             "signing":{"status":"unsigned"}}}"#,
     );
-    let o = gatehouse(&["policy", "eval", &other, "--event", &event, "--facts", &missing, "--os", "linux", "--json"]);
+    let o = gatehouse(&[
+        "policy", "eval", &other, "--event", &event, "--facts", &missing, "--os", "linux", "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["slow_path"], true, "{v}");
     assert_eq!(v["fallback"]["helper_unavailable"], "deny", "{v}");
@@ -438,5 +449,8 @@ fn eval_exec_hashes_the_file_and_shows_the_fallbacks() {
     let o = gatehouse(&["policy", "eval", &other, "--exec", "/dev/zero"]);
     assert!(!o.status.success(), "{}", text(&o));
     // --event or --exec is required.
-    assert_eq!(gatehouse(&["policy", "eval", &other]).status.code(), Some(2));
+    assert_eq!(
+        gatehouse(&["policy", "eval", &other]).status.code(),
+        Some(2)
+    );
 }

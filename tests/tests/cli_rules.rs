@@ -47,20 +47,73 @@ fn rule_add_remove_list_table() {
     let hex = "ab".repeat(32);
     // (arguments, succeeds, output contains, rules in the file after)
     let cases: Vec<(Vec<&str>, bool, &str, usize)> = vec![
-        (vec!["add", "--action", "allow", "--sha256", &hex], true, "now holds 1", 1),
+        (
+            vec!["add", "--action", "allow", "--sha256", &hex],
+            true,
+            "now holds 1",
+            1,
+        ),
         // The same identifier replaces the earlier rule.
-        (vec!["add", "--action", "block", "--sha256", &hex], true, "now holds 1", 1),
-        (vec!["add", "--action", "block", "--team-id", "ZZZZZ99999", "--name", "t"], true, "added local:t", 2),
-        (vec!["add", "--action", "allow", "--path-prefix", "/opt/tools/"], true, "now holds 3", 3),
-        (vec!["add", "--action", "allow", "--file", tool.to_str().unwrap()], true, "now holds 4", 4),
+        (
+            vec!["add", "--action", "block", "--sha256", &hex],
+            true,
+            "now holds 1",
+            1,
+        ),
+        (
+            vec![
+                "add",
+                "--action",
+                "block",
+                "--team-id",
+                "ZZZZZ99999",
+                "--name",
+                "t",
+            ],
+            true,
+            "added local:t",
+            2,
+        ),
+        (
+            vec!["add", "--action", "allow", "--path-prefix", "/opt/tools/"],
+            true,
+            "now holds 3",
+            3,
+        ),
+        (
+            vec!["add", "--action", "allow", "--file", tool.to_str().unwrap()],
+            true,
+            "now holds 4",
+            4,
+        ),
         // Invalid rules write nothing.
-        (vec!["add", "--action", "allow", "--sha256", "12"], false, "64 hex characters", 4),
-        (vec!["add", "--action", "allow", "--path-regex", "("], false, "invalid regex", 4),
+        (
+            vec!["add", "--action", "allow", "--sha256", "12"],
+            false,
+            "64 hex characters",
+            4,
+        ),
+        (
+            vec!["add", "--action", "allow", "--path-regex", "("],
+            false,
+            "invalid regex",
+            4,
+        ),
         // A named rule is replaced by identifier too.
-        (vec!["add", "--action", "allow", "--team-id", "zzzzz99999"], true, "now holds 4", 4),
+        (
+            vec!["add", "--action", "allow", "--team-id", "zzzzz99999"],
+            true,
+            "now holds 4",
+            4,
+        ),
         (vec!["add", "--action", "allow"], false, "required", 4),
         (vec!["remove", "local:t"], false, "no local rule", 4),
-        (vec!["remove", "team_id:ZZZZZ99999", "path:/opt/tools/"], true, "removed 2", 2),
+        (
+            vec!["remove", "team_id:ZZZZZ99999", "path:/opt/tools/"],
+            true,
+            "removed 2",
+            2,
+        ),
         (vec!["remove", "nope"], false, "no local rule", 2),
     ];
     for (args, ok, want, count) in cases {
@@ -77,7 +130,11 @@ fn rule_add_remove_list_table() {
         assert_eq!(o.status.success(), ok, "{args:?}: {}", text(&o));
         assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
         if ok && !full.contains(&"--no-reload") {
-            assert!(text(&o).contains("the extension was not told"), "{}", text(&o));
+            assert!(
+                text(&o).contains("the extension was not told"),
+                "{}",
+                text(&o)
+            );
         }
         let body = std::fs::read_to_string(&rules).unwrap();
         let n = body.matches("[[exec]]").count() + body.matches("[[exec_path]]").count();
@@ -91,8 +148,15 @@ fn rule_add_remove_list_table() {
     assert_eq!(names.len(), 1, "{names:?}");
 
     let o = gatehouse(&[
-        "rule", "list", "--policy", policy.to_str().unwrap(), "--rules-file", rules_s, "--os",
-        "linux", "--json",
+        "rule",
+        "list",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--rules-file",
+        rules_s,
+        "--os",
+        "linux",
+        "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -105,7 +169,14 @@ fn rule_add_remove_list_table() {
     assert_eq!(tiers[0], ("static", "static-team"));
     assert_eq!(tiers[1], ("local", &*format!("local:sha256:{hex}")));
     assert_eq!(tiers.len(), 3, "{tiers:?}");
-    let o = gatehouse(&["rule", "list", "--policy", policy.to_str().unwrap(), "--rules-file", rules_s]);
+    let o = gatehouse(&[
+        "rule",
+        "list",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--rules-file",
+        rules_s,
+    ]);
     assert!(text(&o).contains("static  static-team"), "{}", text(&o));
     assert!(text(&o).contains("local   local:sha256:"), "{}", text(&o));
 }
@@ -116,8 +187,15 @@ fn a_file_that_is_not_local_rules_is_never_overwritten() {
     let rules = dir.path().join("local-rules.toml");
     std::fs::write(&rules, "version = 1\nmode = \"enforce\"\n").unwrap();
     let o = gatehouse(&[
-        "rule", "add", "--action", "allow", "--team-id", "ABCDE12345", "--rules-file",
-        rules.to_str().unwrap(), "--no-reload",
+        "rule",
+        "add",
+        "--action",
+        "allow",
+        "--team-id",
+        "ABCDE12345",
+        "--rules-file",
+        rules.to_str().unwrap(),
+        "--no-reload",
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("not a local rules file"), "{}", text(&o));

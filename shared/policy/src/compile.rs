@@ -9,11 +9,11 @@ use std::time::Duration;
 use model::{EventKind, MountDisposition, MountFlags, MuteScope, MuteSpec, Verdict, VolumeBus};
 use toml::Spanned;
 
-use crate::glob::{Glob, Parsed};
 use crate::format::{
     Action, ExecRule, FallbackVerdict, KindDefaults, MountAction, Operation, PathRule, PolicyFile,
     RuleType, WatchItem, WatchProcess,
 };
+use crate::glob::{Glob, Parsed};
 use crate::tables::{PathTable, SigTeam, TeamKey, team_key};
 use crate::{Mode, Os, PolicyError, WatchedPath};
 
@@ -738,7 +738,10 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
     let watch_glob_set = if watch_globs.is_empty() {
         None
     } else {
-        let pats: Vec<String> = watch_globs.iter().map(|(g, pre, _)| g.regex(*pre)).collect();
+        let pats: Vec<String> = watch_globs
+            .iter()
+            .map(|(g, pre, _)| g.regex(*pre))
+            .collect();
         Some(regex::RegexSet::new(&pats).map_err(|e| {
             b.ctx.err(
                 0..0,
@@ -1034,7 +1037,8 @@ fn compile_paths(
                     ));
                 }
                 let idx = b.add_rule(r.name.as_ref(), || format!("path:{v}"), r.message.clone())?;
-                b.rules[idx as usize].what = format!("exec_path {} prefix {v}", action_str(r.action));
+                b.rules[idx as usize].what =
+                    format!("exec_path {} prefix {v}", action_str(r.action));
                 // Canonical before the duplicate check: `/tmp/` and `/private/tmp/` are one
                 // prefix on macOS.
                 let v = &b.path(v);
@@ -1070,7 +1074,8 @@ fn compile_paths(
                 }
                 let idx =
                     b.add_rule(r.name.as_ref(), || format!("regex:{v}"), r.message.clone())?;
-                b.rules[idx as usize].what = format!("exec_path {} regex {v}", action_str(r.action));
+                b.rules[idx as usize].what =
+                    format!("exec_path {} regex {v}", action_str(r.action));
                 let target = match r.action {
                     Action::Block => &mut rblock,
                     Action::Allow => &mut rallow,
@@ -1233,7 +1238,10 @@ fn compile_watch(
             processes,
             paths: table,
             globs: if process_keyed {
-                globs.iter().map(|(_, pre, _, g)| (g.clone(), *pre)).collect()
+                globs
+                    .iter()
+                    .map(|(_, pre, _, g)| (g.clone(), *pre))
+                    .collect()
             } else {
                 Vec::new()
             },

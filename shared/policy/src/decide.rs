@@ -255,14 +255,9 @@ impl Compiled {
                 &self.path_allow,
                 &self.regex_allow,
             )),
-            self.local.as_ref().map(|l| {
-                (
-                    &l.path_block,
-                    &l.regex_block,
-                    &l.path_allow,
-                    &l.regex_allow,
-                )
-            }),
+            self.local
+                .as_ref()
+                .map(|l| (&l.path_block, &l.regex_block, &l.path_allow, &l.regex_allow)),
         ];
         for (block, regex_block, allow, regex_allow) in tiers.into_iter().flatten() {
             if let Some(i) = block.longest(path) {

@@ -15,7 +15,10 @@ enum Tok {
     /// `*`: any run of characters within one component.
     Star,
     /// `[...]`: one character in (or, negated, not in) the ranges.
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
 }
 
 impl Tok {
@@ -350,7 +353,11 @@ mod tests {
             assert_eq!(g.matches(path), want, "{pat} vs {path}");
             // The set's regex never misses a match.
             let re = regex::Regex::new(&g.regex(false)).unwrap();
-            assert!(!want || re.is_match(path), "{pat} regex {} vs {path}", g.regex(false));
+            assert!(
+                !want || re.is_match(path),
+                "{pat} regex {} vs {path}",
+                g.regex(false)
+            );
             let re = regex::Regex::new(&g.regex(true)).unwrap();
             assert!(!want || re.is_match(path), "{pat} prefix regex vs {path}");
         }

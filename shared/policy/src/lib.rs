@@ -18,9 +18,9 @@ mod decide;
 mod format;
 mod glob;
 pub mod local;
-pub mod transitive;
 pub mod santa;
 mod tables;
+pub mod transitive;
 
 use std::sync::Arc;
 use std::time::Duration;

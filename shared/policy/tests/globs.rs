@@ -90,8 +90,16 @@ fn glob_watch_paths_table() {
         ("/usr/bin/cat", "/Users/bob/tmp/foobar", "deny:user-tmp"),
         ("/usr/bin/vim", "/Users/bob/tmp/foo/x", "allow:user-tmp"),
         // Longest match: the literal prefix is longer than the glob's expansion here...
-        ("/usr/bin/cat", "/Users/alice/tmp/foo/bar/x", "deny:alice-tmp"),
-        ("/usr/bin/vim", "/Users/alice/tmp/foo/bar/x", "allow:default"),
+        (
+            "/usr/bin/cat",
+            "/Users/alice/tmp/foo/bar/x",
+            "deny:alice-tmp",
+        ),
+        (
+            "/usr/bin/vim",
+            "/Users/alice/tmp/foo/bar/x",
+            "allow:default",
+        ),
         // ... and shorter here, so the glob's item applies.
         ("/usr/bin/vim", "/Users/alice/tmp/foo/ba", "allow:user-tmp"),
         // Classes and `?`.
@@ -100,9 +108,17 @@ fn glob_watch_paths_table() {
         ("/usr/bin/cat", "/etc/ssh/a.key", "deny:ssh-configs"),
         ("/usr/bin/cat", "/etc/ssh/ab.key", "allow:default"),
         // Audit-only glob prefix.
-        ("/usr/bin/cat", "/Users/bob/Documents/x.txt", "audit:users-docs"),
+        (
+            "/usr/bin/cat",
+            "/Users/bob/Documents/x.txt",
+            "audit:users-docs",
+        ),
         // Process-keyed item with a glob path (a leading `.` written literally matches).
-        ("/usr/bin/curl", "/home/bob/.ssh/id_ed25519", "deny:curl-confined"),
+        (
+            "/usr/bin/curl",
+            "/home/bob/.ssh/id_ed25519",
+            "deny:curl-confined",
+        ),
         ("/usr/bin/curl", "/home/bob/ssh/id_ed25519", "allow:default"),
         ("/usr/bin/cat", "/home/bob/.ssh/id_ed25519", "allow:default"),
     ];

@@ -86,17 +86,52 @@ fn static_tier_ranks_above_local_table() {
     let cases = [
         // A static team-id allow beats a local CDHash block (the whole static tier first; the
         // hash is known, as the static SHA-256 block could otherwise still apply).
-        ("/Applications/t", team("ABCDE12345", "11"), Some("44"), "allow:static-team-allow"),
+        (
+            "/Applications/t",
+            team("ABCDE12345", "11"),
+            Some("44"),
+            "allow:static-team-allow",
+        ),
         // Without the static rule's team, the local CDHash rule decides.
-        ("/Applications/t", team("YYYYY88888", "11"), Some("44"), "deny:local:cdhash-block"),
+        (
+            "/Applications/t",
+            team("YYYYY88888", "11"),
+            Some("44"),
+            "deny:local:cdhash-block",
+        ),
         // The same SHA-256 in both tiers: the static block wins over the local allow.
-        ("/bin/x", unsigned.clone(), Some("22"), "deny:static-sha-block"),
-        ("/bin/x", unsigned.clone(), Some("33"), "allow:local:sha256:3333333333333333333333333333333333333333333333333333333333333333"),
+        (
+            "/bin/x",
+            unsigned.clone(),
+            Some("22"),
+            "deny:static-sha-block",
+        ),
+        (
+            "/bin/x",
+            unsigned.clone(),
+            Some("33"),
+            "allow:local:sha256:3333333333333333333333333333333333333333333333333333333333333333",
+        ),
         // Local identifier rules still outrank every path scope (identifier rules first).
-        ("/opt/x", team("ZZZZZ99999", "44"), Some("44"), "deny:local:team_id:ZZZZZ99999"),
+        (
+            "/opt/x",
+            team("ZZZZZ99999", "44"),
+            Some("44"),
+            "deny:local:team_id:ZZZZZ99999",
+        ),
         // Path scopes: the static tier's first, then the local tier's (block wins within a tier).
-        ("/opt/bad/x", unsigned.clone(), Some("44"), "allow:static-opt-allow"),
-        ("/usr/local/tools/x", unsigned.clone(), Some("44"), "allow:local:path:/usr/local/tools/"),
+        (
+            "/opt/bad/x",
+            unsigned.clone(),
+            Some("44"),
+            "allow:static-opt-allow",
+        ),
+        (
+            "/usr/local/tools/x",
+            unsigned.clone(),
+            Some("44"),
+            "allow:local:path:/usr/local/tools/",
+        ),
         ("/usr/bin/x", unsigned.clone(), Some("44"), "deny:default"),
     ];
     for (path, signing, sha, want) in cases {
@@ -106,7 +141,10 @@ fn static_tier_ranks_above_local_table() {
     }
     // Unknown hash: both tiers' SHA-256 rules are pending, so analysis is needed.
     let ev = exec("/bin/x", unsigned);
-    assert_eq!(summary(&p.decide(&ev, &model::Facts::NONE)), "analyze:sha256");
+    assert_eq!(
+        summary(&p.decide(&ev, &model::Facts::NONE)),
+        "analyze:sha256"
+    );
 }
 
 #[test]
@@ -115,8 +153,12 @@ fn local_rules_need_the_hash_only_when_they_have_sha256_rules() {
     let local = "version = 1\n[[exec]]\naction = \"block\"\nteam_id = \"ZZZZZ99999\"\n";
     let p = Policy::parse_for("s", st, Os::Linux).unwrap();
     assert!(p.exec_rules_need_hash(), "package trust on Linux");
-    let p = Policy::parse_for("s", &format!("{st}[defaults]\npackage_trust = false\n"), Os::Linux)
-        .unwrap();
+    let p = Policy::parse_for(
+        "s",
+        &format!("{st}[defaults]\npackage_trust = false\n"),
+        Os::Linux,
+    )
+    .unwrap();
     assert!(!p.exec_rules_need_hash());
     let l = LocalRules::parse_for("l", local, Os::Linux).unwrap();
     let p = p.with_local(Some(l));
@@ -154,7 +196,14 @@ fn rules_are_listed_with_their_tier_and_replaced_whole() {
     assert!(p.local_rules().is_none());
     let ev = exec(
         "/Applications/t",
-        sig(Production, Some("YYYYY88888"), None, Some("11"), ENFORCED, false),
+        sig(
+            Production,
+            Some("YYYYY88888"),
+            None,
+            Some("11"),
+            ENFORCED,
+            false,
+        ),
     );
     assert_eq!(summary(&p.decide(&ev, &model::Facts::NONE)), "deny:default");
 }
@@ -163,7 +212,10 @@ fn rules_are_listed_with_their_tier_and_replaced_whole() {
 fn local_files_are_validated_table() {
     let cases = [
         ("version = 2\n", "unsupported local rules version 2"),
-        ("version = 1\n[[watch]]\nname = \"w\"\n", "unknown field `watch`"),
+        (
+            "version = 1\n[[watch]]\nname = \"w\"\n",
+            "unknown field `watch`",
+        ),
         ("version = 1\nmode = \"enforce\"\n", "unknown field `mode`"),
         (
             "version = 1\n[[exec]]\naction = \"allow\"\nsha256 = \"12\"\n",

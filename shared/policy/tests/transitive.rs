@@ -76,7 +76,10 @@ fn compiler_rules_only_with_transitive_rules_on() {
         Os::Linux,
     )
     .unwrap_err();
-    assert!(e.to_string().contains("only applies to an allow rule"), "{e}");
+    assert!(
+        e.to_string().contains("only applies to an allow rule"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -94,18 +97,60 @@ fn transitive_allows_rank_below_every_rule_table() {
     .unwrap();
     let cases = [
         // (transitive_rules, store hash, exec path, signature, facts hash, want)
-        (true, "aa", "/Users/a/build/out", unsigned(), Some("aa"), "allow:transitive"),
+        (
+            true,
+            "aa",
+            "/Users/a/build/out",
+            unsigned(),
+            Some("aa"),
+            "allow:transitive",
+        ),
         // Off: the store is ignored (Santa ignores ALLOWLIST_TRANSITIVE rules).
-        (false, "aa", "/Users/a/build/out", unsigned(), Some("aa"), "deny:default"),
+        (
+            false,
+            "aa",
+            "/Users/a/build/out",
+            unsigned(),
+            Some("aa"),
+            "deny:default",
+        ),
         // A static identifier rule outranks it ...
-        (true, "aa", "/Users/a/build/out", team(), Some("aa"), "deny:blocked-team"),
+        (
+            true,
+            "aa",
+            "/Users/a/build/out",
+            team(),
+            Some("aa"),
+            "deny:blocked-team",
+        ),
         // ... and so does a local one.
-        (true, "ee", "/Users/a/build/out", unsigned(), Some("ee"), "deny:local:no"),
+        (
+            true,
+            "ee",
+            "/Users/a/build/out",
+            unsigned(),
+            Some("ee"),
+            "deny:local:no",
+        ),
         // It outranks path scopes (it is an identifier rule, the last one).
-        (true, "aa", "/tmp/out", unsigned(), Some("aa"), "allow:transitive"),
+        (
+            true,
+            "aa",
+            "/tmp/out",
+            unsigned(),
+            Some("aa"),
+            "allow:transitive",
+        ),
         // Unknown hash with a non-empty store: the hash is needed.
         (true, "aa", "/Users/a/x", unsigned(), None, "analyze:sha256"),
-        (true, "aa", "/Users/a/x", unsigned(), Some("bb"), "deny:default"),
+        (
+            true,
+            "aa",
+            "/Users/a/x",
+            unsigned(),
+            Some("bb"),
+            "deny:default",
+        ),
     ];
     for (on, stored, path, signing, sha, want) in cases {
         let p = Policy::parse_for("p", &text(on), Os::Macos)
@@ -155,9 +200,17 @@ fn santa_compiler_rules_import_as_compiler_rules() {
         {"identifier": "ABCDE12345", "policy": "ALLOWLIST", "rule_type": "TEAMID"}
     ]}"#;
     let imported = policy::santa::import(Some(rules), None).unwrap();
-    assert_eq!(imported.policy.matches("compiler = true").count(), 2, "{}", imported.policy);
+    assert_eq!(
+        imported.policy.matches("compiler = true").count(),
+        2,
+        "{}",
+        imported.policy
+    );
     let p = Policy::parse_for("i", &imported.policy, Os::Macos).unwrap();
-    assert!(!p.transitive_rules(), "the import leaves EnableTransitiveRules off");
+    assert!(
+        !p.transitive_rules(),
+        "the import leaves EnableTransitiveRules off"
+    );
     let names: Vec<String> = p
         .rules()
         .into_iter()
