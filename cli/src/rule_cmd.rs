@@ -23,7 +23,7 @@ const DEFAULT_CONTROL_SOCKET: &str = defaults::Os::HOST.paths().control_socket;
 #[derive(Debug, Subcommand)]
 pub enum RuleCommand {
     /// Add a local rule (ranks below every rule of the policy file) and hot-load it.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Remove local rules by name (`local:NAME` or `NAME`) or identifier (`sha256:HEX`,
     /// `team_id:ID`, `signing_id:TEAM:ID`, `path:PREFIX`, `regex:RE`, ...) and hot-load.
     Remove(RemoveArgs),
@@ -116,7 +116,7 @@ pub struct ListArgs {
 
 pub fn rule(c: RuleCommand) -> anyhow::Result<ExitCode> {
     match c {
-        RuleCommand::Add(a) => add(a),
+        RuleCommand::Add(a) => add(*a),
         RuleCommand::Remove(a) => remove(a),
         RuleCommand::List(a) => list(a),
         RuleCommand::Reload(a) => reload(&a),
@@ -255,8 +255,8 @@ fn ask(socket: &Path, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
         .with_context(|| format!("handshake on {} failed", socket.display()))?;
     protocol::frame::write_frame(&mut stream, req, CONTROL_MAX_FRAME)
         .context("sending the request to the extension failed")?;
-    Ok(protocol::frame::read_frame(&mut stream, CONTROL_MAX_FRAME)
-        .context("reading the extension's answer failed")?)
+    protocol::frame::read_frame(&mut stream, CONTROL_MAX_FRAME)
+        .context("reading the extension's answer failed")
 }
 
 fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
