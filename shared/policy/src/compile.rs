@@ -144,8 +144,9 @@ impl CompiledWatch {
     }
 }
 
-/// At most this many glob paths per policy: each is tried (after a literal-prefix check) for
-/// every watched event, so their number bounds the fast path's cost.
+/// At most this many glob paths per policy: path-keyed globs share one regex set (one pass over
+/// an event's path), process-keyed ones are tried in turn after a literal-head check, so their
+/// number bounds the set's size and the fast path's cost.
 pub const MAX_WATCH_GLOBS: usize = 256;
 
 #[derive(Debug, Clone)]
