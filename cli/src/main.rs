@@ -10,6 +10,7 @@ mod docs_cmd;
 mod extension_cmd;
 mod input;
 mod policy_cmd;
+mod rule_cmd;
 mod run;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ enum Command {
     /// Validate, evaluate, load, show or import policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Local rules: add, remove, list (with their tier) and reload.
+    #[command(subcommand)]
+    Rule(rule_cmd::RuleCommand),
     /// Manage muted paths.
     #[command(subcommand)]
     Mute(control::MuteCommand),
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::ImportSanta(a)) => policy_cmd::import_santa(a),
         Command::Policy(PolicyCommand::Load(a)) => control::policy_load(a),
         Command::Policy(PolicyCommand::Show(a)) => control::policy_show(a),
+        Command::Rule(c) => rule_cmd::rule(c),
         Command::Mute(c) => control::mute(c),
         Command::Events(c) => control::events(c),
         Command::Helper(c) => control::helper(c),

@@ -22,11 +22,20 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["event", "exec"])))]
 pub struct EvalArgs {
     pub file: PathBuf,
-    /// The event as the model's JSON form.
+    /// The event as the model's JSON form (see FORMAT.md, "Event and facts JSON").
     #[arg(long)]
-    pub event: PathBuf,
+    pub event: Option<PathBuf>,
+    /// Decide the execution of this file: an exec event is built from it (its resolved path,
+    /// its identity) and its SHA-256 computed and added to the facts; the executable is taken
+    /// as unsigned (Linux; on macOS pass --event with the signature to see signing rules).
+    #[arg(long, value_name = "PATH")]
+    pub exec: Option<PathBuf>,
+    /// A local rules file to compose below the policy (the running extension's local tier).
+    #[arg(long, value_name = "FILE")]
+    pub local_rules: Option<PathBuf>,
     /// Facts the helper would supply (SHA-256, certificate, package, volume) as JSON, to see
     /// the decision after analysis.
     #[arg(long)]
@@ -128,17 +137,35 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let event: Event =
-        serde_json::from_str(&crate::input::json_text(&a.event)?).with_context(|| {
-            format!(
-                "{} is not an event in the model's JSON form",
-                a.event.display()
-            )
-        })?;
-    let facts: Facts = match &a.facts {
+    let p = match &a.local_rules {
+        Some(f) => {
+            let text = protocol::bounded::read_text(f, policy::local::LOCAL_RULES_MAX_BYTES)?;
+            match policy::LocalRules::parse_for(&f.display().to_string(), &text, a.os) {
+                Ok(l) => p.with_local(Some(l)),
+                Err(e) => {
+                    println!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        None => p,
+    };
+    let mut facts: Facts = match &a.facts {
         Some(f) => serde_json::from_str(&crate::input::json_text(f)?)
             .with_context(|| format!("{} is not a facts JSON object", f.display()))?,
         None => Facts::NONE,
+    };
+    let event: Event = match (&a.event, &a.exec) {
+        (Some(e), _) => serde_json::from_str(&crate::input::json_text(e)?)
+            .with_context(|| format!("{} is not an event in the model's JSON form", e.display()))?,
+        (None, Some(x)) => {
+            let (ev, sha, kind) = exec_event(x)?;
+            // Facts given explicitly win over the computed ones.
+            facts.sha256.get_or_insert(sha);
+            facts.file_kind.get_or_insert(kind);
+            ev
+        }
+        (None, None) => anyhow::bail!("give --event EVENT.json or --exec PATH"),
     };
     // The extension allows the macOS daemons the slow path waits on before the policy.
     let dependency = policy::macos_slow_path_dependency(a.os, &event);
@@ -159,6 +186,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         }
         Outcome::Analyze(_) => (None, None, true),
     };
+    // What the extension answers when analysis is needed and the helper cannot give it:
+    // `helper_unavailable` (helper down, queue full, helper error) or `fallback` (late).
+    let kind = event.kind();
+    let fallbacks = slow.then(|| {
+        (
+            p.fallback(kind, model::FallbackReason::HelperUnavailable),
+            p.fallback(kind, model::FallbackReason::Deadline),
+        )
+    });
     if a.json {
         println!(
             "{}",
@@ -166,6 +202,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 "verdict": verdict,
                 "rule": rule,
                 "slow_path": slow,
+                "fallback": fallbacks.map(|(unavailable, late)| json!({
+                    "helper_unavailable": unavailable,
+                    "late": late,
+                })),
                 "message": rule.as_ref().and_then(|r| p.rule_message(&model::RuleRef::new(r.as_str()))),
                 "result": outcome,
             })
@@ -229,9 +269,69 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 "analyze: slow path needed for {} (pass --facts to decide with them)",
                 needs.join(", ")
             );
+            if let Some((unavailable, late)) = fallbacks {
+                let v = |v: model::Verdict| match v {
+                    model::Verdict::Allow => "allow",
+                    model::Verdict::Deny => "deny",
+                };
+                println!(
+                    "  if the helper is unavailable, erring or the queue is full: {} \
+                     (helper_unavailable for {}); if it answers late: {} (fallback)",
+                    v(unavailable),
+                    kind.as_str(),
+                    v(late)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An exec of the file at `path` by an unsigned shell, with the file's resolved path and its
+/// identity from the descriptor it was hashed through, its SHA-256 and its kind (binary or
+/// script, from its first bytes).
+fn exec_event(path: &Path) -> anyhow::Result<(Event, model::Sha256, model::FileKind)> {
+    let resolved = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let (hex, meta) = crate::rule_cmd::file_digest(&resolved)?;
+    let sha: model::Sha256 = hex
+        .parse()
+        .map_err(|e| anyhow::anyhow!("internal: digest {hex} did not parse: {e:?}"))?;
+    let kind = {
+        use std::io::Read;
+        let mut prefix = Vec::with_capacity(model::FileKind::PREFIX);
+        std::fs::File::open(&resolved)
+            .and_then(|f| {
+                f.take(model::FileKind::PREFIX as u64)
+                    .read_to_end(&mut prefix)
+            })
+            .with_context(|| format!("cannot read the start of {}", resolved.display()))?;
+        model::FileKind::of(&prefix)
+    };
+    let target = model::Process {
+        pid: 0,
+        pid_version: None,
+        ppid: None,
+        uid: 0,
+        gid: 0,
+        executable: model::FileRef {
+            path: resolved.to_string_lossy().into_owned(),
+            identity: Some(model::FileIdentity::from(&meta)),
+        },
+        signing: model::CodeSigning::unsigned(),
+        audit_token: None,
+    };
+    let shell = model::Process {
+        executable: model::FileRef::new("/bin/sh"),
+        ..target.clone()
+    };
+    let ev = Event {
+        process: shell,
+        body: model::EventBody::Exec {
+            target: Box::new(target),
+        },
+    };
+    Ok((ev, sha, kind))
 }
 
 pub fn import_santa(a: ImportSantaArgs) -> anyhow::Result<ExitCode> {

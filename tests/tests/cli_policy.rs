@@ -369,3 +369,90 @@ fn eval_decides_as_the_named_os() {
     assert_eq!(v["os"], "linux", "{v}");
     assert_eq!(v["canonicalized"], serde_json::json!([]), "{v}");
 }
+
+/// `policy eval --exec PATH` hashes the real file (the SHA-256 rule for its content decides),
+/// `--local-rules` composes the local tier below the policy, and a decision that needs the slow
+/// path shows the verdicts the extension gives when the helper is unavailable or late.
+#[test]
+fn eval_exec_hashes_the_file_and_shows_the_fallbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("tool");
+    std::fs::write(&tool, b"#!/bin/sh\necho tool\n").unwrap();
+    // The SHA-256 of that content (`printf '#!/bin/sh\necho tool\n' | sha256sum`).
+    let digest = "bf664cf84f00f6ed76164c8457fdeaf8e4dee547226e9ffcf8274e2d2246fed9";
+    let base = "version = 1\nmode = \"enforce\"\n[defaults]\npackage_trust = false\n\
+                helper_unavailable = \"deny\"\nfallback = \"allow\"\n";
+    let blocks = write(
+        dir.path(),
+        "blocks.toml",
+        &format!("{base}[[exec]]\nname = \"blk\"\naction = \"block\"\nsha256 = \"{digest}\"\n"),
+    );
+    let other = write(
+        dir.path(),
+        "other.toml",
+        &format!("{base}[[exec]]\nname = \"x\"\naction = \"allow\"\nsha256 = \"{HASH}\"\n"),
+    );
+    let local = write(
+        dir.path(),
+        "local.toml",
+        &format!(
+            "version = 1\n[[exec]]\nname = \"mine\"\naction = \"allow\"\nsha256 = \"{digest}\"\n"
+        ),
+    );
+    let missing = write(dir.path(), "facts.json", "{}");
+    let tool_s = tool.to_str().unwrap();
+    // (policy, extra arguments, verdict, rule)
+    let cases: [(&str, &[&str], &str, Option<&str>); 3] = [
+        (&blocks, &[], "deny", Some("blk")),
+        (&other, &[], "deny", None),
+        (
+            &other,
+            &["--local-rules", &local],
+            "allow",
+            Some("local:mine"),
+        ),
+    ];
+    for (policy, extra, verdict, rule) in cases {
+        let mut args = vec![
+            "policy", "eval", policy, "--exec", tool_s, "--os", "linux", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = gatehouse(&args);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["verdict"], verdict, "{v}");
+        assert_eq!(v["rule"].as_str(), rule, "{v}");
+        assert_eq!(v["slow_path"], false, "the hash was computed: {v}");
+        assert!(v["fallback"].is_null(), "{v}");
+    }
+    // With an event that lacks the hash, the slow path is needed: the fallbacks are shown.
+    let event = write(
+        dir.path(),
+        "e.json",
+        r#"{"process":{"pid":10,"uid":0,"executable":{"path":"/bin/sh"},"signing":{"status":"unsigned"}},
+            "kind":"exec","target":{"pid":11,"uid":0,"executable":{"path":"/usr/local/bin/tool"},
+            "signing":{"status":"unsigned"}}}"#,
+    );
+    let o = gatehouse(&[
+        "policy", "eval", &other, "--event", &event, "--facts", &missing, "--os", "linux", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["slow_path"], true, "{v}");
+    assert_eq!(v["fallback"]["helper_unavailable"], "deny", "{v}");
+    assert_eq!(v["fallback"]["late"], "allow", "{v}");
+    let o = gatehouse(&["policy", "eval", &other, "--event", &event, "--os", "linux"]);
+    assert!(
+        text(&o).contains("if the helper is unavailable, erring or the queue is full: deny")
+            && text(&o).contains("if it answers late: allow"),
+        "{}",
+        text(&o)
+    );
+    // Not a regular file: refused by the bounded reader, no hang.
+    let o = gatehouse(&["policy", "eval", &other, "--exec", "/dev/zero"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    // --event or --exec is required.
+    assert_eq!(
+        gatehouse(&["policy", "eval", &other]).status.code(),
+        Some(2)
+    );
+}

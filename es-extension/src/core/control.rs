@@ -142,11 +142,19 @@ pub(crate) fn load_policy(
     origin: &str,
     text: &str,
 ) -> Result<u64, policy::PolicyError> {
-    let policy = policy::Policy::parse(origin, text)?;
+    let parsed = policy::Policy::parse(origin, text)?;
     // Held across the swap, cache clears and kernel pushes: two loads never interleave, so
     // each kernel mute diff starts from the previous load's result and each successful load
     // is exactly one version step.
     let _update = shared.control.update_lock();
+    // The running local rules tier stays, below the new file's rules.
+    let local = shared.store.load().policy.local_rules().cloned();
+    Ok(install_locked(shared, parsed.with_local(local)))
+}
+
+/// Swap in `policy` with the update lock held: caches cleared, mutes re-mirrored and pushed,
+/// the kernel cache cleared, followers told. Returns the new version.
+fn install_locked(shared: &Shared, policy: policy::Policy) -> u64 {
     let before = shared.mutes.load().all();
     let version = shared.store.replace(policy);
     shared.cache.clear();
@@ -154,7 +162,51 @@ pub(crate) fn load_policy(
     push_mutes(shared, &before, &shared.mutes.load().all());
     super::kernel_retry::clear_kernel_cache(shared);
     shared.notify_policy(version);
-    Ok(version)
+    version
+}
+
+/// The local rules file at `path` for `os`: `Ok(None)` when it does not exist (no local
+/// rules), an error when it cannot be read or is invalid. Read with the bounded rules of every
+/// operator-named file; never on the delivery thread.
+pub(crate) fn read_local_rules(
+    path: &Path,
+    os: policy::Os,
+) -> Result<Option<policy::LocalRules>, String> {
+    if !path.is_absolute() {
+        return Err(format!(
+            "local rules path {} is not absolute; the extension does not share the client's \
+             working directory: give an absolute path",
+            path.display()
+        ));
+    }
+    let text = match protocol::bounded::read_text(path, policy::local::LOCAL_RULES_MAX_BYTES) {
+        Ok(t) => t,
+        Err(protocol::bounded::InputError::Open { source, .. })
+            if source.kind() == io::ErrorKind::NotFound =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    policy::LocalRules::parse_for(&path.display().to_string(), &text, os)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Replace the running local rules tier with the file at `path` (missing: no local rules),
+/// keeping the running policy file's rules above it. A bad file changes nothing.
+pub(crate) fn load_local_rules(shared: &Shared, path: &Path) -> Result<u64, String> {
+    let _update = shared.control.update_lock();
+    let current = shared.store.load();
+    let local = read_local_rules(path, current.policy.os())?;
+    // The static tier recompiles from its own text, which parsed when it was loaded.
+    let base = policy::Policy::parse_for(
+        current.policy.origin(),
+        current.policy.source(),
+        current.policy.os(),
+    )
+    .map_err(|e| format!("the running policy no longer compiles: {e}"))?;
+    Ok(install_locked(shared, base.with_local(local)))
 }
 
 /// The text of the policy file at `path`, for [`ControlRequest::PolicyLoadPath`]: an absolute
@@ -524,6 +576,7 @@ impl<R: Responder> Server<R> {
             }
             ControlRequest::PolicyLoad { origin, .. }
             | ControlRequest::PolicyLoadPath { path: origin }
+            | ControlRequest::LocalRulesLoad { path: origin }
                 if origin.len() > ORIGIN_MAX =>
             {
                 ControlResponse::Error {
@@ -547,6 +600,16 @@ impl<R: Responder> Server<R> {
                     Ok(version) => ControlResponse::PolicyLoaded { version },
                     Err(e) => ControlResponse::Error {
                         message: format!("policy not loaded, the running policy is unchanged: {e}"),
+                    },
+                }
+            }
+            ControlRequest::LocalRulesLoad { path } => {
+                match load_local_rules(s, Path::new(&path)) {
+                    Ok(version) => ControlResponse::PolicyLoaded { version },
+                    Err(e) => ControlResponse::Error {
+                        message: format!(
+                            "local rules not loaded, the running rules are unchanged: {e}"
+                        ),
                     },
                 }
             }

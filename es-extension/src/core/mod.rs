@@ -128,6 +128,10 @@ pub struct CoreConfig {
     /// (`startup_mounts`; the policy's `mounted_at_start`). `None`: no such pass (Linux,
     /// whose kernel reports no mounts to fanotify).
     pub mounted_volumes: Option<startup_mounts::MountSource>,
+    /// The local rules file (`gatehouse rule add`), composed below the policy at start: a
+    /// missing file means no local rules; an unreadable or invalid one is logged and skipped,
+    /// never a reason not to start. `None` reads none.
+    pub local_rules: Option<PathBuf>,
 }
 
 impl CoreConfig {
@@ -168,6 +172,7 @@ impl CoreConfig {
                     .expect("the macOS set fits MAX_TRUSTED (tested)"),
             ),
             mounted_volumes: None,
+            local_rules: Some(PathBuf::from(defaults::Os::HOST.local_rules())),
         }
     }
 
@@ -375,6 +380,23 @@ impl<R: Responder> std::fmt::Debug for Core<R> {
     }
 }
 
+/// `policy` with the local rules file at `path` composed in. Start-up never fails on it: a
+/// missing file is no local rules, a bad one a warning (the policy file's rules still apply).
+fn with_local_rules_at_start(policy: Policy, path: Option<&std::path::Path>) -> Policy {
+    let Some(path) = path else { return policy };
+    match control::read_local_rules(path, policy.os()) {
+        Ok(local) => policy.with_local(local),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "local rules not loaded; starting with the policy file's rules only (fix the \
+                 file and run `gatehouse rule reload`)"
+            );
+            policy
+        }
+    }
+}
+
 fn spawn(
     name: &'static str,
     f: impl FnOnce() + Send + 'static,
@@ -404,6 +426,7 @@ impl<R: Responder> Core<R> {
             ));
         }
         let endpoint = config.helper_endpoint()?;
+        let policy = with_local_rules_at_start(policy, config.local_rules.as_deref());
         let (log, log_rx, recent) =
             eventlog::channel(config.log_channel_capacity.max(1), config.recent_lines);
         let (clear_retry, clear_retry_rx) = kernel_retry::channel();
@@ -739,6 +762,12 @@ impl<R: Responder> Core<R> {
     /// cache. Call off the delivery thread.
     pub fn load_policy(&self, origin: &str, text: &str) -> Result<u64, policy::PolicyError> {
         control::load_policy(&self.shared, origin, text)
+    }
+
+    /// Replace the local rules tier with the file at `path` as `gatehouse rule reload` does
+    /// (missing: none); the policy file's rules stay above it. A bad file changes nothing.
+    pub fn load_local_rules(&self, path: &std::path::Path) -> Result<u64, String> {
+        control::load_local_rules(&self.shared, path)
     }
 
     pub fn helper_connected(&self) -> bool {

@@ -36,6 +36,15 @@ impl Os {
         }
     }
 
+    /// The local rules file (`gatehouse rule add`), beside the policy file under the
+    /// self-protected configuration directory: the extension loads it at start.
+    pub const fn local_rules(self) -> &'static str {
+        match self {
+            Os::Linux => "/etc/gatehouse/local-rules.toml",
+            Os::Macos => "/Library/Application Support/Gatehouse/local-rules.toml",
+        }
+    }
+
     /// This OS's paths.
     pub const fn paths(self) -> &'static Paths {
         match self {

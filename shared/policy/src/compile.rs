@@ -13,6 +13,7 @@ use crate::format::{
     Action, ExecRule, FallbackVerdict, KindDefaults, MountAction, Operation, PathRule, PolicyFile,
     RuleType, WatchItem, WatchProcess,
 };
+use crate::glob::{Glob, Parsed};
 use crate::tables::{PathTable, SigTeam, TeamKey, team_key};
 use crate::{Mode, Os, PolicyError, WatchedPath};
 
@@ -25,6 +26,10 @@ const DEADLINE_RANGE_MS: Range<i64> = 10..600_001;
 pub(crate) struct RuleMeta {
     pub name: String,
     pub message: Option<String>,
+    /// What the rule matches, for `gatehouse rule list` (`exec allow sha256 <hex>`, ...).
+    pub what: String,
+    /// An exec allow with `compiler = true`.
+    pub compiler: bool,
 }
 
 /// Which verdict classes a group of rules can produce, to tell whether an unknown fact could
@@ -119,9 +124,30 @@ pub(crate) struct CompiledWatch {
     pub audit_only: bool,
     pub ops: OpSet,
     pub processes: Vec<ProcMatcher>,
-    /// For the process-keyed rule types: the paths the item names.
+    /// For the process-keyed rule types: the paths the item names...
     pub paths: PathTable<()>,
+    /// ... and its glob paths, with their prefix flags.
+    pub globs: Vec<(Glob, bool)>,
 }
+
+impl CompiledWatch {
+    /// Whether a process-keyed item names `path` (literally, as a prefix or by a glob).
+    pub fn covers(&self, path: &str) -> bool {
+        self.paths.longest(path).is_some()
+            || self.globs.iter().any(|(g, prefix)| {
+                if *prefix {
+                    g.longest_prefix(path).is_some()
+                } else {
+                    g.matches(path)
+                }
+            })
+    }
+}
+
+/// At most this many glob paths per policy: path-keyed globs share one regex set (one pass over
+/// an event's path), process-keyed ones are tried in turn after a literal-head check, so their
+/// number bounds the set's size and the fast path's cost.
+pub const MAX_WATCH_GLOBS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledMount {
@@ -166,20 +192,20 @@ pub(crate) struct Compiled {
     pub kinds: [KindSettings; EventKind::ALL.len()],
     pub rules: Vec<RuleMeta>,
     pub names: HashMap<String, u32>,
-    pub cdhash: HashMap<[u8; 20], (u32, Action)>,
-    pub sha256: HashMap<[u8; 32], (u32, Action)>,
-    pub sha256_actions: ActionSet,
-    pub signing: HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>>,
-    pub certificate: HashMap<[u8; 32], (u32, Action)>,
-    pub certificate_actions: ActionSet,
-    pub team: HashMap<TeamKey, (u32, Action)>,
+    /// The static tier's identifier rules (this file's `[[exec]]`).
+    pub ids: IdRules,
     pub path_block: PathTable<u32>,
     pub path_allow: PathTable<u32>,
     pub regex_block: Option<RegexScope>,
     pub regex_allow: Option<RegexScope>,
     pub watches: Vec<CompiledWatch>,
-    /// Path-keyed watch items (the two `paths_with_*` rule types) by path.
+    /// Path-keyed watch items (the two `paths_with_*` rule types) by path...
     pub watch_paths: PathTable<u32>,
+    /// ... and by glob path (glob, prefix flag, item), in file order...
+    pub watch_globs: Vec<(Glob, bool, u32)>,
+    /// ... with one regex set over them all (pattern `n` is `watch_globs[n]`), so an event
+    /// costs one pass over its path to find the candidate globs, whatever their number.
+    pub watch_glob_set: Option<regex::RegexSet>,
     /// Indexes of process-keyed watch items, scanned per event (expected to be few).
     pub process_watches: Vec<u32>,
     pub watched: Vec<WatchedPath>,
@@ -191,6 +217,153 @@ pub(crate) struct Compiled {
     /// The OS compiled for, and every path rewritten for it (as written, as compiled).
     pub os: Os,
     pub canonicalized: Vec<(String, String)>,
+    /// Rules added locally (`gatehouse rule add`), ranked below every rule of this file; their
+    /// rule indexes follow this file's.
+    pub local: Option<LocalTier>,
+    /// Rules of this file (the static tier): `rules[..static_rules]`.
+    pub static_rules: usize,
+    /// Santa's `EnableTransitiveRules`.
+    pub transitive_rules: bool,
+    /// The transitive allows (files written by compilers), composed in at run time.
+    pub transitive: Option<std::sync::Arc<crate::transitive::TransitiveRules>>,
+}
+
+/// Exec identifier rules of one tier, one map per identifier kind, with the action sets that
+/// tell whether an unknown hash or certificate could change an answer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdRules {
+    pub cdhash: HashMap<[u8; 20], (u32, Action)>,
+    pub sha256: HashMap<[u8; 32], (u32, Action)>,
+    pub sha256_actions: ActionSet,
+    pub signing: HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>>,
+    pub certificate: HashMap<[u8; 32], (u32, Action)>,
+    pub certificate_actions: ActionSet,
+    pub team: HashMap<TeamKey, (u32, Action)>,
+}
+
+impl IdRules {
+    /// The same rules with every rule index moved by `by` (to follow another tier's rules).
+    fn offset(mut self, by: u32) -> IdRules {
+        let o = |v: &mut (u32, Action)| v.0 += by;
+        self.cdhash.values_mut().for_each(o);
+        self.sha256.values_mut().for_each(o);
+        self.certificate.values_mut().for_each(o);
+        self.team.values_mut().for_each(o);
+        self.signing
+            .values_mut()
+            .for_each(|m| m.values_mut().for_each(o));
+        self
+    }
+}
+
+/// The local rules tier: identifier rules and exec path scopes, compiled from a local rules
+/// file (see `local.rs`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalTier {
+    pub ids: IdRules,
+    pub path_block: PathTable<u32>,
+    pub path_allow: PathTable<u32>,
+    pub regex_block: Option<RegexScope>,
+    pub regex_allow: Option<RegexScope>,
+}
+
+impl LocalTier {
+    pub(crate) fn offset(self, by: u32) -> LocalTier {
+        let re = |r: Option<RegexScope>| {
+            r.map(|mut r| {
+                r.rules.iter_mut().for_each(|i| *i += by);
+                r
+            })
+        };
+        LocalTier {
+            ids: self.ids.offset(by),
+            path_block: self.path_block.map_values(|i| i + by),
+            path_allow: self.path_allow.map_values(|i| i + by),
+            regex_block: re(self.regex_block),
+            regex_allow: re(self.regex_allow),
+        }
+    }
+
+    pub(crate) fn has_path_scopes(&self) -> bool {
+        !(self.path_block.is_empty()
+            && self.path_allow.is_empty()
+            && self.regex_block.is_none()
+            && self.regex_allow.is_none())
+    }
+}
+
+/// A compiled local rules file: its tier (rule indexes from 0) and its rules.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledLocal {
+    pub tier: LocalTier,
+    pub rules: Vec<RuleMeta>,
+}
+
+/// The prefix of every local rule's name in decisions, so a decision names its tier and a
+/// local rule can never take a static rule's name.
+pub(crate) const LOCAL_NAME_PREFIX: &str = "local:";
+
+/// Compiles a local rules file: `version = 1` plus `[[exec]]` and `[[exec_path]]` tables with
+/// the policy's keys. The same validation as the policy file's, line and column included.
+pub(crate) fn compile_local(
+    origin: &str,
+    text: &str,
+    os: Os,
+) -> Result<CompiledLocal, PolicyError> {
+    let ctx = Ctx { origin, text };
+    let file: crate::format::LocalFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let rule = enclosing_rule_name(text, span.start);
+        ctx.err(span, rule.as_deref(), e.message().trim_end().to_owned())
+    })?;
+    if *file.version.get_ref() != 1 {
+        return Err(ctx.err(
+            file.version.span(),
+            None,
+            format!(
+                "unsupported local rules version {}: this Gatehouse reads version 1",
+                file.version.get_ref()
+            ),
+        ));
+    }
+    let count = file.exec.len() + file.exec_path.len();
+    if count > crate::local::LOCAL_RULES_MAX {
+        return Err(ctx.err(
+            0..0,
+            None,
+            format!(
+                "{count} local rules: at most {} are allowed",
+                crate::local::LOCAL_RULES_MAX
+            ),
+        ));
+    }
+    let mut b = Builder {
+        ctx,
+        rules: Vec::new(),
+        names: HashMap::new(),
+        os,
+        canonicalized: Vec::new(),
+        reserve_local: false,
+    };
+    let mut ids = IdRules::default();
+    for rule in &file.exec {
+        compile_exec(&mut b, rule, &mut ids)?;
+    }
+    let (path_block, path_allow, regex_block, regex_allow) =
+        compile_paths(&mut b, &file.exec_path)?;
+    for r in &mut b.rules {
+        r.name = format!("{LOCAL_NAME_PREFIX}{}", r.name);
+    }
+    Ok(CompiledLocal {
+        tier: LocalTier {
+            ids,
+            path_block,
+            path_allow,
+            regex_block,
+            regex_allow,
+        },
+        rules: b.rules,
+    })
 }
 
 /// `path` as `os`'s kernel reports it. macOS resolves `/var`, `/etc` and `/tmp` (symlinks
@@ -297,6 +470,8 @@ struct Builder<'a> {
     names: HashMap<String, u32>,
     os: Os,
     canonicalized: Vec<(String, String)>,
+    /// The policy file (static tier): names beginning `local:` belong to the local tier.
+    reserve_local: bool,
 }
 
 impl Builder<'_> {
@@ -324,6 +499,16 @@ impl Builder<'_> {
             Some(n) => {
                 if n.get_ref().trim().is_empty() {
                     return Err(self.ctx.err(n.span(), None, "rule name is empty"));
+                }
+                if self.reserve_local && n.get_ref().starts_with(LOCAL_NAME_PREFIX) {
+                    return Err(self.ctx.err(
+                        n.span(),
+                        Some(n.get_ref()),
+                        format!(
+                            "rule names beginning {LOCAL_NAME_PREFIX:?} are reserved for local \
+                             rules (`gatehouse rule add`)"
+                        ),
+                    ));
                 }
                 if self.names.contains_key(n.get_ref()) {
                     return Err(self.ctx.err(
@@ -354,6 +539,8 @@ impl Builder<'_> {
         self.rules.push(RuleMeta {
             name: name_s,
             message,
+            what: String::new(),
+            compiler: false,
         });
         Ok(idx)
     }
@@ -410,6 +597,7 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         names: HashMap::new(),
         os,
         canonicalized: Vec::new(),
+        reserve_local: true,
     };
 
     let defaults = file.defaults.unwrap_or_default();
@@ -455,25 +643,9 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
     }
 
     // Exec identifier rules.
-    let mut cdhash = HashMap::new();
-    let mut sha256 = HashMap::new();
-    let mut signing: HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>> = HashMap::new();
-    let mut certificate = HashMap::new();
-    let mut team = HashMap::new();
-    let mut sha256_actions = ActionSet::default();
-    let mut certificate_actions = ActionSet::default();
+    let mut ids = IdRules::default();
     for rule in &file.exec {
-        compile_exec(
-            &mut b,
-            rule,
-            &mut cdhash,
-            &mut sha256,
-            &mut signing,
-            &mut certificate,
-            &mut team,
-            &mut sha256_actions,
-            &mut certificate_actions,
-        )?;
+        compile_exec(&mut b, rule, &mut ids)?;
     }
 
     // Path scopes.
@@ -481,22 +653,65 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         compile_paths(&mut b, &file.exec_path)?;
 
     // Watch items.
-    let mut watches = Vec::new();
+    let mut watches: Vec<CompiledWatch> = Vec::new();
     let mut path_entries = Vec::new();
     let mut process_watches = Vec::new();
     let mut watched = Vec::new();
+    let mut watch_globs: Vec<(Glob, bool, u32)> = Vec::new();
+    let mut glob_count = 0usize;
+    let mut glob_seen: HashMap<(String, bool), u32> = HashMap::new();
     for item in &file.watch {
         let idx = u32::try_from(watches.len()).expect("fewer than 2^32 watch items");
-        let (w, paths) = compile_watch(&mut b, item)?;
+        let (w, paths, globs) = compile_watch(&mut b, item)?;
         for (p, prefix, _) in &paths {
             watched.push(WatchedPath {
                 path: p.clone(),
                 prefix: *prefix,
             });
         }
+        for (pattern, prefix, span, g) in &globs {
+            glob_count += 1;
+            if glob_count > MAX_WATCH_GLOBS {
+                return Err(b.ctx.err(
+                    span.clone(),
+                    Some(b.name(w.rule)),
+                    format!(
+                        "more than {MAX_WATCH_GLOBS} glob watch paths in the policy: each is \
+                         tried for every watched event; use prefixes or fewer globs"
+                    ),
+                ));
+            }
+            // Backends mark the glob's literal directory as a tree (fanotify marks and ES
+            // target paths cannot hold a pattern).
+            let root = WatchedPath {
+                path: g.root().to_owned(),
+                prefix: true,
+            };
+            if !watched.contains(&root) {
+                watched.push(root);
+            }
+            if matches!(
+                w.rule_type,
+                RuleType::PathsWithAllowedProcesses | RuleType::PathsWithDeniedProcesses
+            ) {
+                if let Some(&old) = glob_seen.get(&(pattern.clone(), *prefix)) {
+                    return Err(b.ctx.err(
+                        span.clone(),
+                        Some(b.name(w.rule)),
+                        format!(
+                            "path {pattern:?} is already watched by item {:?}: a path may belong \
+                             to one path-keyed watch item",
+                            b.name(watches[old as usize].rule)
+                        ),
+                    ));
+                }
+                glob_seen.insert((pattern.clone(), *prefix), idx);
+            }
+        }
         match w.rule_type {
             RuleType::PathsWithAllowedProcesses | RuleType::PathsWithDeniedProcesses => {
                 path_entries.extend(paths.into_iter().map(|(p, pre, span)| (p, pre, idx, span)));
+                watch_globs.extend(globs.into_iter().map(|(_, pre, _, g)| (g, pre, idx)));
             }
             RuleType::ProcessesWithAllowedPaths | RuleType::ProcessesWithDeniedPaths => {
                 process_watches.push(idx);
@@ -526,6 +741,22 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
             )
         })?
         .map_values(|n| path_entries[n as usize].2);
+
+    let watch_glob_set = if watch_globs.is_empty() {
+        None
+    } else {
+        let pats: Vec<String> = watch_globs
+            .iter()
+            .map(|(g, pre, _)| g.regex(*pre))
+            .collect();
+        Some(regex::RegexSet::new(&pats).map_err(|e| {
+            b.ctx.err(
+                0..0,
+                None,
+                format!("the glob watch paths exceed the regex size limit together ({e}); use fewer or shorter globs"),
+            )
+        })?)
+    };
 
     // Mount rules.
     let mut mounts = Vec::new();
@@ -591,21 +822,16 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         allow_scripts: defaults.allow_scripts.unwrap_or(true) && os == Os::Linux,
         mounted_at_start: defaults.mounted_at_start.unwrap_or_default(),
         kinds,
-        rules: b.rules,
         names: b.names,
-        cdhash,
-        sha256,
-        sha256_actions,
-        signing,
-        certificate,
-        certificate_actions,
-        team,
+        ids,
         path_block,
         path_allow,
         regex_block,
         regex_allow,
         watches,
         watch_paths,
+        watch_globs,
+        watch_glob_set,
         process_watches,
         watched,
         mounts,
@@ -614,7 +840,12 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
         mute_process,
         mute_target,
         os,
+        static_rules: b.rules.len(),
+        local: None,
+        transitive_rules: defaults.transitive_rules.unwrap_or(false),
+        transitive: None,
         canonicalized: b.canonicalized,
+        rules: b.rules,
     })
 }
 
@@ -640,21 +871,20 @@ fn deadline(
     Ok(Some(Duration::from_millis(ms.unsigned_abs())))
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one map per identifier kind, filled in one pass"
-)]
 fn compile_exec(
     b: &mut Builder<'_>,
     rule: &Spanned<ExecRule>,
-    cdhash: &mut HashMap<[u8; 20], (u32, Action)>,
-    sha256: &mut HashMap<[u8; 32], (u32, Action)>,
-    signing: &mut HashMap<SigTeam, HashMap<Box<str>, (u32, Action)>>,
-    certificate: &mut HashMap<[u8; 32], (u32, Action)>,
-    team: &mut HashMap<TeamKey, (u32, Action)>,
-    sha256_actions: &mut ActionSet,
-    certificate_actions: &mut ActionSet,
+    ids: &mut IdRules,
 ) -> Result<(), PolicyError> {
+    let IdRules {
+        cdhash,
+        sha256,
+        sha256_actions,
+        signing,
+        certificate,
+        certificate_actions,
+        team,
+    } = ids;
     let r = rule.get_ref();
     let ids: Vec<(&str, &Spanned<String>)> = [
         ("cdhash", &r.cdhash),
@@ -695,6 +925,21 @@ fn compile_exec(
     let bad =
         |b: &Builder<'_>, msg: String| Err(b.ctx.err(value.span(), shown_name.as_deref(), msg));
     let idx = b.add_rule(r.name.as_ref(), || format!("{key}:{v}"), r.message.clone())?;
+    b.rules[idx as usize].what = format!("exec {} {key} {v}", action_str(r.action));
+    if let Some(c) = &r.compiler
+        && *c.get_ref()
+    {
+        if r.action != Action::Allow {
+            return Err(b.ctx.err(
+                c.span(),
+                Some(b.name(idx)),
+                "compiler = true only applies to an allow rule",
+            ));
+        }
+        let meta = &mut b.rules[idx as usize];
+        meta.compiler = true;
+        meta.what.push_str(" (compiler)");
+    }
     let conflict = |b: &Builder<'_>, (old, old_action): (u32, Action)| {
         b.ctx.err(
             value.span(),
@@ -803,6 +1048,8 @@ fn compile_paths(
                     ));
                 }
                 let idx = b.add_rule(r.name.as_ref(), || format!("path:{v}"), r.message.clone())?;
+                b.rules[idx as usize].what =
+                    format!("exec_path {} prefix {v}", action_str(r.action));
                 // Canonical before the duplicate check: `/tmp/` and `/private/tmp/` are one
                 // prefix on macOS.
                 let v = &b.path(v);
@@ -838,6 +1085,8 @@ fn compile_paths(
                 }
                 let idx =
                     b.add_rule(r.name.as_ref(), || format!("regex:{v}"), r.message.clone())?;
+                b.rules[idx as usize].what =
+                    format!("exec_path {} regex {v}", action_str(r.action));
                 let target = match r.action {
                     Action::Block => &mut rblock,
                     Action::Allow => &mut rallow,
@@ -904,16 +1153,19 @@ fn regex_set(
 }
 
 type WatchPaths = Vec<(String, bool, Range<usize>)>;
+/// Glob paths of one item: pattern (as compiled for the OS), prefix flag, span, glob.
+type WatchGlobs = Vec<(String, bool, Range<usize>, Glob)>;
 
 fn compile_watch(
     b: &mut Builder<'_>,
     item: &Spanned<WatchItem>,
-) -> Result<(CompiledWatch, WatchPaths), PolicyError> {
+) -> Result<(CompiledWatch, WatchPaths, WatchGlobs), PolicyError> {
     let w = item.get_ref();
     let name = w.name.get_ref().clone();
     let err =
         |b: &Builder<'_>, span: Range<usize>, msg: String| Err(b.ctx.err(span, Some(&name), msg));
     let rule = b.add_rule(Some(&w.name), String::new, w.message.clone())?;
+    b.rules[rule as usize].what = format!("watch {}", w.rule_type.as_str());
     if w.paths.get_ref().is_empty() {
         return err(
             b,
@@ -922,6 +1174,7 @@ fn compile_watch(
         );
     }
     let mut paths = Vec::new();
+    let mut globs = Vec::new();
     for p in w.paths.get_ref() {
         let v = p.path.get_ref();
         if !v.starts_with('/') {
@@ -932,6 +1185,14 @@ fn compile_watch(
             );
         }
         let v = b.path(v);
+        if v.contains(['*', '?', '[']) {
+            match Glob::parse(&v) {
+                Ok(Parsed::Glob(g)) => globs.push((v, p.prefix, p.path.span(), g)),
+                Ok(Parsed::Literal(l)) => paths.push((l, p.prefix, p.path.span())),
+                Err(e) => return err(b, p.path.span(), format!("glob path {v:?}: {e}")),
+            }
+            continue;
+        }
         paths.push((v, p.prefix, p.path.span()));
     }
     let ops = match &w.operations {
@@ -987,8 +1248,17 @@ fn compile_watch(
             ops,
             processes,
             paths: table,
+            globs: if process_keyed {
+                globs
+                    .iter()
+                    .map(|(_, pre, _, g)| (g.clone(), *pre))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         },
         paths,
+        globs,
     ))
 }
 
@@ -1133,6 +1403,7 @@ fn compile_mount(
     let name = r.name.get_ref().clone();
     let idx = b.add_rule(Some(&r.name), String::new, r.message.clone())?;
     let action = *r.action.get_ref();
+    b.rules[idx as usize].what = format!("mount {}", action.as_str());
     let flags = r.remount_flags;
     match (action, flags) {
         (MountAction::Remount, None) => {

@@ -13,9 +13,14 @@ use model::{
 };
 
 use crate::Mode;
-use crate::compile::{Compiled, CompiledMount, CompiledWatch, ProcMatcher, TeamMatch};
+use crate::compile::{
+    Compiled, CompiledMount, CompiledWatch, IdRules, LocalTier, ProcMatcher, TeamMatch,
+};
 use crate::format::{Action, MountAction, Operation, RuleType};
 use crate::tables::{SigTeam, team_key};
+
+/// The rule name transitive allows carry in decisions.
+pub const TRANSITIVE_RULE: &str = "transitive";
 
 /// What an exec decision amounts to, for comparing against pending unknowns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +62,8 @@ enum Cand {
     Platform,
     PathBlock(u32),
     PathAllow(u32),
+    /// A transitive allow (a file a compiler wrote).
+    Transitive,
     NotABinary,
     Default,
 }
@@ -108,6 +115,7 @@ impl Compiled {
             Cand::Rule(_, Action::Allow)
             | Cand::Platform
             | Cand::PathAllow(_)
+            | Cand::Transitive
             | Cand::NotABinary => Class::Allow,
             Cand::Rule(_, Action::Block) | Cand::BadSignature | Cand::PathBlock(_) => Class::Deny,
             Cand::Default => match self.mode {
@@ -122,6 +130,7 @@ impl Compiled {
             && self.path_allow.is_empty()
             && self.regex_block.is_none()
             && self.regex_allow.is_none())
+            || self.local.as_ref().is_some_and(LocalTier::has_path_scopes)
     }
 
     fn build(&self, c: Cand) -> Decision {
@@ -135,6 +144,13 @@ impl Compiled {
             }
             Cand::BadSignature => Decision::deny(Reason::InvalidSignature, Cacheability::Identity),
             Cand::Platform => Decision::allow(Reason::PlatformBinary, Cacheability::Kernel),
+            // Depends on the file alone (its hash); clearing the store clears the caches.
+            Cand::Transitive => Decision::allow(
+                Reason::Rule {
+                    rule: RuleRef::new(TRANSITIVE_RULE),
+                },
+                Cacheability::Kernel,
+            ),
             // Path scopes depend on where the file is, which neither a CDHash key nor the
             // kernel's caches track: never cached.
             Cand::PathBlock(i) => Decision::deny(self.rule_reason(i), Cacheability::Never),
@@ -185,62 +201,36 @@ impl Compiled {
         };
         let mut pending = Pending::default();
 
-        // 1. CDHash, only when the kernel enforces it.
-        if may_cdhash && !self.cdhash.is_empty() {
-            if let Some(cd) = cs.trusted_cdhash() {
-                if let Some(&(i, a)) = self.cdhash.get(&cd.0) {
-                    return self.finish(Cand::Rule(i, a), &pending, target);
-                }
-            }
+        // Identifier rules: the static tier (this policy file) whole, then the local tier, as
+        // Santa checks its static rules before its database (SNTRuleTable.mm
+        // `ruleForIdentifiers:`).
+        let allowed = IdAllowed {
+            cdhash: may_cdhash,
+            team: may_team,
+            cert: may_cert,
+        };
+        if let Some(c) = self.ids.find(cs, facts, allowed, &mut pending) {
+            return self.finish(c, &pending, target);
         }
-        // 2. Binary SHA-256 (never in the message).
-        if !self.sha256.is_empty() {
+        if let Some(local) = &self.local
+            && let Some(c) = local.ids.find(cs, facts, allowed, &mut pending)
+        {
+            return self.finish(c, &pending, target);
+        }
+        // Transitive allows, below every identifier rule (Santa's ALLOWLIST_TRANSITIVE, only
+        // with EnableTransitiveRules).
+        if self.transitive_rules
+            && let Some(store) = &self.transitive
+            && !store.is_empty()
+        {
             match &facts.sha256 {
-                Some(h) => {
-                    if let Some(&(i, a)) = self.sha256.get(&h.0) {
-                        return self.finish(Cand::Rule(i, a), &pending, target);
-                    }
+                Some(h) if store.contains(&h.0) => {
+                    return self.finish(Cand::Transitive, &pending, target);
                 }
+                Some(_) => {}
                 None => {
-                    pending.add(self.sha256_actions.allow, self.sha256_actions.block);
+                    pending.add(true, false);
                     pending.needs.sha256 = true;
-                }
-            }
-        }
-        // 3. Signing ID.
-        if may_team && !self.signing.is_empty() {
-            if let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref()) {
-                if let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id)) {
-                    return self.finish(Cand::Rule(i, a), &pending, target);
-                }
-            }
-        }
-        // 4. Certificate SHA-256 (from the helper on macOS).
-        if may_cert && !self.certificate.is_empty() {
-            match &facts.certificate {
-                Some(c) => {
-                    // The helper's `valid`: only a signature that validated earns an allow; a
-                    // block applies to the certificate however its signature fared.
-                    if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0)
-                        && (c.valid || a == Action::Block)
-                    {
-                        return self.finish(Cand::Rule(i, a), &pending, target);
-                    }
-                }
-                None => {
-                    pending.add(
-                        self.certificate_actions.allow,
-                        self.certificate_actions.block,
-                    );
-                    pending.needs.certificate = true;
-                }
-            }
-        }
-        // 5. Team ID.
-        if may_team && !self.team.is_empty() {
-            if let Some(t) = cs.team_id.as_deref().and_then(team_key) {
-                if let Some(&(i, a)) = self.team.get(&t) {
-                    return self.finish(Cand::Rule(i, a), &pending, target);
                 }
             }
         }
@@ -262,21 +252,34 @@ impl Compiled {
                 }
             }
         }
-        // Path scopes: block wins.
+        // Path scopes: block wins; the static tier's, then the local tier's.
         let path = file.path.as_str();
-        if let Some(i) = self.path_block.longest(path) {
-            return self.finish(Cand::PathBlock(i), &pending, target);
-        }
-        if let Some(r) = &self.regex_block {
-            if let Some(n) = first_match(r, path) {
+        let tiers = [
+            Some((
+                &self.path_block,
+                &self.regex_block,
+                &self.path_allow,
+                &self.regex_allow,
+            )),
+            self.local
+                .as_ref()
+                .map(|l| (&l.path_block, &l.regex_block, &l.path_allow, &l.regex_allow)),
+        ];
+        for (block, regex_block, allow, regex_allow) in tiers.into_iter().flatten() {
+            if let Some(i) = block.longest(path) {
+                return self.finish(Cand::PathBlock(i), &pending, target);
+            }
+            if let Some(r) = regex_block
+                && let Some(n) = first_match(r, path)
+            {
                 return self.finish(Cand::PathBlock(r.rules[n]), &pending, target);
             }
-        }
-        if let Some(i) = self.path_allow.longest(path) {
-            return self.finish(Cand::PathAllow(i), &pending, target);
-        }
-        if let Some(r) = &self.regex_allow {
-            if let Some(n) = first_match(r, path) {
+            if let Some(i) = allow.longest(path) {
+                return self.finish(Cand::PathAllow(i), &pending, target);
+            }
+            if let Some(r) = regex_allow
+                && let Some(n) = first_match(r, path)
+            {
                 return self.finish(Cand::PathAllow(r.rules[n]), &pending, target);
             }
         }
@@ -363,12 +366,12 @@ impl Compiled {
         for (i, path) in targets.iter().enumerate() {
             // Per target: a clone's source is only read, its destination written.
             let access = event.target_access(i);
-            if let Some(item) = self.watch_paths.longest(path) {
+            if let Some(item) = self.path_item(path) {
                 self.apply_watch(&mut acc, item, op, access, &event.process, facts, |_| true);
             }
             for &item in &self.process_watches {
                 self.apply_watch(&mut acc, item, op, access, &event.process, facts, |w| {
-                    w.paths.longest(path).is_some()
+                    w.covers(path)
                 });
             }
         }
@@ -428,6 +431,39 @@ impl Compiled {
             _ => Cacheability::Never,
         };
         Outcome::Decided(Decision::allow(Reason::Default, cache))
+    }
+
+    /// The path-keyed watch item for `path`: the longest match over literal paths, prefixes and
+    /// globs (Santa's longest match over the expanded paths, `DataWatchItems::FindPolicies`).
+    /// The matched length is all of `path` for an exact (non-prefix) entry and the covered
+    /// leading part for a prefix; ties go to an exact entry, then a literal over a glob, then
+    /// the earlier glob in the file.
+    fn path_item(&self, path: &str) -> Option<u32> {
+        let literal = self.watch_paths.longest_with_len(path);
+        let Some(set) = &self.watch_glob_set else {
+            return literal.map(|(_, _, item)| item);
+        };
+        // `is_match` first, so a path no glob can match never allocates.
+        if !set.is_match(path) {
+            return literal.map(|(_, _, item)| item);
+        }
+        // Rank: (length, exact, literal); a later candidate must be strictly better.
+        let mut best = literal.map(|(len, exact, item)| ((len, exact, true), item));
+        for n in set.matches(path).iter() {
+            let (g, prefix, item) = &self.watch_globs[n];
+            let len = if *prefix {
+                g.longest_prefix(path)
+            } else {
+                g.matches(path).then_some(path.len())
+            };
+            if let Some(len) = len {
+                let rank = (len, !*prefix, false);
+                if best.is_none_or(|(r, _)| rank > r) {
+                    best = Some((rank, *item));
+                }
+            }
+        }
+        best.map(|(_, item)| item)
     }
 
     /// Applies one watch item to one target; `covers` says whether a process-keyed item names
@@ -497,6 +533,88 @@ impl Compiled {
         } else if matched && w.rule_type == RuleType::PathsWithAllowedProcesses {
             acc.allow.get_or_insert(item);
         }
+    }
+}
+
+/// Which identifier kinds a signature may match (docs/DESIGN.md 3a).
+#[derive(Debug, Clone, Copy)]
+struct IdAllowed {
+    cdhash: bool,
+    team: bool,
+    cert: bool,
+}
+
+impl IdRules {
+    /// The first identifier rule of this tier that matches, in Santa's precedence (CDHash >
+    /// SHA-256 > signing ID > certificate > team ID). Unknown facts this tier's rules depend on
+    /// are added to `pending`.
+    fn find(
+        &self,
+        cs: &CodeSigning,
+        facts: &Facts,
+        allowed: IdAllowed,
+        pending: &mut Pending,
+    ) -> Option<Cand> {
+        // 1. CDHash, only when the kernel enforces it.
+        if allowed.cdhash && !self.cdhash.is_empty() {
+            if let Some(cd) = cs.trusted_cdhash() {
+                if let Some(&(i, a)) = self.cdhash.get(&cd.0) {
+                    return Some(Cand::Rule(i, a));
+                }
+            }
+        }
+        // 2. Binary SHA-256 (never in the message).
+        if !self.sha256.is_empty() {
+            match &facts.sha256 {
+                Some(h) => {
+                    if let Some(&(i, a)) = self.sha256.get(&h.0) {
+                        return Some(Cand::Rule(i, a));
+                    }
+                }
+                None => {
+                    pending.add(self.sha256_actions.allow, self.sha256_actions.block);
+                    pending.needs.sha256 = true;
+                }
+            }
+        }
+        // 3. Signing ID.
+        if allowed.team && !self.signing.is_empty() {
+            if let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref()) {
+                if let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id)) {
+                    return Some(Cand::Rule(i, a));
+                }
+            }
+        }
+        // 4. Certificate SHA-256 (from the helper on macOS).
+        if allowed.cert && !self.certificate.is_empty() {
+            match &facts.certificate {
+                Some(c) => {
+                    // The helper's `valid`: only a signature that validated earns an allow; a
+                    // block applies to the certificate however its signature fared.
+                    if let Some(&(i, a)) = self.certificate.get(&c.leaf_sha256.0)
+                        && (c.valid || a == Action::Block)
+                    {
+                        return Some(Cand::Rule(i, a));
+                    }
+                }
+                None => {
+                    pending.add(
+                        self.certificate_actions.allow,
+                        self.certificate_actions.block,
+                    );
+                    pending.needs.certificate = true;
+                }
+            }
+        }
+        // 5. Team ID.
+        if allowed.team && !self.team.is_empty() {
+            if let Some(t) = cs.team_id.as_deref().and_then(team_key) {
+                if let Some(&(i, a)) = self.team.get(&t) {
+                    return Some(Cand::Rule(i, a));
+                }
+            }
+        }
+        None
     }
 }
 

@@ -41,6 +41,18 @@ pub(crate) struct PolicyFile {
     pub mute: Option<Mute>,
 }
 
+/// A local rules file (`gatehouse rule add`): exec identifier rules and exec path scopes only,
+/// with the policy's keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LocalFile {
+    pub version: Spanned<i64>,
+    #[serde(default)]
+    pub exec: Vec<Spanned<ExecRule>>,
+    #[serde(default)]
+    pub exec_path: Vec<Spanned<PathRule>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KindDefaults {
@@ -80,6 +92,8 @@ pub(crate) struct Defaults {
     /// An exec of a file that is not a native binary (a script) and that no rule names is
     /// allowed by scope, as Santa allows what is not a Mach-O. Default true.
     pub allow_scripts: Option<bool>,
+    /// Santa's `EnableTransitiveRules`: compiler rules create transitive allows (default false).
+    pub transitive_rules: Option<bool>,
     #[serde(default)]
     pub kind: KindOverrides,
 }
@@ -89,6 +103,9 @@ pub(crate) struct Defaults {
 pub(crate) struct ExecRule {
     pub name: Option<Spanned<String>>,
     pub action: Action,
+    /// Santa's `ALLOWLIST_COMPILER`: files this program writes become allowed (transitive).
+    #[serde(default)]
+    pub compiler: Option<Spanned<bool>>,
     pub cdhash: Option<Spanned<String>>,
     pub sha256: Option<Spanned<String>>,
     pub signing_id: Option<Spanned<String>>,
@@ -116,6 +133,17 @@ pub(crate) enum RuleType {
     PathsWithDeniedProcesses,
     ProcessesWithAllowedPaths,
     ProcessesWithDeniedPaths,
+}
+
+impl RuleType {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RuleType::PathsWithAllowedProcesses => "paths_with_allowed_processes",
+            RuleType::PathsWithDeniedProcesses => "paths_with_denied_processes",
+            RuleType::ProcessesWithAllowedPaths => "processes_with_allowed_paths",
+            RuleType::ProcessesWithDeniedPaths => "processes_with_denied_paths",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -178,6 +206,16 @@ pub(crate) enum MountAction {
     Allow,
     Block,
     Remount,
+}
+
+impl MountAction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MountAction::Allow => "allow",
+            MountAction::Block => "block",
+            MountAction::Remount => "remount",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,8 +16,11 @@ mod cache;
 mod compile;
 mod decide;
 mod format;
+mod glob;
+pub mod local;
 pub mod santa;
 mod tables;
+pub mod transitive;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +31,7 @@ use model::{
 
 pub use cache::{CacheKey, DENY_TTL, VerdictCache};
 pub use defaults::Os;
+pub use local::{LocalRules, RuleInfo, Tier};
 
 /// Monitor never denies (except block rules and bad signatures) and records would-denies;
 /// enforce denies what no rule allows.
@@ -95,6 +99,8 @@ pub struct Policy {
     origin: String,
     source: String,
     compiled: compile::Compiled,
+    /// The local rules tier composed in, if any.
+    local: Option<LocalRules>,
 }
 
 /// The policy used when no file is given: monitor mode, self-protection on (see the file for
@@ -120,7 +126,80 @@ impl Policy {
             origin: origin.to_owned(),
             source: text.to_owned(),
             compiled,
+            local: None,
         })
+    }
+
+    /// This policy (the static tier) with `local` as its local rules tier, replacing any
+    /// before: every local rule ranks below every rule of the policy file (identifier rules
+    /// after the file's identifier rules, path scopes after the file's path scopes). `None`
+    /// removes the local tier. Local rules compiled for another OS are not composed.
+    pub fn with_local(mut self, local: Option<LocalRules>) -> Policy {
+        let c = &mut self.compiled;
+        // Drop a previous local tier: its rules follow the file's.
+        for r in c.rules.drain(c.static_rules..) {
+            c.names.remove(&r.name);
+        }
+        c.local = None;
+        self.local = None;
+        let Some(local) = local.filter(|l| l.os() == c.os) else {
+            return self;
+        };
+        let by = u32::try_from(c.rules.len()).expect("fewer than 2^32 rules");
+        c.local = Some(local.compiled.tier.clone().offset(by));
+        for (n, r) in local.compiled.rules.iter().enumerate() {
+            c.names.insert(r.name.clone(), by + n as u32);
+            c.rules.push(r.clone());
+        }
+        self.local = Some(local);
+        self
+    }
+
+    /// This policy reading transitive allows from `store` (shared: the extension adds to it
+    /// as compilers write files). They apply only with `defaults.transitive_rules = true`.
+    pub fn with_transitive(mut self, store: Option<Arc<transitive::TransitiveRules>>) -> Policy {
+        self.compiled.transitive = store;
+        self
+    }
+
+    /// Whether compiler rules create transitive allows (`defaults.transitive_rules`).
+    pub fn transitive_rules(&self) -> bool {
+        self.compiled.transitive_rules
+    }
+
+    /// Whether the decision's rule `rule` is a compiler rule whose process's output files
+    /// become transitive allows: an exec allow with `compiler = true`, and only while
+    /// `transitive_rules` is on (off, it is a plain allow, as in Santa).
+    pub fn is_compiler_rule(&self, rule: &RuleRef) -> bool {
+        self.compiled.transitive_rules
+            && self
+                .compiled
+                .names
+                .get(&rule.name)
+                .is_some_and(|&i| self.compiled.rules[i as usize].compiler)
+    }
+
+    /// The local rules tier composed in ([`Policy::with_local`]).
+    pub fn local_rules(&self) -> Option<&LocalRules> {
+        self.local.as_ref()
+    }
+
+    /// Every named rule with its tier, static first, each tier in file order.
+    pub fn rules(&self) -> Vec<RuleInfo> {
+        let c = &self.compiled;
+        c.rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RuleInfo {
+                tier: if i < c.static_rules {
+                    Tier::Static
+                } else {
+                    Tier::Local
+                },
+                name: r.name.clone(),
+                what: r.what.clone(),
+            })
+            .collect()
     }
 
     pub fn embedded_default() -> Policy {
@@ -234,7 +313,10 @@ impl Policy {
     /// package trust (Linux: `package_trust`, which the helper checks by hashing). A Linux
     /// backend can then expect first executions to go to the slow path.
     pub fn exec_rules_need_hash(&self) -> bool {
-        !self.compiled.sha256.is_empty() || self.compiled.package_trust
+        let c = &self.compiled;
+        !c.ids.sha256.is_empty()
+            || c.local.as_ref().is_some_and(|l| !l.ids.sha256.is_empty())
+            || c.package_trust
     }
 
     /// What to do with volumes already mounted when the extension starts.
@@ -254,7 +336,7 @@ impl Policy {
         self.compiled.rules[idx as usize].message.as_deref()
     }
 
-    /// Number of named rules (exec, path scopes, watch items, mounts).
+    /// Number of named rules (exec, path scopes, watch items, mounts), local rules included.
     pub fn rule_count(&self) -> usize {
         self.compiled.rules.len()
     }

@@ -138,7 +138,8 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
     // for the same key replaces an earlier one (REMOVE deletes it); keep the last, in
     // first-seen order.
     let mut order: Vec<(&'static str, String)> = Vec::new();
-    let mut last: HashMap<(&'static str, String), (&'static str, Option<String>)> = HashMap::new();
+    type Entry = (&'static str, Option<String>, bool);
+    let mut last: HashMap<(&'static str, String), Entry> = HashMap::new();
     for (n, r) in rules.iter().enumerate() {
         let n = n + 1;
         let bad = |id: &str, what: String| ImportError::Rule {
@@ -195,10 +196,12 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
         if !last.contains_key(&k) {
             order.push(k.clone());
         }
-        last.insert(k, (action, msg.map(str::to_owned)));
+        // ALLOWLIST_COMPILER keeps its meaning: a compiler rule (transitive allowlisting).
+        let compiler = policy.ends_with("_COMPILER");
+        last.insert(k, (action, msg.map(str::to_owned), compiler));
     }
     for (n, k) in order.iter().enumerate() {
-        let (action, msg) = &last[k];
+        let (action, msg, compiler) = &last[k];
         let (key, id) = k;
         let _ = write!(
             out,
@@ -208,6 +211,9 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
         );
         if let Some(m) = msg {
             let _ = writeln!(out, "message = {}", q(m));
+        }
+        if *compiler {
+            out.push_str("compiler = true\n");
         }
     }
     Ok(())
@@ -237,21 +243,13 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             .map(Vec::as_slice)
             .unwrap_or(&[])
         {
-            let mut glob = |s: &str| {
-                if s.contains(['*', '?', '[']) {
-                    notes.push(format!(
-                        "watch item {name}: path {s:?} is a glob in Santa; Gatehouse matches it literally"
-                    ));
-                }
-            };
+            // Globs keep their meaning: Gatehouse matches `*`, `?` and `[...]` as glob(3).
             if let Some(s) = p.as_string() {
-                glob(s);
                 paths.push(format!("{{ path = {}, prefix = false }}", q(s)));
             } else if let Some(d) = p.as_dictionary() {
                 let path = d.get("Path").and_then(|v| v.as_string()).ok_or_else(|| {
                     ImportError::Shape(format!("watch item {name}: a path entry has no Path"))
                 })?;
-                glob(path);
                 let prefix = d
                     .get("IsPrefix")
                     .and_then(|v| v.as_boolean())

@@ -63,6 +63,30 @@ impl<V: Copy> PathTable<V> {
         self.longest_prefix(path.as_bytes())
     }
 
+    /// Like [`PathTable::longest`], with the length of `path` the entry covers (all of it for
+    /// an exact entry) and whether it is exact, for ranking against glob matches.
+    pub(crate) fn longest_with_len(&self, path: &str) -> Option<(usize, bool, V)> {
+        if let Some(v) = self.exact.get(path) {
+            return Some((path.len(), true, *v));
+        }
+        let mut s = path.as_bytes();
+        if self.prefixes.is_empty() {
+            return None;
+        }
+        loop {
+            let idx = self.prefixes.partition_point(|(p, _)| &**p <= s);
+            if idx == 0 {
+                return None;
+            }
+            let (p, v) = &self.prefixes[idx - 1];
+            if s.starts_with(p) {
+                return Some((p.len(), false, *v));
+            }
+            let lcp = p.iter().zip(s).take_while(|(a, b)| a == b).count();
+            s = &s[..lcp];
+        }
+    }
+
     /// Longest prefix of `s` in the sorted table in O(log n) per step, and few steps: the
     /// predecessor `p` of `s` is the answer if it is a prefix of `s`; otherwise every prefix of
     /// `s` in the table is also a prefix of `p`, so it is at most `lcp(p, s)` long and the search

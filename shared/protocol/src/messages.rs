@@ -161,6 +161,12 @@ pub enum ControlRequest {
     PolicyLoadPath {
         path: String,
     },
+    /// Replace the local rules tier (`gatehouse rule add|remove`) with the file at `path`
+    /// (absolute), read like `PolicyLoadPath`; the extension composes it below the running
+    /// policy file's rules. Answered with `PolicyLoaded`. Appended last.
+    LocalRulesLoad {
+        path: String,
+    },
 }
 
 /// Summary of one latency histogram, in microseconds.

@@ -326,6 +326,17 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                 },
             }),
         ),
+        // Appended after PolicyLoadPath (variant 9).
+        (
+            "control_local_rules_load",
+            frame(&Request {
+                id: 9,
+                budget_us: 10_000_000,
+                body: ControlRequest::LocalRulesLoad {
+                    path: "/etc/gatehouse/local-rules.toml".into(),
+                },
+            }),
+        ),
     ]
 }
 

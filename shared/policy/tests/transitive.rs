@@ -1,0 +1,221 @@
+//! Compiler rules and transitive allowlisting, policy side: which rules are compiler rules,
+//! where transitive allows rank, the bounded store, and the Santa import.
+//!
+//! Santa: https://northpole.dev/features/binary-authorization#allowlist-compiler (northpolesec/santa
+//! docs/docs/features/binary-authorization.md, "ALLOWLIST_COMPILER"; docs/docs/cookbook/transitive.md)
+//! and Source/santad/SNTPolicyProcessorTest.mm (`testRule:transitiveRules:` cases: with
+//! EnableTransitiveRules off an ALLOWLIST_COMPILER rule is a plain allow and an
+//! ALLOWLIST_TRANSITIVE rule is ignored; on, the compiler rule marks its process and the
+//! transitive rule allows). Transitive rules rank below every other rule type (issue 13).
+
+mod common;
+
+use common::*;
+use model::SigningStatus::*;
+use model::{Facts, RuleRef};
+use policy::transitive::{TransitiveEntry, TransitiveRules};
+use policy::{LocalRules, Os, Policy};
+
+fn text(transitive: bool) -> String {
+    format!(
+        r#"
+version = 1
+mode = "enforce"
+
+[defaults]
+package_trust = false
+transitive_rules = {transitive}
+
+[[exec]]
+name = "cc"
+action = "allow"
+compiler = true
+signing_id = "platform:com.apple.ld"
+
+[[exec]]
+name = "blocked-team"
+action = "block"
+team_id = "ZZZZZ99999"
+
+[[exec_path]]
+name = "block-tmp"
+action = "block"
+prefix = "/tmp/"
+"#
+    )
+}
+
+fn store_with(sha: &str) -> std::sync::Arc<TransitiveRules> {
+    let s = TransitiveRules::new(2);
+    s.add(TransitiveEntry {
+        sha256: hex(sha, 32).parse().unwrap(),
+        path: "/Users/a/build/out".into(),
+        compiler_rule: "cc".into(),
+        added_ms: 1,
+    });
+    s
+}
+
+#[test]
+fn compiler_rules_only_with_transitive_rules_on() {
+    for (on, want) in [(true, true), (false, false)] {
+        let p = Policy::parse_for("p", &text(on), Os::Macos).unwrap();
+        assert_eq!(p.transitive_rules(), on);
+        assert_eq!(p.is_compiler_rule(&RuleRef::new("cc")), want, "on={on}");
+        assert!(!p.is_compiler_rule(&RuleRef::new("blocked-team")));
+        // Either way the compiler itself is allowed by its rule.
+        let ld = exec(
+            "/usr/bin/ld",
+            sig(Production, None, Some("com.apple.ld"), None, 0, true),
+        );
+        assert_eq!(summary(&p.decide(&ld, &Facts::NONE)), "allow:cc");
+    }
+    let e = Policy::parse_for(
+        "p",
+        "version = 1\nmode = \"enforce\"\n[[exec]]\nname = \"x\"\naction = \"block\"\ncompiler = true\nteam_id = \"ABCDE12345\"\n",
+        Os::Linux,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("only applies to an allow rule"),
+        "{e}"
+    );
+}
+
+#[test]
+fn transitive_allows_rank_below_every_rule_table() {
+    let unsigned = || sig(Unsigned, None, None, None, 0, false);
+    let team = || sig(Production, Some("ZZZZZ99999"), None, None, 0, false);
+    let local = LocalRules::parse_for(
+        "l",
+        &format!(
+            "version = 1\n[[exec]]\nname = \"no\"\naction = \"block\"\nsha256 = \"{}\"\n",
+            hex("ee", 32)
+        ),
+        Os::Macos,
+    )
+    .unwrap();
+    let cases = [
+        // (transitive_rules, store hash, exec path, signature, facts hash, want)
+        (
+            true,
+            "aa",
+            "/Users/a/build/out",
+            unsigned(),
+            Some("aa"),
+            "allow:transitive",
+        ),
+        // Off: the store is ignored (Santa ignores ALLOWLIST_TRANSITIVE rules).
+        (
+            false,
+            "aa",
+            "/Users/a/build/out",
+            unsigned(),
+            Some("aa"),
+            "deny:default",
+        ),
+        // A static identifier rule outranks it ...
+        (
+            true,
+            "aa",
+            "/Users/a/build/out",
+            team(),
+            Some("aa"),
+            "deny:blocked-team",
+        ),
+        // ... and so does a local one.
+        (
+            true,
+            "ee",
+            "/Users/a/build/out",
+            unsigned(),
+            Some("ee"),
+            "deny:local:no",
+        ),
+        // It outranks path scopes (it is an identifier rule, the last one).
+        (
+            true,
+            "aa",
+            "/tmp/out",
+            unsigned(),
+            Some("aa"),
+            "allow:transitive",
+        ),
+        // Unknown hash with a non-empty store: the hash is needed.
+        (true, "aa", "/Users/a/x", unsigned(), None, "analyze:sha256"),
+        (
+            true,
+            "aa",
+            "/Users/a/x",
+            unsigned(),
+            Some("bb"),
+            "deny:default",
+        ),
+    ];
+    for (on, stored, path, signing, sha, want) in cases {
+        let p = Policy::parse_for("p", &text(on), Os::Macos)
+            .unwrap()
+            .with_local(Some(local.clone()))
+            .with_transitive(Some(store_with(stored)));
+        let facts = sha.map(facts_sha).unwrap_or(Facts::NONE);
+        assert_eq!(
+            summary(&p.decide(&exec(path, signing), &facts)),
+            want,
+            "on={on} {path} {sha:?}"
+        );
+    }
+}
+
+#[test]
+fn the_store_is_bounded_and_clearable() {
+    let s = TransitiveRules::new(2);
+    let e = |b: &str| TransitiveEntry {
+        sha256: hex(b, 32).parse().unwrap(),
+        path: format!("/out/{b}"),
+        compiler_rule: "cc".into(),
+        added_ms: 0,
+    };
+    assert!(s.add(e("01")).is_none());
+    assert!(s.add(e("02")).is_none());
+    // Re-adding refreshes without growing.
+    assert!(s.add(e("01")).is_none());
+    assert_eq!(s.len(), 2);
+    // At capacity the oldest (02, since 01 was refreshed) goes.
+    assert_eq!(s.add(e("03")).map(|x| x.path), Some("/out/02".into()));
+    assert_eq!(s.evicted(), 1);
+    let paths: Vec<_> = s.list().into_iter().map(|x| x.path).collect();
+    assert_eq!(paths, ["/out/01", "/out/03"]);
+    assert!(s.contains(&[0x01; 32]) && !s.contains(&[0x02; 32]));
+    assert_eq!(s.clear(), 2);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn santa_compiler_rules_import_as_compiler_rules() {
+    let rules = r#"{"rules": [
+        {"identifier": "7f6a1d0f3e1c2b4a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4",
+         "policy": "ALLOWLIST_COMPILER", "rule_type": "BINARY"},
+        {"identifier": "platform:com.apple.ld", "policy": "allowlist_compiler",
+         "rule_type": "SIGNINGID"},
+        {"identifier": "ABCDE12345", "policy": "ALLOWLIST", "rule_type": "TEAMID"}
+    ]}"#;
+    let imported = policy::santa::import(Some(rules), None).unwrap();
+    assert_eq!(
+        imported.policy.matches("compiler = true").count(),
+        2,
+        "{}",
+        imported.policy
+    );
+    let p = Policy::parse_for("i", &imported.policy, Os::Macos).unwrap();
+    assert!(
+        !p.transitive_rules(),
+        "the import leaves EnableTransitiveRules off"
+    );
+    let names: Vec<String> = p
+        .rules()
+        .into_iter()
+        .filter(|r| r.what.ends_with("(compiler)"))
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?} in {}", imported.policy);
+}
