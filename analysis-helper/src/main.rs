@@ -201,7 +201,10 @@ fn default_peers() -> Vec<PathBuf> {
     else {
         return Vec::new();
     };
-    vec![dir.join("gatehouse-extension"), dir.join("gatehouse")]
+    // Our own executable too: `gatehouse-helper --probe` must be able to check this helper.
+    let mut peers = vec![dir.join("gatehouse-extension"), dir.join("gatehouse")];
+    peers.extend(std::env::current_exe().ok());
+    peers
 }
 
 /// macOS: the XPC mach-service listener (`analysis_helper::macos::server`). launchd starts the

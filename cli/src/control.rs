@@ -23,6 +23,7 @@ pub struct ReadArgs {
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
+    /// The extension's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
 }
@@ -39,20 +40,24 @@ pub struct PolicyLoadArgs {
     /// inline.
     #[arg(long)]
     pub by_path: bool,
+    /// The extension's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MuteCommand {
+    /// Stop deciding events for a path (runtime only: the policy's `[mute]` persists).
     Add(MuteArgs),
+    /// Undo `mute add` for the same path, scope and prefix.
     Rm(MuteArgs),
+    /// The mutes in force: the policy's and the runtime ones.
     List(ReadArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct MuteArgs {
-    /// The path to mute.
+    /// The absolute path: an executable (process mute, the default) or a target file.
     pub path: String,
     /// Mute the event's target path instead of the acting process's executable.
     #[arg(long)]
@@ -60,12 +65,14 @@ pub struct MuteArgs {
     /// Match as a prefix instead of literally.
     #[arg(long)]
     pub prefix: bool,
+    /// The extension's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
+    /// The last recorded decisions (denies, fallbacks, would-denies, audit-only matches).
     Tail(TailArgs),
 }
 
@@ -74,17 +81,88 @@ pub struct TailArgs {
     /// Keep printing new events.
     #[arg(long)]
     pub follow: bool,
+    /// How many records to print.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub lines: u32,
+    /// Print each record as the JSON object it was logged as.
     #[arg(long)]
     pub json: bool,
+    /// The extension's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum HelperCommand {
-    Ping(ReadArgs),
+    /// Ping the analysis helper: through the extension (is it connected, and the round trip),
+    /// or with --direct on the helper's own socket, with no extension needed.
+    Ping(HelperPingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HelperPingArgs {
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The extension's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Talk to the helper's socket directly (Linux), not through the extension: checks the
+    /// helper when the extension is down.
+    #[arg(long)]
+    pub direct: bool,
+    /// The helper's socket, for --direct.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HELPER_SOCKET)]
+    pub helper_socket: PathBuf,
+}
+
+/// Where this OS's helper listens (Linux; macOS uses XPC and has no socket).
+const DEFAULT_HELPER_SOCKET: &str = match defaults::Os::HOST.paths().helper_socket {
+    Some(p) => p,
+    None => "/run/gatehouse/helper.sock",
+};
+
+/// `helper ping --direct`: a ping on the helper's own socket, as the CLI role (which may only
+/// ping and read stats).
+fn ping_helper_directly(socket: &Path) -> anyhow::Result<(String, u32, u64, Duration)> {
+    use protocol::{HELPER_MAX_FRAME, HelperRequest, HelperResponse, Request, Response};
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            anyhow::anyhow!(
+                "the helper is not running: nothing listens on {} ({e}); start it (systemctl \
+                 start gatehouse-helper), or pass --helper-socket",
+                socket.display()
+            )
+        }
+        _ => anyhow::anyhow!("cannot connect to the helper at {}: {e}", socket.display()),
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let agent = format!("gatehouse/{}", env!("CARGO_PKG_VERSION"));
+    protocol::handshake::client(&mut &stream, Role::Cli, &agent)
+        .map_err(timed_out)
+        .with_context(|| format!("handshake with the helper at {} failed", socket.display()))?;
+    let sent = std::time::Instant::now();
+    let req = Request {
+        id: 1,
+        budget_us: 5_000_000,
+        body: HelperRequest::Ping,
+    };
+    protocol::unix::send_frame(&stream, &req, &[], HELPER_MAX_FRAME)
+        .map_err(timed_out)
+        .context("sending the ping to the helper failed")?;
+    let (resp, _fds): (Response<HelperResponse>, _) =
+        protocol::unix::recv_frame(&stream, HELPER_MAX_FRAME)
+            .map_err(timed_out)
+            .context("reading the helper's answer failed")?;
+    match resp.body {
+        HelperResponse::Pong {
+            agent,
+            pid,
+            uptime_ms,
+        } => Ok((agent, pid, uptime_ms, sent.elapsed())),
+        other => bail!("unexpected answer to ping from the helper: {other:?}"),
+    }
 }
 
 /// A connected, handshaken control session.
@@ -94,11 +172,18 @@ struct Session {
 
 impl Session {
     fn open(path: &Path) -> anyhow::Result<Session> {
-        let mut stream = UnixStream::connect(path).with_context(|| {
-            format!(
-                "cannot connect to the extension's control socket {}; is gatehouse-extension running, and are you root?",
+        let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                anyhow::Error::new(NotRunning {
+                    path: path.to_owned(),
+                    why: e.to_string(),
+                })
+            }
+            _ => anyhow::anyhow!(
+                "cannot connect to the extension's control socket {}: {e}; the socket is \
+                 root's: run as root",
                 path.display()
-            )
+            ),
         })?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -110,13 +195,55 @@ impl Session {
 
     fn ask(&mut self, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
         protocol::frame::write_frame(&mut self.stream, req, CONTROL_MAX_FRAME)
+            .map_err(timed_out)
             .context("sending the request to the extension failed")?;
         let resp = protocol::frame::read_frame(&mut self.stream, CONTROL_MAX_FRAME)
+            .map_err(timed_out)
             .context("reading the extension's answer failed")?;
         match resp {
             ControlResponse::Error { message } => bail!("the extension refused: {message}"),
             other => Ok(other),
         }
+    }
+}
+
+/// The extension is not running: nothing listens on its control socket. The CLI exits with
+/// [`EXIT_NOT_RUNNING`] for it, so scripts can tell "not running" from "refused".
+#[derive(Debug)]
+pub struct NotRunning {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the extension is not running: nothing listens on {} ({}); start it (systemctl start \
+             gatehouse-extension, or gatehouse run), or pass --control-socket",
+            self.path.display(),
+            self.why
+        )
+    }
+}
+
+impl std::error::Error for NotRunning {}
+
+/// Exit code when the extension is not running (documented in `gatehouse --help`).
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// A socket timeout reads as "Resource temporarily unavailable"; say what it means.
+fn timed_out(e: protocol::ProtocolError) -> anyhow::Error {
+    match &e {
+        protocol::ProtocolError::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            anyhow::anyhow!("the extension did not answer within 10 s")
+        }
+        _ => anyhow::Error::new(e),
     }
 }
 
@@ -689,6 +816,22 @@ pub fn events(c: EventsCommand) -> anyhow::Result<ExitCode> {
 
 pub fn helper(c: HelperCommand) -> anyhow::Result<ExitCode> {
     let HelperCommand::Ping(a) = c;
+    if a.direct {
+        let (agent, pid, uptime_ms, rtt) = ping_helper_directly(&a.helper_socket)?;
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        if a.json {
+            return print_json(&serde_json::json!({
+                "connected": true, "round_trip_us": us, "agent": agent, "pid": pid,
+                "uptime_ms": uptime_ms,
+            }));
+        }
+        println!(
+            "helper {} (pid {pid}, up {}) answered in {us} us",
+            escape_controls(&agent),
+            human_ms(uptime_ms)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     match ask(&a.control_socket, &ControlRequest::HelperPing)? {
         ControlResponse::HelperPong {
             connected,

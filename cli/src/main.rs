@@ -21,7 +21,12 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "gatehouse",
     version,
-    about = "Gatehouse endpoint authorization agent"
+    about = "Gatehouse endpoint authorization agent",
+    after_help = "Exit codes: 0 success; 1 failure (an error, an invalid policy, a refused \
+                  request; the message on stderr says which); 2 usage error (clap's, or \
+                  `policy import-santa` without input); 3 the extension is not running (nothing \
+                  listens on its control socket). `extension` on macOS passes the host app's \
+                  own codes through."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -102,7 +107,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // anyhow's alternate form prints the whole context chain on one line.
             eprintln!("gatehouse: error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<control::NotRunning>().is_some() {
+                ExitCode::from(control::EXIT_NOT_RUNNING)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -12,11 +12,13 @@ use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// The policy file (TOML).
     pub file: PathBuf,
     /// Compile as this OS's build does (`linux`, `macos`); on macOS `/var`, `/etc` and `/tmp`
     /// paths become `/private/...`, and each rewrite is listed.
     #[arg(long, value_name = "OS", default_value_t = Os::HOST)]
     pub os: Os,
+    /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -24,6 +26,7 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["event", "exec"])))]
 pub struct EvalArgs {
+    /// The policy file (TOML).
     pub file: PathBuf,
     /// The event as the model's JSON form (see FORMAT.md, "Event and facts JSON").
     #[arg(long)]
@@ -44,6 +47,7 @@ pub struct EvalArgs {
     /// system daemons allowed before the policy, the package-trust default.
     #[arg(long, value_name = "OS", default_value_t = Os::HOST)]
     pub os: Os,
+    /// Print machine-readable JSON (verdict, rule, slow path, fallbacks).
     #[arg(long)]
     pub json: bool,
 }

@@ -24,14 +24,18 @@ const BUDGET: Duration = Duration::from_secs(30);
 
 /// `gatehouse-helper --probe SOCKET` (a CLI-role ping), optionally under `setpriv` as nobody.
 fn probe(helper: &Helper, as_nobody: bool) -> (bool, String) {
-    let helper_bin = binary("gatehouse-helper");
+    probe_with(&binary("gatehouse-helper"), helper, as_nobody)
+}
+
+/// `EXE --probe SOCKET`, with EXE a helper binary (perhaps a copy elsewhere).
+fn probe_with(exe: &std::path::Path, helper: &Helper, as_nobody: bool) -> (bool, String) {
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&helper_bin);
+            .arg(exe);
         c
     } else {
-        Command::new(&helper_bin)
+        Command::new(exe)
     };
     let out = cmd
         .arg("--probe")
@@ -46,24 +50,38 @@ fn probe(helper: &Helper, as_nobody: bool) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Issue 14: an administrator can check the helper directly. The helper accepts its own
+/// executable's `--probe` and `gatehouse helper ping --direct` (the CLI beside it) with no
+/// extension running; any other executable, even a copy of the helper elsewhere, is refused.
 #[test]
-fn unexpected_executable_is_refused() {
-    // This helper accepts only the test executable: the helper binary (as a client) is
-    // unexpected.
-    let strict = Helper::start(&[]);
-    let (ok, text) = probe(&strict, false);
-    assert!(
-        !ok,
-        "probe from an unexpected executable was accepted: {text}"
-    );
+fn own_probe_and_direct_ping_are_accepted_other_executables_refused() {
+    let helper = Helper::start(&[]);
+    let (ok, text) = probe(&helper, false);
+    assert!(ok && text.contains("pong"), "the helper's own probe: {text}");
+    let out = Command::new(binary("gatehouse"))
+        .args(["helper", "ping", "--direct", "--helper-socket"])
+        .arg(&helper.socket)
+        .output()
+        .expect("gatehouse helper ping --direct");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("pid {}", helper.pid())), "{said}");
+    assert_eq!(helper.stats()["connections_refused"], 0);
+    // The same bytes at another path are another executable: not an allowed peer.
+    let copy = helper.dir.path().join("copied-helper");
+    std::fs::copy(binary("gatehouse-helper"), &copy).unwrap();
+    let (ok, text) = probe_with(&copy, &helper, false);
+    assert!(!ok, "a copy elsewhere was accepted: {text}");
     assert!(text.contains("is not allowed"), "{text}");
-    assert_eq!(strict.stats()["connections_refused"], 1);
-    // Control: the same probe is accepted once its executable is allowed.
-    let helper_bin = binary("gatehouse-helper");
-    let open = Helper::start(&["--allowed-exe", helper_bin.to_str().unwrap()]);
-    let (ok, text) = probe(&open, false);
-    assert!(ok && text.contains("pong"), "{text}");
-    assert_eq!(open.stats()["connections_refused"], 0);
+    assert_eq!(helper.stats()["connections_refused"], 1);
+    // Nothing listening: the CLI says the helper is not running.
+    let out = Command::new(binary("gatehouse"))
+        .args(["helper", "ping", "--direct", "--helper-socket"])
+        .arg(helper.dir.path().join("nothing.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("helper is not running"));
 }
 
 #[test]

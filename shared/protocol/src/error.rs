@@ -3,8 +3,10 @@
 /// A protocol failure. Any of these closes the connection it happened on, and nothing else.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    /// The I/O error is in the message and deliberately not a `source`: error chains
+    /// (`anyhow`'s `{:#}`) would print it twice.
     #[error("socket I/O failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("peer closed the connection")]
     Closed,
     #[error(
@@ -27,4 +29,28 @@ pub enum ProtocolError {
     Unexpected(&'static str),
     #[error("peer not authorized: {0}")]
     Unauthorized(String),
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Printed with its whole chain, an I/O failure names its cause once.
+    #[test]
+    fn io_errors_are_not_repeated_in_a_chain() {
+        let e = ProtocolError::from(std::io::Error::from_raw_os_error(11));
+        let mut chain = e.to_string();
+        let mut next = std::error::Error::source(&e);
+        while let Some(s) = next {
+            chain.push_str(&format!(": {s}"));
+            next = s.source();
+        }
+        assert_eq!(chain.matches("os error 11").count(), 1, "{chain}");
+    }
 }

@@ -1,0 +1,162 @@
+//! CLI conventions through the real `gatehouse` binary, no root needed: every command and flag
+//! has help text, every control command says "not running" with its own exit code (3) on
+//! stderr when no extension listens, and an error never repeats its cause.
+
+use std::process::{Command, Output};
+
+use tests::binary;
+
+fn gatehouse(args: &[&str]) -> Output {
+    Command::new(binary("gatehouse"))
+        .args(args)
+        .output()
+        .expect("run gatehouse")
+}
+
+/// Every command path the CLI has (kept in step with `cli/src/main.rs`: a new subcommand
+/// missing here is caught by `every_listed_command_lists_its_subcommands`).
+const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["run"],
+    &["demo"],
+    &["status"],
+    &["stats"],
+    &["policy"],
+    &["policy", "check"],
+    &["policy", "eval"],
+    &["policy", "import-santa"],
+    &["policy", "load"],
+    &["policy", "show"],
+    &["rule"],
+    &["rule", "add"],
+    &["rule", "remove"],
+    &["rule", "list"],
+    &["rule", "reload"],
+    &["mute"],
+    &["mute", "add"],
+    &["mute", "rm"],
+    &["mute", "list"],
+    &["events"],
+    &["events", "tail"],
+    &["helper"],
+    &["helper", "ping"],
+    &["extension"],
+    &["completions"],
+    &["man"],
+];
+
+/// The entries of `-h` output's Commands/Arguments/Options sections that have no text.
+fn blank_entries(help: &str) -> Vec<String> {
+    let mut in_section = false;
+    let mut blank = Vec::new();
+    for line in help.lines() {
+        if line.ends_with(':') && !line.starts_with(' ') {
+            in_section = matches!(line, "Commands:" | "Arguments:" | "Options:");
+            continue;
+        }
+        if !in_section || line.trim().is_empty() || line.starts_with("          ") {
+            continue;
+        }
+        // "  -n, --lines <LINES>  How many ..." : an entry, two spaces, its text.
+        let entry = line.trim_start();
+        if !entry.contains("  ") {
+            blank.push(entry.to_owned());
+        }
+    }
+    blank
+}
+
+#[test]
+fn every_command_and_flag_has_help_text() {
+    for path in COMMANDS {
+        let mut args = path.to_vec();
+        args.push("-h");
+        let o = gatehouse(&args);
+        assert!(o.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&o.stdout);
+        let blank = blank_entries(&help);
+        assert!(
+            blank.is_empty(),
+            "gatehouse {}: no help for {blank:?}\n{help}",
+            path.join(" ")
+        );
+    }
+}
+
+#[test]
+fn every_listed_command_lists_its_subcommands() {
+    for path in COMMANDS {
+        let mut args = path.to_vec();
+        args.push("-h");
+        let help = String::from_utf8_lossy(&gatehouse(&args).stdout).into_owned();
+        let mut in_commands = false;
+        for line in help.lines() {
+            if !line.starts_with(' ') {
+                in_commands = line == "Commands:";
+                continue;
+            }
+            let Some(name) = line.split_whitespace().next().filter(|_| in_commands) else {
+                continue;
+            };
+            if name == "help" {
+                continue;
+            }
+            let mut sub = path.to_vec();
+            sub.push(name);
+            assert!(
+                COMMANDS.contains(&sub.as_slice()),
+                "`gatehouse {}` is not in COMMANDS",
+                sub.join(" ")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_exit_codes_are_documented() {
+    let help = String::from_utf8_lossy(&gatehouse(&["--help"]).stdout).into_owned();
+    assert!(help.contains("Exit codes:"), "{help}");
+    assert!(help.contains("3 the extension is not running"), "{help}");
+}
+
+/// Scripts tell "not running" (3) from any other failure (1), the message is on stderr only,
+/// and it says what to do.
+#[test]
+fn control_commands_say_not_running_with_exit_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("control.sock");
+    // A socket file nobody listens on: connection refused.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    for socket in [&missing, &stale] {
+        let s = socket.to_str().unwrap();
+        let cases: [&[&str]; 7] = [
+            &["status", "--control-socket", s],
+            &["stats", "--json", "--control-socket", s],
+            &["policy", "show", "--control-socket", s],
+            &["mute", "list", "--control-socket", s],
+            &["mute", "add", "/usr/bin/true", "--control-socket", s],
+            &["events", "tail", "--control-socket", s],
+            &["helper", "ping", "--control-socket", s],
+        ];
+        for args in cases {
+            let o = gatehouse(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
+            assert!(
+                o.stdout.is_empty(),
+                "{args:?}: stdout must stay clean for pipes"
+            );
+            assert!(err.contains("not running"), "{args:?}: {err}");
+            assert!(err.contains(s), "{args:?}: names the socket: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+            // The cause appears once, not once per layer of context.
+            let cause = if socket == &missing {
+                "No such file"
+            } else {
+                "refused"
+            };
+            assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+        }
+    }
+}
