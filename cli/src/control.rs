@@ -78,9 +78,13 @@ pub enum EventsCommand {
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// Keep printing new events.
+    /// Keep printing new records as they are logged; none is skipped silently (a line says
+    /// how many fell out of the extension's memory, which the log file still has).
     #[arg(long)]
     pub follow: bool,
+    /// The events log file, read when the extension is not running.
+    #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.paths().events_log)]
+    pub log_file: PathBuf,
     /// How many records to print.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub lines: u32,
@@ -639,14 +643,6 @@ pub fn mute(c: MuteCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Lines of `new` after the last line we printed (`new` is a window over the same log).
-pub fn unseen<'a>(last_printed: Option<&str>, new: &'a [String]) -> &'a [String] {
-    match last_printed.and_then(|l| new.iter().rposition(|n| n == l)) {
-        Some(i) => &new[i + 1..],
-        None => new,
-    }
-}
-
 /// `s` safe to print on a terminal: every C0 control, DEL and C1 control (U+0080..U+009F), and
 /// the Unicode line separators and bidirectional overrides, written as a visible escape (`\n`,
 /// `\e`, `\x7f`, `\u{9b}`), and `\` as `\\` so an escape cannot be forged either. A path
@@ -705,6 +701,13 @@ pub fn format_event(line: &str, json: bool) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
         return escape_controls(line).into_owned();
     };
+    if let Some(n) = v.get("skipped") {
+        return format!(
+            "-- {} records not shown: no longer in the extension's memory (they are in the events \
+             log file) --",
+            escape_controls(&n.to_string())
+        );
+    }
     if let Some(n) = v.get("gap") {
         let n = n.to_string();
         return format!(
@@ -714,19 +717,18 @@ pub fn format_event(line: &str, json: bool) -> String {
     }
     let s =
         |k: &str| escape_controls(v.get(k).and_then(|x| x.as_str()).unwrap_or("?")).into_owned();
+    let at = |p: &str| v.pointer(p).and_then(|x| x.as_str());
     let reason = match v.get("reason").and_then(|x| x.as_str()) {
         Some("fallback") => format!("fallback ({})", s("why")),
-        Some("rule") => format!(
-            "rule {}",
-            escape_controls(
-                v.pointer("/rule/name")
-                    .and_then(|x| x.as_str())
-                    .unwrap_or("?")
-            )
-        ),
+        Some("rule") => format!("rule {}", escape_controls(at("/rule/name").unwrap_or("?"))),
         Some(r) => escape_controls(r).into_owned(),
         None => "?".to_owned(),
     };
+    let message = v
+        .get("message")
+        .and_then(|x| x.as_str())
+        .map(|m| format!(": \"{}\"", escape_controls(m)))
+        .unwrap_or_default();
     let flags = match (
         v.get("would_deny").and_then(|x| x.as_bool()),
         v.get("audit_only").and_then(|x| x.as_bool()),
@@ -739,16 +741,33 @@ pub fn format_event(line: &str, json: bool) -> String {
         .pointer("/event/process/pid")
         .and_then(|x| x.as_u64())
         .unwrap_or(0);
-    let exe = escape_controls(
-        v.pointer("/event/process/executable/path")
-            .and_then(|x| x.as_str())
-            .unwrap_or("?"),
-    );
+    let exe = escape_controls(at("/event/process/executable/path").unwrap_or("?"));
+    // What the event acted on, by kind (the model's JSON form: the body is flattened).
+    let e = |p: &str| at(&format!("/event{p}")).map(|t| escape_controls(t).into_owned());
+    let target = match s("kind").as_str() {
+        "exec" => e("/target/executable/path"),
+        "open" | "unlink" | "truncate" => e("/file/path"),
+        "mount" | "remount" => e("/mount/mount_point"),
+        "create" => e("/destination"),
+        "exchangedata" => e("/file1/path")
+            .zip(e("/file2/path"))
+            .map(|(a, b)| format!("{a} <-> {b}")),
+        _ => e("/source/path")
+            .zip(e("/destination"))
+            .map(|(a, b)| format!("{a} -> {b}")),
+    }
+    .unwrap_or_else(|| "?".to_owned());
+    let time = match v.get("time").and_then(|x| x.as_str()) {
+        Some(t) => escape_controls(t).into_owned(),
+        None => v
+            .get("time_ms")
+            .and_then(|x| x.as_u64())
+            .map_or_else(|| "?".to_owned(), |ms| format!("{ms} ms")),
+    };
     format!(
-        "{} {:<6} {:<5} pid {pid} ({exe}): {reason}{flags}",
-        v.get("time_ms").and_then(|x| x.as_u64()).unwrap_or(0),
-        s("kind"),
+        "{time} {:<5} {:<6} {target} by pid {pid} ({exe}): {reason}{message}{flags}",
         s("verdict"),
+        s("kind"),
     )
 }
 
@@ -758,36 +777,45 @@ pub fn format_event(line: &str, json: bool) -> String {
 pub struct EventFollower {
     socket: PathBuf,
     window: u32,
-    last: Option<String>,
+    /// The sequence number of the last line printed; `None` before the first poll.
+    cursor: Option<u64>,
 }
 
 impl EventFollower {
-    /// Up to `window` of the newest lines are fetched per poll; more new lines than that
-    /// between two polls are skipped (the extension's log file still has them).
+    /// The first poll returns the newest `window` lines; every later one returns every line
+    /// since, and says how many were no longer in memory rather than skipping them silently.
     pub fn new(socket: &Path, window: u32) -> Self {
         Self {
             socket: socket.to_owned(),
             window: window.max(1),
-            last: None,
+            cursor: None,
         }
     }
 
-    /// Lines logged since the previous poll, oldest first. Each poll is its own short
-    /// connection: the control server serves one client at a time, so a follower that kept its
-    /// session open would lock every other `gatehouse` command out.
+    /// Lines logged since the previous poll, oldest first (a `{"skipped":N}` line first when
+    /// some were lost from memory). Each poll is its own short connection: the control server
+    /// serves few clients at a time, so a follower that kept its session open would hold one.
     pub fn poll(&mut self) -> anyhow::Result<Vec<String>> {
-        let lines = match ask(
+        let after = self.cursor.unwrap_or(0);
+        let (mut lines, skipped, last) = match ask(
             &self.socket,
-            &ControlRequest::EventsTail { max: self.window },
+            &ControlRequest::EventsSince { after, max: 10_000 },
         )? {
-            ControlResponse::Events(l) => l,
+            ControlResponse::EventsSince {
+                lines,
+                skipped,
+                last,
+            } => (lines, skipped, last),
             other => return Err(unexpected("events tail", &other)),
         };
-        let new = unseen(self.last.as_deref(), &lines).to_vec();
-        if let Some(l) = lines.last() {
-            self.last = Some(l.clone());
+        if self.cursor.is_none() {
+            let keep = self.window as usize;
+            lines = lines.split_off(lines.len().saturating_sub(keep));
+        } else if skipped > 0 {
+            lines.insert(0, format!("{{\"skipped\":{skipped}}}"));
         }
-        Ok(new)
+        self.cursor = Some(last);
+        Ok(lines)
     }
 }
 
@@ -799,18 +827,60 @@ impl std::fmt::Debug for EventFollower {
     }
 }
 
+/// The last `n` lines of the events log file, read once (the extension is down, so nothing
+/// is logging, and nothing decides our open either). At most the last 1 MiB is read.
+fn file_tail(path: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 1 << 20;
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("cannot read the events log {}", path.display()))?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let start = meta.len().saturating_sub(MAX);
+    f.seek(SeekFrom::Start(start))?;
+    let mut text = String::new();
+    f.take(MAX)
+        .read_to_string(&mut text)
+        .with_context(|| format!("the events log {} is not UTF-8 text", path.display()))?;
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        // The first line was cut by the seek.
+        lines.remove(0);
+    }
+    let from = lines.len().saturating_sub(n);
+    Ok(lines[from..].iter().map(|l| (*l).to_owned()).collect())
+}
+
 pub fn events(c: EventsCommand) -> anyhow::Result<ExitCode> {
     let EventsCommand::Tail(a) = c;
     let mut follower = EventFollower::new(&a.control_socket, a.lines);
-    loop {
-        for l in follower.poll()? {
-            println!("{}", format_event(&l, a.json));
+    let first = match follower.poll() {
+        Err(e) if e.downcast_ref::<NotRunning>().is_some() && !a.follow => {
+            eprintln!(
+                "gatehouse: the extension is not running; the last records of {}:",
+                a.log_file.display()
+            );
+            for l in file_tail(&a.log_file, a.lines as usize)? {
+                println!("{}", format_event(&l, a.json));
+            }
+            return Ok(ExitCode::SUCCESS);
         }
+        other => other?,
+    };
+    for l in first {
+        println!("{}", format_event(&l, a.json));
+    }
+    loop {
         if !a.follow {
             return Ok(ExitCode::SUCCESS);
         }
         std::io::stdout().flush()?;
         std::thread::sleep(Duration::from_millis(500));
+        for l in follower.poll()? {
+            println!("{}", format_event(&l, a.json));
+        }
     }
 }
 
@@ -863,22 +933,6 @@ pub fn helper(c: HelperCommand) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unseen_table() {
-        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let cases: Vec<(Option<&str>, Vec<String>, Vec<String>)> = vec![
-            (None, w(&["a", "b"]), w(&["a", "b"])),
-            (Some("a"), w(&["a", "b", "c"]), w(&["b", "c"])),
-            (Some("c"), w(&["a", "b", "c"]), w(&[])),
-            // Scrolled past what we printed: print the whole window.
-            (Some("z"), w(&["a", "b"]), w(&["a", "b"])),
-            (Some("a"), w(&["a", "x", "a", "y"]), w(&["y"])),
-        ];
-        for (last, new, want) in cases {
-            assert_eq!(unseen(last, &new), want.as_slice(), "{last:?} {new:?}");
-        }
-    }
 
     #[test]
     fn stats_show_rates_queue_and_percentiles() {

@@ -136,7 +136,8 @@ fn control_commands_say_not_running_with_exit_code_3() {
             &["policy", "show", "--control-socket", s],
             &["mute", "list", "--control-socket", s],
             &["mute", "add", "/usr/bin/true", "--control-socket", s],
-            &["events", "tail", "--control-socket", s],
+            // Following needs the extension (reading the file once does not: below).
+            &["events", "tail", "--follow", "--control-socket", s],
             &["helper", "ping", "--control-socket", s],
         ];
         for args in cases {
@@ -159,4 +160,44 @@ fn control_commands_say_not_running_with_exit_code_3() {
             assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
         }
     }
+}
+
+/// With the extension down, `events tail` reads the events log file instead: the last `-n`
+/// records, each on one line with an RFC 3339 time, the verdict, the kind, the target, the
+/// acting process, the rule and its message; a note on stderr says where they came from.
+#[test]
+fn events_tail_reads_the_log_file_when_the_extension_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let record = |n: u32, target: &str| {
+        format!(
+            r#"{{"time":"2026-12-02T19:50:0{n}.123Z","time_ms":1,"kind":"exec","verdict":"deny","reason":"rule","rule":{{"name":"no-tmp"}},"would_deny":false,"audit_only":false,"latency_us":5,"late":false,"policy_version":1,"message":"Ask IT","event":{{"process":{{"pid":4{n},"uid":0,"executable":{{"path":"/bin/sh"}},"signing":{{"status":"unsigned"}}}},"kind":"exec","target":{{"pid":5,"uid":0,"executable":{{"path":"{target}"}},"signing":{{"status":"unsigned"}}}}}}}}"#
+        )
+    };
+    let text = [record(1, "/tmp/a"), record(2, "/tmp/b"), record(3, "/tmp/c")].join("\n") + "\n";
+    std::fs::write(&log, text).unwrap();
+    let sock = dir.path().join("control.sock");
+    let o = gatehouse(&[
+        "events",
+        "tail",
+        "-n",
+        "2",
+        "--control-socket",
+        sock.to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("not running") && err.contains("events.jsonl"), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "2026-12-02T19:50:02.123Z deny  exec   /tmp/b by pid 42 (/bin/sh): rule no-tmp: \"Ask IT\"",
+            "2026-12-02T19:50:03.123Z deny  exec   /tmp/c by pid 43 (/bin/sh): rule no-tmp: \"Ask IT\"",
+        ],
+        "{out}"
+    );
 }

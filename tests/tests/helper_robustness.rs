@@ -57,14 +57,21 @@ fn probe_with(exe: &std::path::Path, helper: &Helper, as_nobody: bool) -> (bool,
 fn own_probe_and_direct_ping_are_accepted_other_executables_refused() {
     let helper = Helper::start(&[]);
     let (ok, text) = probe(&helper, false);
-    assert!(ok && text.contains("pong"), "the helper's own probe: {text}");
+    assert!(
+        ok && text.contains("pong"),
+        "the helper's own probe: {text}"
+    );
     let out = Command::new(binary("gatehouse"))
         .args(["helper", "ping", "--direct", "--helper-socket"])
         .arg(&helper.socket)
         .output()
         .expect("gatehouse helper ping --direct");
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(said.contains(&format!("pid {}", helper.pid())), "{said}");
     assert_eq!(helper.stats()["connections_refused"], 0);
     // The same bytes at another path are another executable: not an allowed peer.

@@ -657,6 +657,14 @@ impl<R: Responder> Server<R> {
             ControlRequest::EventsTail { max } => {
                 ControlResponse::Events(s.recent.tail(max.min(10_000) as usize))
             }
+            ControlRequest::EventsSince { after, max } => {
+                let got = s.recent.since(after, max.min(10_000) as usize);
+                ControlResponse::EventsSince {
+                    lines: got.lines,
+                    skipped: got.skipped,
+                    last: got.last,
+                }
+            }
             ControlRequest::HelperPing => match self.helper.ping(Duration::from_secs(2)) {
                 Ok((
                     HelperResponse::Pong {

@@ -52,9 +52,56 @@ pub struct LogRecord {
     pub at: SystemTime,
 }
 
+/// Who wrote a record, for log pipelines that gather many machines: read once, when the core
+/// is configured, never on an answering thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostIds {
+    pub hostname: String,
+    /// Linux `/etc/machine-id`; `None` where there is none.
+    pub machine_id: Option<String>,
+}
+
+impl HostIds {
+    /// This Linux machine's (`/proc/sys/kernel/hostname`, `/etc/machine-id`); empty fields
+    /// where a file cannot be read.
+    pub fn linux() -> Self {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty() && s.len() <= 255)
+        };
+        Self {
+            hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
+            machine_id: read("/etc/machine-id"),
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-12-02T19:50:01.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let ms = t.millisecond();
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    match t.format(&time::format_description::well_known::Rfc3339) {
+        // `...:SSZ` -> `...:SS.mmmZ`
+        Ok(s) => match s.strip_suffix('Z') {
+            Some(head) => format!("{head}.{ms:03}Z"),
+            None => s,
+        },
+        Err(_) => String::new(),
+    }
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
+    /// RFC 3339 UTC, for log pipelines; `time_ms` stays for scripts that read epoch ms.
+    time: String,
     time_ms: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    host: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine_id: Option<&'a str>,
     kind: &'static str,
     verdict: model::Verdict,
     #[serde(flatten)]
@@ -64,12 +111,25 @@ struct Line<'a> {
     latency_us: u64,
     late: bool,
     policy_version: u64,
+    /// The deciding rule's `message` (what the person blocked is told).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
     event: &'a Event,
 }
 
 impl LogRecord {
+    /// The record as one JSON line, without host fields or rule message (tests).
     pub fn to_json(&self) -> String {
+        self.to_line(&HostIds::default(), None)
+    }
+
+    /// The record as one JSON line, stamped with `host` and the rule's `message`.
+    pub fn to_line(&self, host: &HostIds, message: Option<&str>) -> String {
         let line = Line {
+            time: rfc3339(self.at),
+            host: &host.hostname,
+            machine_id: host.machine_id.as_deref(),
+            message,
             time_ms: epoch_ms(self.at),
             kind: self.event.kind().as_str(),
             verdict: self.decision.verdict,
@@ -105,29 +165,76 @@ impl LogSender {
     }
 }
 
-/// Recent lines kept in memory for `events tail`.
+/// Recent lines kept in memory for `events tail`, each with its sequence number in this run
+/// (1, 2, ...), so a follower can ask for what came after the last line it saw.
 #[derive(Debug)]
 pub struct RecentLines {
-    lines: Mutex<VecDeque<String>>,
+    lines: Mutex<Recent>,
     cap: usize,
+}
+
+#[derive(Debug)]
+struct Recent {
+    lines: VecDeque<(u64, String)>,
+    last: u64,
+}
+
+/// What [`RecentLines::since`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub lines: Vec<String>,
+    /// Lines after the cursor that are no longer in memory (they are in the log file).
+    pub skipped: u64,
+    /// The sequence number of the last line returned (or the cursor when none).
+    pub last: u64,
 }
 
 impl RecentLines {
     fn push(&self, line: String) {
-        let mut l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        if l.len() == self.cap {
-            l.pop_front();
+        let mut r = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if r.lines.len() == self.cap {
+            r.lines.pop_front();
         }
-        l.push_back(line);
+        r.last += 1;
+        let seq = r.last;
+        r.lines.push_back((seq, line));
     }
 
     /// The last `max` lines, oldest first.
     pub fn tail(&self, max: usize) -> Vec<String> {
-        let l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        l.iter()
-            .skip(l.len().saturating_sub(max))
-            .cloned()
+        let r = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        r.lines
+            .iter()
+            .skip(r.lines.len().saturating_sub(max))
+            .map(|(_, l)| l.clone())
             .collect()
+    }
+
+    /// Up to `max` lines after sequence number `after`, oldest first, and how many lines
+    /// after `after` were already gone from memory: a follower is told, never silently
+    /// skipped. `after = 0` starts from the oldest line held.
+    pub fn since(&self, after: u64, max: usize) -> Since {
+        let r = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        // A cursor past the newest line comes from before a restart (numbers start again).
+        let after = if after > r.last { 0 } else { after };
+        let oldest = r.lines.front().map_or(r.last + 1, |(s, _)| *s);
+        let skipped = if after == 0 {
+            0
+        } else {
+            oldest.saturating_sub(after + 1)
+        };
+        let lines: Vec<(u64, String)> = r
+            .lines
+            .iter()
+            .filter(|(s, _)| *s > after)
+            .take(max)
+            .cloned()
+            .collect();
+        Since {
+            last: lines.last().map_or(after, |(s, _)| *s),
+            lines: lines.into_iter().map(|(_, l)| l).collect(),
+            skipped,
+        }
     }
 }
 
@@ -144,7 +251,10 @@ pub fn channel(
         },
         rx,
         Arc::new(RecentLines {
-            lines: Mutex::new(VecDeque::with_capacity(recent.min(4096))),
+            lines: Mutex::new(Recent {
+                lines: VecDeque::with_capacity(recent.min(4096)),
+                last: 0,
+            }),
             cap: recent.max(1),
         }),
     )
@@ -604,6 +714,19 @@ pub(crate) fn run_writer(
     setup: WriterSetup,
 ) {
     let m = &shared.metrics;
+    let host = &shared.config.host;
+    // The deciding rule's message, from the policy the record was decided under (a record
+    // from before a reload gets none rather than the new policy's).
+    let line = |r: &LogRecord| {
+        let snapshot = shared.store.load();
+        let message = match &r.decision.reason {
+            model::Reason::Rule { rule } if snapshot.version == r.policy_version => {
+                snapshot.policy.rule_message(rule).map(str::to_owned)
+            }
+            _ => None,
+        };
+        r.to_line(host, message.as_deref())
+    };
     let mut writer = setup
         .path
         .map(|p| Writer::new(DiskFiles::new(p), setup.cfg));
@@ -631,12 +754,12 @@ pub(crate) fn run_writer(
         let Some(first) = first else { break };
         let batch: Vec<String> = std::iter::once(first)
             .chain(rx.try_iter().take(BATCH - 1))
-            .map(|r| r.to_json())
+            .map(|r| line(&r))
             .collect();
         emit(batch, false);
     }
     loop {
-        let batch: Vec<String> = rx.try_iter().take(BATCH).map(|r| r.to_json()).collect();
+        let batch: Vec<String> = rx.try_iter().take(BATCH).map(|r| line(&r)).collect();
         if batch.is_empty() {
             break;
         }

@@ -128,6 +128,8 @@ pub struct CoreConfig {
     /// (`startup_mounts`; the policy's `mounted_at_start`). `None`: no such pass (Linux,
     /// whose kernel reports no mounts to fanotify).
     pub mounted_volumes: Option<startup_mounts::MountSource>,
+    /// Hostname and machine id stamped on every events-log record.
+    pub host: eventlog::HostIds,
     /// The local rules file (`gatehouse rule add`), composed below the policy at start: a
     /// missing file means no local rules; an unreadable or invalid one is logged and skipped,
     /// never a reason not to start. `None` reads none.
@@ -172,6 +174,7 @@ impl CoreConfig {
                     .expect("the macOS set fits MAX_TRUSTED (tested)"),
             ),
             mounted_volumes: None,
+            host: eventlog::HostIds::default(),
             local_rules: Some(PathBuf::from(defaults::Os::HOST.local_rules())),
         }
     }
@@ -184,6 +187,7 @@ impl CoreConfig {
             backend_name: "fanotify".to_owned(),
             trusted: Arc::new(trusted::TrustedSet::empty()),
             mounted_volumes: None,
+            host: eventlog::HostIds::linux(),
             ..Self::endpoint_security()
         }
     }

@@ -167,6 +167,12 @@ pub enum ControlRequest {
     LocalRulesLoad {
         path: String,
     },
+    /// Up to `max` events-log lines after sequence number `after` (0: from the oldest held),
+    /// for `events tail --follow`, which never skips silently. Appended last.
+    EventsSince {
+        after: u64,
+        max: u32,
+    },
 }
 
 /// Summary of one latency histogram, in microseconds.
@@ -225,5 +231,12 @@ pub enum ControlResponse {
     Ok,
     Error {
         message: String,
+    },
+    /// Answer to [`ControlRequest::EventsSince`]: the lines, how many lines after the cursor
+    /// were no longer in memory (they are in the log file), and the new cursor.
+    EventsSince {
+        lines: Vec<String>,
+        skipped: u64,
+        last: u64,
     },
 }
