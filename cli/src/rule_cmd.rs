@@ -38,6 +38,7 @@ pub struct FileArgs {
     /// The local rules file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_RULES_FILE)]
     pub rules_file: PathBuf,
+    /// The extension's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
     /// Only write the file; do not ask the extension to load it.
@@ -59,6 +60,7 @@ pub enum RuleAction {
     "sha256", "file", "cdhash", "signing_id", "certificate", "team_id", "path_prefix", "path_regex",
 ])))]
 pub struct AddArgs {
+    /// Allow or block what the rule names.
     #[arg(long, value_enum)]
     pub action: RuleAction,
     /// The executable's SHA-256 (64 hex).
@@ -67,6 +69,7 @@ pub struct AddArgs {
     /// The SHA-256 of this file, computed here.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// The code directory hash (40 hex; macOS, counted only when the kernel enforces it).
     #[arg(long)]
     pub cdhash: Option<String>,
     /// `TEAMID:signing.id` or `platform:signing.id`.
@@ -75,6 +78,7 @@ pub struct AddArgs {
     /// Leaf certificate SHA-256 (64 hex).
     #[arg(long)]
     pub certificate: Option<String>,
+    /// The signing team id (10 letters or digits; macOS).
     #[arg(long)]
     pub team_id: Option<String>,
     /// An exec path scope: a plain string prefix of the executable's path.
@@ -95,6 +99,7 @@ pub struct AddArgs {
 
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
+    /// Rule names or identifiers, as `rule list` shows them.
     #[arg(required = true)]
     pub keys: Vec<String>,
     #[command(flatten)]
@@ -106,10 +111,13 @@ pub struct ListArgs {
     /// The policy file (the static tier); without it, the OS default or the embedded default.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// The local rules file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_RULES_FILE)]
     pub rules_file: PathBuf,
+    /// Compile the rules as this OS's build does (`linux`, `macos`).
     #[arg(long, value_name = "OS", default_value_t = Os::HOST)]
     pub os: Os,
+    /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -246,7 +246,17 @@ fn helper_answering_garbage_gets_fallbacks() {
         let dir = tempfile::tempdir().unwrap();
         let helper = FakeHelper::start(&dir.path().join("h.sock"), behaviour);
         let rig = start(test_config(Some(&helper.path)));
-        wait_connected(&rig.core, true);
+        // A garbage helper is connected only until its first answer (the core's probe ping
+        // may come first), so sampling `helper_connected` can miss it: wait for the
+        // connection to have happened, which is what the counter records.
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while counter(&rig.core, "helper_connects") == 0 {
+            assert!(
+                std::time::Instant::now() < end,
+                "{behaviour:?}: never connected"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let (execs, opens) = deliver_mix(&rig, 0, 40, Duration::from_millis(800));
         let n = all_sent(&execs, &opens);
         assert_eq!(

@@ -41,26 +41,41 @@ const COMMANDS: &[&[&str]] = &[
     &["helper"],
     &["helper", "ping"],
     &["extension"],
+    &["extension", "activate"],
+    &["extension", "deactivate"],
+    &["extension", "status"],
     &["completions"],
     &["man"],
 ];
 
-/// The entries of `-h` output's Commands/Arguments/Options sections that have no text.
+/// The entries of `-h` output's Commands/Arguments/Options sections that have no text: an
+/// entry is followed by its text on the same line (two spaces apart) or, in clap's long
+/// layout, on the next line, indented further.
 fn blank_entries(help: &str) -> Vec<String> {
     let mut in_section = false;
     let mut blank = Vec::new();
-    for line in help.lines() {
-        if line.ends_with(':') && !line.starts_with(' ') {
-            in_section = matches!(line, "Commands:" | "Arguments:" | "Options:");
+    let lines: Vec<&str> = help.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        // A line at column 0 is a section heading or text after the sections.
+        if !line.starts_with(' ') {
+            in_section = matches!(*line, "Commands:" | "Arguments:" | "Options:");
             continue;
         }
         if !in_section || line.trim().is_empty() || line.starts_with("          ") {
             continue;
         }
-        // "  -n, --lines <LINES>  How many ..." : an entry, two spaces, its text.
         let entry = line.trim_start();
-        if !entry.contains("  ") {
-            blank.push(entry.to_owned());
+        // The text: after two spaces on the same line, else the next, further-indented line.
+        // Only "[default: ...]" or "[possible values: ...]" is no text.
+        let text = match entry.split_once("  ") {
+            Some((_, t)) => t.trim(),
+            None => lines
+                .get(i + 1)
+                .filter(|next| next.starts_with("          "))
+                .map_or("", |next| next.trim()),
+        };
+        if text.is_empty() || text.starts_with('[') {
+            blank.push(entry.split("  ").next().unwrap_or(entry).to_owned());
         }
     }
     blank
@@ -174,7 +189,13 @@ fn events_tail_reads_the_log_file_when_the_extension_is_down() {
             r#"{{"time":"2026-12-02T19:50:0{n}.123Z","time_ms":1,"kind":"exec","verdict":"deny","reason":"rule","rule":{{"name":"no-tmp"}},"would_deny":false,"audit_only":false,"latency_us":5,"late":false,"policy_version":1,"message":"Ask IT","event":{{"process":{{"pid":4{n},"uid":0,"executable":{{"path":"/bin/sh"}},"signing":{{"status":"unsigned"}}}},"kind":"exec","target":{{"pid":5,"uid":0,"executable":{{"path":"{target}"}},"signing":{{"status":"unsigned"}}}}}}}}"#
         )
     };
-    let text = [record(1, "/tmp/a"), record(2, "/tmp/b"), record(3, "/tmp/c")].join("\n") + "\n";
+    let text = [
+        record(1, "/tmp/a"),
+        record(2, "/tmp/b"),
+        record(3, "/tmp/c"),
+    ]
+    .join("\n")
+        + "\n";
     std::fs::write(&log, text).unwrap();
     let sock = dir.path().join("control.sock");
     let o = gatehouse(&[
@@ -190,7 +211,10 @@ fn events_tail_reads_the_log_file_when_the_extension_is_down() {
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{out}{err}");
-    assert!(err.contains("not running") && err.contains("events.jsonl"), "{err}");
+    assert!(
+        err.contains("not running") && err.contains("events.jsonl"),
+        "{err}"
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,

@@ -249,6 +249,28 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "control_events_since",
+            frame(&Request {
+                id: 11,
+                budget_us: 10_000_000,
+                body: ControlRequest::EventsSince {
+                    after: 41,
+                    max: 10_000,
+                },
+            }),
+        ),
+        (
+            "control_events_since_answer",
+            frame(&Response {
+                id: 11,
+                body: ControlResponse::EventsSince {
+                    lines: vec![serde_json::to_string(&open).unwrap()],
+                    skipped: 3,
+                    last: 45,
+                },
+            }),
+        ),
+        (
             "helper_error",
             frame(&Response {
                 id: 9,
