@@ -181,15 +181,16 @@ impl RpmTrust {
     fn index_for(&self, stamp: Stamp, deadline: Instant) -> Result<Arc<Index>, AnalysisError> {
         let mut state = self.shared.lock();
         loop {
-            if let Some((s, index)) = &state.index {
-                if *s == stamp {
-                    return Ok(index.clone());
-                }
+            if let Some((s, index)) = &state.index
+                && *s == stamp
+            {
+                return Ok(index.clone());
             }
-            if let Some((s, at, why)) = &state.failed {
-                if *s == stamp && at.elapsed() < RETRY_AFTER {
-                    return Err(AnalysisError::Internal(why.clone()));
-                }
+            if let Some((s, at, why)) = &state.failed
+                && *s == stamp
+                && at.elapsed() < RETRY_AFTER
+            {
+                return Err(AnalysisError::Internal(why.clone()));
             }
             if !state.building {
                 state.building = true;

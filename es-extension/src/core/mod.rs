@@ -512,11 +512,10 @@ impl<R: Responder> Core<R> {
                         },
                         // Once, when the backend has its policy in force: volumes mounted
                         // before we started.
-                        recv(startup) -> go => if go.is_ok() {
-                            if let Some(source) = &source {
+                        recv(startup) -> go => if go.is_ok()
+                            && let Some(source) = &source {
                                 startup_mounts::run(&s, &h, source, &stop);
-                            }
-                        },
+                            },
                         recv(stop) -> _ => break,
                     }
                 }

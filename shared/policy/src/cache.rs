@@ -74,10 +74,10 @@ impl VerdictCache {
     /// identity (mounts, creates, files the backend could not stat).
     pub fn key_for(event: &Event) -> Option<CacheKey> {
         let kind = event.kind();
-        if let EventBody::Exec { target } = &event.body {
-            if let Some(cd) = target.signing.trusted_cdhash() {
-                return Some(CacheKey::CdHash(kind, cd));
-            }
+        if let EventBody::Exec { target } = &event.body
+            && let Some(cd) = target.signing.trusted_cdhash()
+        {
+            return Some(CacheKey::CdHash(kind, cd));
         }
         let id = event.subject_file()?.identity?;
         Some(CacheKey::File(kind, id))
@@ -99,21 +99,21 @@ impl VerdictCache {
     pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Decision> {
         for i in self.slots_for(key) {
             let guard = self.slots[i].load();
-            if let Some(e) = guard.as_deref() {
-                if e.key == *key {
-                    if !e.live(now) {
-                        return None;
-                    }
-                    return Some(Decision {
-                        verdict: e.verdict,
-                        reason: Reason::Cached,
-                        cacheable: e.cacheable,
-                        would_deny: e.would_deny,
-                        audit_only: e.audit_only,
-                        // Mount decisions are never cached, so no cached one remounts.
-                        remount: None,
-                    });
+            if let Some(e) = guard.as_deref()
+                && e.key == *key
+            {
+                if !e.live(now) {
+                    return None;
                 }
+                return Some(Decision {
+                    verdict: e.verdict,
+                    reason: Reason::Cached,
+                    cacheable: e.cacheable,
+                    would_deny: e.would_deny,
+                    audit_only: e.audit_only,
+                    // Mount decisions are never cached, so no cached one remounts.
+                    remount: None,
+                });
             }
         }
         None

@@ -1368,20 +1368,20 @@ fn compile_process(
         (None, Some(sig)) => Some(sig.team == SigTeam::Platform),
         (None, None) => None,
     };
-    if let (Some(team_is_platform), Some(want)) = (team_platform, e.platform_binary) {
-        if team_is_platform != want {
-            return err(
-                p.span(),
-                format!(
-                    "a process entry with platform_binary = {want} cannot also name {}",
-                    if team_is_platform {
-                        "the \"platform\" team"
-                    } else {
-                        "a team id (platform binaries have none)"
-                    }
-                ),
-            );
-        }
+    if let (Some(team_is_platform), Some(want)) = (team_platform, e.platform_binary)
+        && team_is_platform != want
+    {
+        return err(
+            p.span(),
+            format!(
+                "a process entry with platform_binary = {want} cannot also name {}",
+                if team_is_platform {
+                    "the \"platform\" team"
+                } else {
+                    "a team id (platform binaries have none)"
+                }
+            ),
+        );
     }
     let empty = m.signing_id.is_none()
         && m.team_id.is_none()

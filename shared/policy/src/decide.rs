@@ -556,12 +556,12 @@ impl IdRules {
         pending: &mut Pending,
     ) -> Option<Cand> {
         // 1. CDHash, only when the kernel enforces it.
-        if allowed.cdhash && !self.cdhash.is_empty() {
-            if let Some(cd) = cs.trusted_cdhash() {
-                if let Some(&(i, a)) = self.cdhash.get(&cd.0) {
-                    return Some(Cand::Rule(i, a));
-                }
-            }
+        if allowed.cdhash
+            && !self.cdhash.is_empty()
+            && let Some(cd) = cs.trusted_cdhash()
+            && let Some(&(i, a)) = self.cdhash.get(&cd.0)
+        {
+            return Some(Cand::Rule(i, a));
         }
         // 2. Binary SHA-256 (never in the message).
         if !self.sha256.is_empty() {
@@ -578,12 +578,12 @@ impl IdRules {
             }
         }
         // 3. Signing ID.
-        if allowed.team && !self.signing.is_empty() {
-            if let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref()) {
-                if let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id)) {
-                    return Some(Cand::Rule(i, a));
-                }
-            }
+        if allowed.team
+            && !self.signing.is_empty()
+            && let (Some(team), Some(id)) = (SigTeam::of(cs), cs.signing_id.as_deref())
+            && let Some(&(i, a)) = self.signing.get(&team).and_then(|m| m.get(id))
+        {
+            return Some(Cand::Rule(i, a));
         }
         // 4. Certificate SHA-256 (from the helper on macOS).
         if allowed.cert && !self.certificate.is_empty() {
@@ -607,12 +607,12 @@ impl IdRules {
             }
         }
         // 5. Team ID.
-        if allowed.team && !self.team.is_empty() {
-            if let Some(t) = cs.team_id.as_deref().and_then(team_key) {
-                if let Some(&(i, a)) = self.team.get(&t) {
-                    return Some(Cand::Rule(i, a));
-                }
-            }
+        if allowed.team
+            && !self.team.is_empty()
+            && let Some(t) = cs.team_id.as_deref().and_then(team_key)
+            && let Some(&(i, a)) = self.team.get(&t)
+        {
+            return Some(Cand::Rule(i, a));
         }
         None
     }
@@ -655,15 +655,15 @@ enum Tri {
 fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts) -> Tri {
     let cs = &process.signing;
     let production = cs.status == SigningStatus::Production;
-    if let Some(bp) = &p.binary_path {
-        if process.executable.path != **bp {
-            return Tri::No;
-        }
+    if let Some(bp) = &p.binary_path
+        && process.executable.path != **bp
+    {
+        return Tri::No;
     }
-    if let Some(want) = p.platform_binary {
-        if is_platform(cs) != want {
-            return Tri::No;
-        }
+    if let Some(want) = p.platform_binary
+        && is_platform(cs) != want
+    {
+        return Tri::No;
     }
     if let Some(sig) = &p.signing_id {
         let ok = production
@@ -756,10 +756,10 @@ fn mount_matches(m: &CompiledMount, mount: &MountInfo, facts: &Facts) -> Tri {
     if !disposition_ok {
         return Tri::No;
     }
-    if let Some(types) = &m.fs_type {
-        if !types.iter().any(|t| t.eq_ignore_ascii_case(&mount.fs_type)) {
-            return Tri::No;
-        }
+    if let Some(types) = &m.fs_type
+        && !types.iter().any(|t| t.eq_ignore_ascii_case(&mount.fs_type))
+    {
+        return Tri::No;
     }
     if let Some(hosts) = &m.network_hosts {
         let ok = mount.disposition == MountDisposition::Network

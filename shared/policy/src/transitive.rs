@@ -76,11 +76,11 @@ impl TransitiveRules {
         }
         order.push_back(key);
         let mut evicted = None;
-        if order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                evicted = by_hash.remove(&old);
-                self.evicted.fetch_add(1, Ordering::Relaxed);
-            }
+        if order.len() > self.capacity
+            && let Some(old) = order.pop_front()
+        {
+            evicted = by_hash.remove(&old);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
         }
         self.current.store(Arc::new(Snapshot { by_hash, order }));
         evicted

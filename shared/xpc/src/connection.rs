@@ -78,10 +78,10 @@ impl Connection {
         let svc = Arc::clone(&service);
         let handler = RcBlock::new(move |obj: *mut c_void| {
             // SAFETY: libxpc lends the handler a live object for the call's duration.
-            if let Delivered::Error(kind) = unsafe { classify(obj.cast()) } {
-                if let Some(cb) = &on_error {
-                    cb(kind.into_error(&svc));
-                }
+            if let Delivered::Error(kind) = unsafe { classify(obj.cast()) }
+                && let Some(cb) = &on_error
+            {
+                cb(kind.into_error(&svc));
             }
             // A client connection accepts no unsolicited messages: anything else is ignored.
         });
