@@ -170,6 +170,7 @@ fn gatehouse_listener(scratch: &std::path::Path, stall: bool) {
         muted,
         sink: WorkerSink { tx },
         deadline: Box::new(|_| Duration::from_secs(5)),
+        flags_matter: Box::new(|| true),
         waker,
         stall: knob,
     }

@@ -189,6 +189,9 @@ pub(crate) struct Compiled {
     /// Files that are not native binaries (scripts) pass by scope when no rule names them.
     pub allow_scripts: bool,
     pub mounted_at_start: crate::MountedAtStart,
+    /// Some watch item exempts read-only opens (`allow_read_access` on `open`): only then does
+    /// how an open opens its file change a decision.
+    pub open_flags_matter: bool,
     pub kinds: [KindSettings; EventKind::ALL.len()],
     pub rules: Vec<RuleMeta>,
     pub names: HashMap<String, u32>,
@@ -813,7 +816,11 @@ pub(crate) fn compile(origin: &str, text: &str, os: Os) -> Result<Compiled, Poli
     let mute_target = table(MuteScope::Target);
 
     let package_trust = defaults.package_trust.unwrap_or(os == Os::Linux);
+    let open_flags_matter = watches
+        .iter()
+        .any(|w| w.allow_read_access && w.ops.contains(Operation::Open));
     Ok(Compiled {
+        open_flags_matter,
         mode: file.mode,
         bad_signature_protection: defaults.bad_signature_protection.unwrap_or(true),
         package_trust,

@@ -319,6 +319,14 @@ impl Policy {
             || c.package_trust
     }
 
+    /// Whether an open's access flags can change any decision (a watch item exempts read-only
+    /// opens). When not, a backend that pays to learn them (Linux reads
+    /// `/proc/<tid>/syscall`) can skip that: an open of unknown flags is decided as possibly
+    /// modifying, which is the same answer here.
+    pub fn open_flags_matter(&self) -> bool {
+        self.compiled.open_flags_matter
+    }
+
     /// What to do with volumes already mounted when the extension starts.
     pub fn mounted_at_start(&self) -> MountedAtStart {
         self.compiled.mounted_at_start

@@ -721,3 +721,30 @@ fn mounted_at_start_values() {
         assert_eq!(got.as_ref().ok().copied(), want, "{value:?}: {got:?}");
     }
 }
+
+/// Open flags matter only where a watch item covering opens exempts reads.
+#[test]
+fn open_flags_matter_only_with_a_read_exemption() {
+    let watch = |extra: &str| {
+        format!(
+            "version = 1\nmode = \"enforce\"\n[[watch]]\nname = \"w\"\npaths = [{{ path = \"/s/\", prefix = true }}]\n{extra}"
+        )
+    };
+    let cases = [
+        ("version = 1\nmode = \"enforce\"\n".to_owned(), false),
+        (watch(""), false),
+        (watch("allow_read_access = true\n"), true),
+        (
+            watch("allow_read_access = true\noperations = [\"unlink\"]\n"),
+            false,
+        ),
+        (
+            watch("allow_read_access = true\noperations = [\"open\", \"rename\"]\n"),
+            true,
+        ),
+    ];
+    for (text, want) in cases {
+        let p = Policy::parse("f.toml", &text).unwrap();
+        assert_eq!(p.open_flags_matter(), want, "{text}");
+    }
+}

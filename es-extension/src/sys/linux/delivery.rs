@@ -44,6 +44,10 @@ pub trait Sink {
 /// Our per-kind deadline (the kernel never times a permission event out).
 pub type DeadlineFn = Box<dyn Fn(EventKind) -> Duration + Send>;
 
+/// Whether the running policy needs an open's access flags (`Policy::open_flags_matter`): a
+/// lock-free policy load, so the delivery thread may call it per event.
+pub type FlagsMatterFn = Box<dyn Fn() -> bool + Send>;
+
 /// Wakes the delivery thread for shutdown.
 #[derive(Debug, Clone)]
 pub struct Waker {
@@ -88,6 +92,9 @@ pub struct DeliveryLoop<S: Sink> {
     pub muted: Arc<Muted>,
     pub sink: S,
     pub deadline: DeadlineFn,
+    /// Read the opener's flags only when the policy can use them: the `/proc/<tid>/syscall`
+    /// read is the largest cost on the delivery thread after the answer itself.
+    pub flags_matter: FlagsMatterFn,
     pub waker: Waker,
     pub stall: Arc<StallKnob>,
 }
@@ -324,6 +331,12 @@ impl<S: Sink> DeliveryLoop<S> {
                 }
                 let access = match kind {
                     PermKind::Exec => None,
+                    // Unknown flags are decided as possibly modifying, which is every answer
+                    // a policy without read exemptions gives anyway.
+                    PermKind::Open if !(self.flags_matter)() => {
+                        c.opener.skipped.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
                     PermKind::Open => match opener::read(pid, opener::QUICK_RETRIES, &c.opener) {
                         Flags::Known(a) => a,
                         Flags::Running if parked.len() < MAX_PARKED => {

@@ -47,6 +47,8 @@ pub struct OpenerCounters {
     pub still_running: AtomicU64,
     /// Longest time from an event's arrival to its flags, for parked events, in microseconds.
     pub park_us_max: AtomicU64,
+    /// Opens whose flags were not read because the policy has no use for them.
+    pub skipped: AtomicU64,
 }
 
 /// What one look at the opener found.

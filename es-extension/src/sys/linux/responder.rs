@@ -117,6 +117,7 @@ impl Counters {
             ("opener.parked".into(), g(&self.opener.parked)),
             ("opener.still_running".into(), g(&self.opener.still_running)),
             ("opener.park_us_max".into(), g(&self.opener.park_us_max)),
+            ("opener.flags_skipped".into(), g(&self.opener.skipped)),
         ]
     }
 }

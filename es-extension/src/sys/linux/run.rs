@@ -423,6 +423,10 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
                 let core = Arc::clone(&core);
                 Box::new(move |k| core.policy().policy.deadline(k))
             },
+            flags_matter: {
+                let core = Arc::clone(&core);
+                Box::new(move || core.policy().policy.open_flags_matter())
+            },
             waker: waker.clone(),
             stall,
         };
