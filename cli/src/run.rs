@@ -854,12 +854,23 @@ mod linux {
     }
 
     /// Run one demo step. A kernel refusal of the exec itself (EPERM from `execve`) is an
-    /// `Err` carrying that `io::Error`, printed like any other outcome.
-    fn step(what: &str, cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    /// `Err` carrying that `io::Error`. `expect_refusal`: the step shows a block, so a refusal
+    /// is reported as expected and a success as unexpected (and the other way round).
+    fn step(
+        what: &str,
+        cmd: &mut Command,
+        expect_refusal: bool,
+    ) -> std::io::Result<std::process::Output> {
+        let verdict = |refused: bool| match (refused, expect_refusal) {
+            (true, true) => "refused, as expected:",
+            (false, false) => "ok, as expected:",
+            (true, false) => "UNEXPECTED refusal:",
+            (false, true) => "UNEXPECTED success:",
+        };
         let out = match cmd.stdin(Stdio::null()).output() {
             Ok(o) => o,
             Err(e) => {
-                say(format!("  $ {what}\n    -> refused: {e}"));
+                say(format!("  $ {what}\n    -> {} {e}", verdict(true)));
                 return Err(e);
             }
         };
@@ -867,7 +878,7 @@ mod linux {
         let text = String::from_utf8_lossy(&out.stdout);
         say(format!(
             "  $ {what}\n    -> {} {}{}",
-            if out.status.success() { "ok" } else { "FAILED" },
+            verdict(!out.status.success()),
             text.trim(),
             err.trim()
         ));
@@ -1029,6 +1040,7 @@ processes = [{{ binary_path = "{reader}" }}]
                 match &step(
                     &format!("{} hello", blocked.display()),
                     Command::new(&blocked).arg("hello"),
+                    true,
                 ) {
                     Ok(o) => !o.status.success(),
                     Err(e) => e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32),
@@ -1036,7 +1048,11 @@ processes = [{{ binary_path = "{reader}" }}]
             },
             &|| {
                 say("\n2. exec of an allowed binary (expect success):");
-                let o = step(&allowed.display().to_string(), &mut Command::new(&allowed));
+                let o = step(
+                    &allowed.display().to_string(),
+                    &mut Command::new(&allowed),
+                    false,
+                );
                 matches!(&o, Ok(o) if o.status.success())
             },
             &|| {
@@ -1044,6 +1060,7 @@ processes = [{{ binary_path = "{reader}" }}]
                 let o = step(
                     &format!("/bin/cat {}", secret.display()),
                     Command::new("/bin/cat").arg(&secret),
+                    true,
                 );
                 matches!(&o, Ok(o) if !o.status.success())
             },
@@ -1052,6 +1069,7 @@ processes = [{{ binary_path = "{reader}" }}]
                 let o = step(
                     &format!("{} {}", reader.display(), secret.display()),
                     Command::new(&reader).arg(&secret),
+                    false,
                 );
                 matches!(&o, Ok(o) if o.status.success())
             },

@@ -420,16 +420,22 @@ fn gatehouse_demo_runs_to_completion_and_cleans_up() {
         .expect("demo announced its scratch tmpfs");
     // Its last line: "gatehouse demo: <verdict>; scratch tmpfs unmounted".
     let end = Instant::now() + Duration::from_secs(90);
+    let mut narrative = Vec::new();
     let done = loop {
         let left = end.saturating_duration_since(Instant::now());
-        let line = demo
-            .g
-            .wait_line("gatehouse demo: ", left)
-            .expect("demo finished");
-        if line.contains("unmounted") {
+        let line = demo.g.lines.recv_timeout(left).expect("demo finished");
+        narrative.push(line.clone());
+        if line.contains("gatehouse demo: ") && line.contains("unmounted") {
             break line;
         }
     };
+    // An expected refusal reads as expected, never as a failure.
+    let text = narrative.join("\n");
+    assert!(
+        text.contains("refused, as expected") && !text.contains("FAILED"),
+        "{text}"
+    );
+    assert!(!text.contains("UNEXPECTED"), "{text}");
     let st = demo
         .g
         .wait_exit(Duration::from_secs(30))
