@@ -502,6 +502,14 @@ pub fn status(a: ReadArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The extension's counters and latencies (for `gatehouse metrics`).
+pub fn fetch_stats(path: &Path) -> anyhow::Result<StatsReport> {
+    match ask(path, &ControlRequest::Stats)? {
+        ControlResponse::Stats(s) => Ok(s),
+        other => Err(unexpected("stats", &other)),
+    }
+}
+
 pub fn stats(a: ReadArgs) -> anyhow::Result<ExitCode> {
     match ask(&a.control_socket, &ControlRequest::Stats)? {
         ControlResponse::Stats(s) if a.json => print_json(&s),

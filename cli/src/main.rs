@@ -9,6 +9,7 @@ mod control;
 mod docs_cmd;
 mod extension_cmd;
 mod input;
+mod metrics_cmd;
 mod policy_cmd;
 mod rule_cmd;
 mod run;
@@ -43,6 +44,9 @@ enum Command {
     Status(control::ReadArgs),
     /// Counters, latency percentiles, fallbacks, cache hit rate, queue depth.
     Stats(control::ReadArgs),
+    /// Counters and latency percentiles in the Prometheus text format (stdout or a
+    /// textfile-collector file).
+    Metrics(metrics_cmd::MetricsArgs),
     /// Validate, evaluate, load, show or import policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => run::demo(a),
         Command::Status(a) => control::status(a),
         Command::Stats(a) => control::stats(a),
+        Command::Metrics(a) => metrics_cmd::metrics(a),
         Command::Policy(PolicyCommand::Check(a)) => policy_cmd::check(a),
         Command::Policy(PolicyCommand::Eval(a)) => policy_cmd::eval(a),
         Command::Policy(PolicyCommand::ImportSanta(a)) => policy_cmd::import_santa(a),

@@ -299,6 +299,22 @@ fn gatehouse_run_driven_by_the_cli() {
     assert!(out.status.success(), "{out:?}");
     assert!(stdout(&out).contains("helper answered"), "{out:?}");
 
+    // metrics: the Prometheus text format, atomically into a textfile-collector file.
+    let prom = files.path().join("gatehouse.prom");
+    let out = ctl(&sock, &["metrics", "--output", prom.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("# TYPE gatehouse_answers_deny_total counter")
+            && text.contains("gatehouse_latency_seconds{"),
+        "{text}"
+    );
+    let denies = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_answers_deny_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(denies.is_some_and(|n| n >= 1), "{text}");
+
     // Ctrl-C: both stop cleanly, nothing pending, nothing left.
     let (ext_pid, helper_pid) = pids_of_group(agent.pgid);
     agent.interrupt();
