@@ -8,6 +8,7 @@
 mod control;
 mod docs_cmd;
 mod extension_cmd;
+mod fileinfo_cmd;
 mod input;
 mod metrics_cmd;
 mod policy_cmd;
@@ -47,6 +48,8 @@ enum Command {
     /// Counters and latency percentiles in the Prometheus text format (stdout or a
     /// textfile-collector file).
     Metrics(metrics_cmd::MetricsArgs),
+    /// A file's SHA-256 and (Linux) the package that owns it, checked against its digest.
+    Fileinfo(fileinfo_cmd::FileinfoArgs),
     /// Validate, evaluate, load, show or import policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Status(a) => control::status(a),
         Command::Stats(a) => control::stats(a),
         Command::Metrics(a) => metrics_cmd::metrics(a),
+        Command::Fileinfo(a) => fileinfo_cmd::fileinfo(a),
         Command::Policy(PolicyCommand::Check(a)) => policy_cmd::check(a),
         Command::Policy(PolicyCommand::Eval(a)) => policy_cmd::eval(a),
         Command::Policy(PolicyCommand::ImportSanta(a)) => policy_cmd::import_santa(a),
