@@ -57,6 +57,12 @@ struct Args {
     /// about max-bytes x (N + 1).
     #[arg(long, value_name = "N", default_value_t = 5)]
     events_log_keep: usize,
+    /// Linux: also send every events-log record to journald (fields SYSLOG_IDENTIFIER,
+    /// PRIORITY, GATEHOUSE_VERDICT, GATEHOUSE_KIND, GATEHOUSE_RULE, MESSAGE = the JSON line),
+    /// without blocking; records journald does not take are counted in `log_journal_failed`.
+    #[cfg(target_os = "linux")]
+    #[arg(long)]
+    journald: bool,
     /// Filesystems whose execs are authorized (fanotify filesystem marks), repeatable; `/` when
     /// omitted. Bind mounts of a marked filesystem are covered.
     #[cfg(target_os = "linux")]
@@ -114,6 +120,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         events_log: Some(args.events_log),
         events_log_max_bytes: args.events_log_max_bytes,
         events_log_keep: args.events_log_keep,
+        journald: args.journald,
         ..CoreConfig::fanotify()
     };
     // The Linux backend (issue 6) owns the delivery thread, signals and shutdown.

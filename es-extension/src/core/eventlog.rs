@@ -266,6 +266,87 @@ fn epoch_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// journald's native protocol: one datagram of `KEY=value` lines per record, sent without
+/// blocking from the writer thread. Every record is counted as sent or failed, never silently
+/// lost: the JSON file stays the record of truth.
+struct Journal {
+    socket: Option<std::os::unix::net::UnixDatagram>,
+}
+
+/// journald's socket.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+/// A record larger than this is not sent (it would need a memfd): counted as failed.
+const JOURNAL_MAX: usize = 200 * 1024;
+
+impl Journal {
+    fn open() -> Self {
+        let socket = std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot create the journald socket; records are counted in log_journal_failed"))
+            .ok();
+        Self { socket }
+    }
+
+    fn send(&self, line: &str, m: &Metrics) {
+        let ok = self.socket.as_ref().is_some_and(|s| {
+            let d = journal_datagram(line);
+            d.len() <= JOURNAL_MAX && s.send_to(&d, JOURNAL_SOCKET).is_ok()
+        });
+        Metrics::inc(if ok {
+            &m.log_journal_sent
+        } else {
+            &m.log_journal_failed
+        });
+    }
+}
+
+/// One record as a journald datagram: the JSON line as `MESSAGE` (a JSON line has no raw
+/// newline), the verdict and kind as their own fields, and a priority (warning for a deny).
+fn journal_datagram(line: &str) -> Vec<u8> {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .replace('\n', " ")
+    };
+    let verdict = field("verdict");
+    let priority = if verdict == "deny" { 4 } else { 5 };
+    let mut d = format!(
+        "SYSLOG_IDENTIFIER=gatehouse-extension\nPRIORITY={priority}\nGATEHOUSE_VERDICT={verdict}\nGATEHOUSE_KIND={}\n",
+        field("kind")
+    );
+    if let Some(rule) = v.pointer("/rule/name").and_then(|x| x.as_str()) {
+        d.push_str(&format!("GATEHOUSE_RULE={}\n", rule.replace('\n', " ")));
+    }
+    d.push_str("MESSAGE=");
+    d.push_str(&line.replace('\n', " "));
+    d.push('\n');
+    d.into_bytes()
+}
+
+/// `ms` since the epoch as RFC 3339 in UTC with milliseconds: `2026-12-02T20:10:30.123Z`.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let (days, rem) = (ms / 86_400_000, ms % 86_400_000);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, mi, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
+}
+
 /// The line that stands where records are missing: `gap` is the total, split by cause.
 fn gap_line(queue_full: u64, write_failed: u64) -> String {
     format!(
@@ -697,6 +778,8 @@ impl<F: LogFiles> Writer<F> {
 /// What the writer thread needs besides its channels.
 pub(crate) struct WriterSetup {
     pub path: Option<PathBuf>,
+    /// Also send each record to journald.
+    pub journald: bool,
     pub cfg: WriterConfig,
 }
 
@@ -727,6 +810,7 @@ pub(crate) fn run_writer(
         };
         r.to_line(host, message.as_deref())
     };
+    let journal = setup.journald.then(Journal::open);
     let mut writer = setup
         .path
         .map(|p| Writer::new(DiskFiles::new(p), setup.cfg));
@@ -742,6 +826,9 @@ pub(crate) fn run_writer(
             recent.push(g);
         }
         for l in batch {
+            if let Some(j) = &journal {
+                j.send(&l, m);
+            }
             recent.push(l);
         }
     };
@@ -772,6 +859,87 @@ pub(crate) fn run_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_datagram_fields() {
+        let line =
+            r#"{"verdict":"deny","kind":"open","reason":"rule","rule":{"name":"r\nx"},"time":"t"}"#;
+        let d = String::from_utf8(journal_datagram(line)).unwrap();
+        let fields: Vec<&str> = d.lines().collect();
+        assert_eq!(
+            fields,
+            [
+                "SYSLOG_IDENTIFIER=gatehouse-extension",
+                "PRIORITY=4",
+                "GATEHOUSE_VERDICT=deny",
+                "GATEHOUSE_KIND=open",
+                "GATEHOUSE_RULE=r x",
+                &format!("MESSAGE={line}"),
+            ]
+        );
+    }
+
+    /// No journald socket: every record is counted as failed, none lost uncounted.
+    #[test]
+    fn journal_failures_are_counted() {
+        let m = Metrics::default();
+        let j = Journal { socket: None };
+        for _ in 0..3 {
+            j.send("{}", &m);
+        }
+        assert_eq!(m.log_journal_failed.load(Ordering::Relaxed), 3);
+        assert_eq!(m.log_journal_sent.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn rfc3339_table() {
+        for (ms, want) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_796_242_230_123, "2026-12-02T20:10:30.123Z"),
+            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+        ] {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(rfc3339(t), want, "{ms}");
+        }
+    }
+
+    /// The cursor returns what came after it, oldest first, and counts the lines after it
+    /// that already left memory; a cursor from before a restart starts again.
+    #[test]
+    fn since_table() {
+        let (_, _, r) = channel(1, 4);
+        assert_eq!(
+            r.since(0, 10),
+            Since {
+                lines: vec![],
+                skipped: 0,
+                last: 0
+            }
+        );
+        for i in 1..=6 {
+            r.push(format!("l{i}"));
+        }
+        // Held: l3..l6 (seq 3..=6).
+        let cases: &[(u64, usize, &[&str], u64, u64)] = &[
+            (0, 10, &["l3", "l4", "l5", "l6"], 0, 6),
+            (1, 10, &["l3", "l4", "l5", "l6"], 1, 6),
+            (2, 10, &["l3", "l4", "l5", "l6"], 0, 6),
+            (3, 2, &["l4", "l5"], 0, 5),
+            (5, 10, &["l6"], 0, 6),
+            (6, 10, &[], 0, 6),
+            // Past the newest line: a cursor from before a restart.
+            (99, 10, &["l3", "l4", "l5", "l6"], 0, 6),
+        ];
+        for &(after, max, lines, skipped, last) in cases {
+            let want = Since {
+                lines: lines.iter().map(|s| s.to_string()).collect(),
+                skipped,
+                last,
+            };
+            assert_eq!(r.since(after, max), want, "after {after} max {max}");
+        }
+    }
 
     /// A disk with a byte budget shared by all generations, writes capped at `short` bytes,
     /// and truncates that fail while `truncate_fails` is set.

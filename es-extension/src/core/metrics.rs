@@ -107,6 +107,10 @@ pub struct Metrics {
     pub log_written: AtomicU64,
     /// Events-log records the writer could not write (disk full, I/O error, no file).
     pub log_write_failed: AtomicU64,
+    /// Records sent to journald (`--journald`), and those it did not take (socket absent or
+    /// full, record too large): each record is one or the other.
+    pub log_journal_sent: AtomicU64,
+    pub log_journal_failed: AtomicU64,
     /// Failed events-log operations (open, write, truncate, rotate), however many records each
     /// cost.
     pub log_write_errors: AtomicU64,
@@ -214,7 +218,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 36] = [
+        let named: [(&str, &AtomicU64); 38] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -229,6 +233,8 @@ impl Metrics {
             ("log_dropped", &self.log_dropped),
             ("log_written", &self.log_written),
             ("log_write_failed", &self.log_write_failed),
+            ("log_journal_sent", &self.log_journal_sent),
+            ("log_journal_failed", &self.log_journal_failed),
             ("log_write_errors", &self.log_write_errors),
             ("log_rotated_out_files", &self.log_rotated_out_files),
             ("log_rotated_out_records", &self.log_rotated_out_records),

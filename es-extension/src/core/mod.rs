@@ -79,6 +79,9 @@ pub struct CoreConfig {
     /// After a failed events-log write (disk full), records are counted as lost without a
     /// write for this long, then writing is tried again.
     pub events_log_retry: Duration,
+    /// Linux: also send every record to journald (native protocol, non-blocking datagrams from
+    /// the writer thread; a record journald does not take is counted in `log_journal_failed`).
+    pub journald: bool,
     /// Log records waiting for the writer; beyond this they are dropped and counted.
     pub log_channel_capacity: usize,
     /// Lines kept in memory for `events tail`.
@@ -149,6 +152,7 @@ impl CoreConfig {
             events_log: None,
             events_log_max_bytes: 16 * 1024 * 1024,
             events_log_keep: 5,
+            journald: false,
             events_log_retry: Duration::from_secs(1),
             log_channel_capacity: 4096,
             recent_lines: 1000,
@@ -472,6 +476,7 @@ impl<R: Responder> Core<R> {
             let s = Arc::clone(&shared);
             let setup = eventlog::WriterSetup {
                 path: cfg.events_log.clone(),
+                journald: cfg.journald,
                 cfg: eventlog::WriterConfig {
                     max_bytes: cfg.events_log_max_bytes,
                     keep: cfg.events_log_keep,
