@@ -266,6 +266,68 @@ fn epoch_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Linux: the block message on the blocked process's controlling terminal (as Santa does for
+/// terminal blocks), from the writer thread, never the delivery thread: the terminal is found
+/// from `/proc/PID/stat`'s `tty_nr`, opened `O_WRONLY | O_NONBLOCK | O_NOCTTY` (a full or hung
+/// terminal cannot hold the writer; the extension never acquires it), and at most
+/// [`tty::MAX`] bytes are written once. Best effort: a process that is gone, has no terminal
+/// or a terminal we cannot open gets nothing (the record itself is unaffected).
+#[cfg(target_os = "linux")]
+mod tty {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    pub const MAX: usize = 1024;
+
+    /// The device path of a `tty_nr` (`/proc/PID/stat` field 7): pseudo-terminals
+    /// (majors 136..=143) are `/dev/pts/N`, virtual consoles (major 4, minor < 64) `/dev/ttyN`.
+    pub fn device(tty_nr: u64) -> Option<String> {
+        let major = (tty_nr >> 8) & 0xfff;
+        let minor = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
+        match major {
+            136..=143 => Some(format!("/dev/pts/{}", (major - 136) * 256 + minor)),
+            4 if (1..64).contains(&minor) => Some(format!("/dev/tty{minor}")),
+            _ => None,
+        }
+    }
+
+    /// `tty_nr` from the text of `/proc/PID/stat` (after the parenthesised command name, which
+    /// may itself contain spaces and parentheses).
+    pub fn tty_nr(stat: &str) -> Option<u64> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(4)?.parse().ok()
+    }
+
+    pub fn tell(pid: u32, message: &str) {
+        let Some(dev) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| tty_nr(&s))
+            .and_then(device)
+        else {
+            return;
+        };
+        let Ok(mut t) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&dev)
+        else {
+            return;
+        };
+        let mut text = String::from("\r\ngatehouse: blocked: ");
+        text.extend(
+            message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c }),
+        );
+        text.push_str("\r\n");
+        let mut end = text.len().min(MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = t.write(&text.as_bytes()[..end]);
+    }
+}
+
 /// journald's native protocol: one datagram of `KEY=value` lines per record, sent without
 /// blocking from the writer thread. Every record is counted as sent or failed, never silently
 /// lost: the JSON file stays the record of truth.
@@ -808,6 +870,10 @@ pub(crate) fn run_writer(
             }
             _ => None,
         };
+        #[cfg(target_os = "linux")]
+        if let (model::Verdict::Deny, Some(msg)) = (r.decision.verdict, message.as_deref()) {
+            tty::tell(r.event.process.pid, msg);
+        }
         r.to_line(host, message.as_deref())
     };
     let journal = setup.journald.then(Journal::open);
@@ -889,6 +955,24 @@ mod tests {
         }
         assert_eq!(m.log_journal_failed.load(Ordering::Relaxed), 3);
         assert_eq!(m.log_journal_sent.load(Ordering::Relaxed), 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn tty_device_table() {
+        for (nr, want) in [
+            (136 << 8, Some("/dev/pts/0")),
+            ((136 << 8) | 5, Some("/dev/pts/5")),
+            ((137 << 8) | 1, Some("/dev/pts/257")),
+            ((4 << 8) | 2, Some("/dev/tty2")),
+            (0, None),
+            ((4 << 8) | 64, None),
+        ] {
+            assert_eq!(tty::device(nr).as_deref(), want, "{nr}");
+        }
+        let stat = "42 (a) b (c)) S 1 42 42 34821 42 4194560 0";
+        assert_eq!(tty::tty_nr(stat), Some(34821));
+        assert_eq!(tty::tty_nr("garbage"), None);
     }
 
     #[test]
