@@ -21,6 +21,8 @@ const COMMANDS: &[&[&str]] = &[
     &["demo"],
     &["status"],
     &["stats"],
+    &["metrics"],
+    &["fileinfo"],
     &["policy"],
     &["policy", "check"],
     &["policy", "eval"],

@@ -324,13 +324,15 @@ fn gatehouse_run_driven_by_the_cli() {
     );
 
     // The block message reaches the blocked process's controlling terminal: `script` gives
-    // cat a pseudo-terminal and copies what reaches it to stdout. The shell stays a while so
-    // the terminal is still open when the events-log writer (after the answer) writes.
+    // the shell a pseudo-terminal and copies what reaches it to stdout. The shell itself opens
+    // the secret (a builtin's redirection, no child) and stays a while: the message is written
+    // by the events-log writer after the answer, to a process that still exists (best effort:
+    // one that has already exited has no terminal left to find).
     if tests::have_command("script") {
         let out = Command::new("script")
             .args([
                 "-qec",
-                &format!("/bin/cat {secret_s}; sleep 3"),
+                &format!("/bin/sh -c 'read x < {secret_s}; sleep 3'"),
                 "/dev/null",
             ])
             .output()
