@@ -294,7 +294,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
 /// An exec of the file at `path` by an unsigned shell, with the file's resolved path and its
 /// identity from the descriptor it was hashed through, its SHA-256 and its kind (binary or
 /// script, from its first bytes).
-fn exec_event(path: &Path) -> anyhow::Result<(Event, model::Sha256, model::FileKind)> {
+pub(crate) fn exec_event(path: &Path) -> anyhow::Result<(Event, model::Sha256, model::FileKind)> {
     let resolved = std::fs::canonicalize(path)
         .with_context(|| format!("cannot resolve {}", path.display()))?;
     let (hex, meta) = crate::rule_cmd::file_digest(&resolved)?;
