@@ -139,35 +139,39 @@ pub fn open_checked(input: &Input<'_>) -> Result<std::fs::File, AnalysisError> {
     Ok(file)
 }
 
-impl FileHasher for PathHasher {
-    fn file_kind(&self, input: &Input<'_>) -> Result<model::FileKind, AnalysisError> {
+impl PathHasher {
+    /// Run `f` on the descriptor the event passed or, without one (Endpoint Security), on the
+    /// path opened and checked against the kernel's identity.
+    fn through_fd<T>(
+        &self,
+        input: &Input<'_>,
+        f: impl FnOnce(&FdHasher, &Input<'_>) -> Result<T, AnalysisError>,
+    ) -> Result<T, AnalysisError> {
         let inner = FdHasher {
             max_size: self.max_size,
         };
         if input.fd.is_some() {
-            return inner.file_kind(input);
+            return f(&inner, input);
         }
         input.check_deadline()?;
         let file = open_checked(input)?;
-        inner.file_kind(&Input {
-            fd: Some(file.as_fd()),
-            ..*input
-        })
+        f(
+            &inner,
+            &Input {
+                fd: Some(file.as_fd()),
+                ..*input
+            },
+        )
+    }
+}
+
+impl FileHasher for PathHasher {
+    fn file_kind(&self, input: &Input<'_>) -> Result<model::FileKind, AnalysisError> {
+        self.through_fd(input, |h, i| h.file_kind(i))
     }
 
     fn sha256(&self, input: &Input<'_>) -> Result<Sha256, AnalysisError> {
-        let inner = FdHasher {
-            max_size: self.max_size,
-        };
-        if input.fd.is_some() {
-            return inner.sha256(input);
-        }
-        input.check_deadline()?;
-        let file = open_checked(input)?;
-        inner.sha256(&Input {
-            fd: Some(file.as_fd()),
-            ..*input
-        })
+        self.through_fd(input, |h, i| h.sha256(i))
     }
 }
 

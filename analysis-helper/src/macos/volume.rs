@@ -194,6 +194,37 @@ unsafe extern "C-unwind" fn unmount_done(
     }
 }
 
+/// The device behind `mount`, with a session scheduled on its own queue (a DiskArbitration
+/// callback runs only on a scheduled session); the caller keeps all three alive until the
+/// callback. `done` names the operation for the error on a non-device volume.
+type Scheduled = (
+    CFRetained<DASession>,
+    CFRetained<DADisk>,
+    DispatchRetained<DispatchQueue>,
+);
+
+fn scheduled_disk(
+    mount: &MountInfo,
+    deadline: Instant,
+    done: &str,
+) -> Result<Scheduled, AnalysisError> {
+    if Instant::now() >= deadline {
+        return Err(AnalysisError::DeadlineExceeded);
+    }
+    let name = bsd_name(&mount.source).ok_or_else(|| {
+        AnalysisError::BadRequest(format!(
+            "{} is not a local device: only device volumes are {done}",
+            mount.source
+        ))
+    })?;
+    let (session, disk) = open_disk(name)?;
+    let queue = DispatchQueue::new("dev.gatehouse.helper.mounts", None);
+    // SAFETY: live session and queue; the caller keeps the queue with the session until the
+    // callback unschedules it.
+    unsafe { session.set_dispatch_queue(Some(&queue)) };
+    Ok((session, disk, queue))
+}
+
 impl VolumeInspector for DiskArbitrationVolumes {
     fn volume(&self, mount: &MountInfo, deadline: Instant) -> Result<VolumeInfo, AnalysisError> {
         if Instant::now() >= deadline {
@@ -269,20 +300,7 @@ impl VolumeInspector for DiskArbitrationVolumes {
         arguments: &[&'static str],
         deadline: Instant,
     ) -> Result<(), AnalysisError> {
-        if Instant::now() >= deadline {
-            return Err(AnalysisError::DeadlineExceeded);
-        }
-        let name = bsd_name(&mount.source).ok_or_else(|| {
-            AnalysisError::BadRequest(format!(
-                "{} is not a local device: only device volumes are remounted",
-                mount.source
-            ))
-        })?;
-        let (session, disk) = open_disk(name)?;
-        let queue = DispatchQueue::new("dev.gatehouse.helper.remount", None);
-        // SAFETY: live session and queue; the queue is kept alive with the session until the
-        // callback unschedules it.
-        unsafe { session.set_dispatch_queue(Some(&queue)) };
+        let (session, disk, queue) = scheduled_disk(mount, deadline, "remounted")?;
         let pending = PendingRemount {
             session,
             _queue: queue,
@@ -303,19 +321,7 @@ impl VolumeInspector for DiskArbitrationVolumes {
         then_mount: Option<&[&'static str]>,
         deadline: Instant,
     ) -> Result<(), AnalysisError> {
-        if Instant::now() >= deadline {
-            return Err(AnalysisError::DeadlineExceeded);
-        }
-        let name = bsd_name(&mount.source).ok_or_else(|| {
-            AnalysisError::BadRequest(format!(
-                "{} is not a local device: only device volumes are unmounted",
-                mount.source
-            ))
-        })?;
-        let (session, disk) = open_disk(name)?;
-        let queue = DispatchQueue::new("dev.gatehouse.helper.unmount", None);
-        // SAFETY: live session and queue; both stay alive in the context until the callback.
-        unsafe { session.set_dispatch_queue(Some(&queue)) };
+        let (session, disk, queue) = scheduled_disk(mount, deadline, "unmounted")?;
         let context = Box::into_raw(Box::new(PendingUnmount {
             session,
             queue,
