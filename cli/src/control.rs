@@ -251,7 +251,7 @@ fn timed_out(e: protocol::ProtocolError) -> anyhow::Error {
     }
 }
 
-fn ask(path: &Path, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
+pub(crate) fn ask(path: &Path, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
     Session::open(path)?.ask(req)
 }
 

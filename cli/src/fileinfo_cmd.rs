@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use model::{Facts, Outcome, Reason};
-use policy::{Os, Policy};
+use policy::Os;
 
 #[derive(Debug, Args)]
 pub struct FileinfoArgs {
@@ -30,25 +30,6 @@ pub struct FileinfoArgs {
 /// Files larger than this are not hashed or checked (the helper's own analysis limit).
 const MAX_FILE: u64 = 512 * 1024 * 1024;
 
-/// The policy to decide with, and where it came from.
-fn policy_for(a: &FileinfoArgs) -> anyhow::Result<(Policy, String)> {
-    let path = match &a.policy {
-        Some(p) => Some(p.clone()),
-        None => defaults::Os::HOST
-            .paths()
-            .policy
-            .map(PathBuf::from)
-            .filter(|p| p.exists()),
-    };
-    let Some(path) = path else {
-        return Ok((Policy::embedded_default(), "<embedded default>".to_owned()));
-    };
-    let origin = path.display().to_string();
-    let text = protocol::bounded::read_text(&path, protocol::bounded::POLICY_MAX_BYTES)?;
-    let p = Policy::parse_for(&origin, &text, a.os).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((p, origin))
-}
-
 pub fn fileinfo(a: FileinfoArgs) -> anyhow::Result<ExitCode> {
     // A FIFO or a device is refused at once (non-blocking open, regular files only).
     let file = protocol::bounded::open_regular(&a.path)?;
@@ -63,7 +44,7 @@ pub fn fileinfo(a: FileinfoArgs) -> anyhow::Result<ExitCode> {
     }
     let package = package_of(&a.path, &file);
     let (event, sha, kind) = crate::policy_cmd::exec_event(&a.path)?;
-    let (policy, origin) = policy_for(&a)?;
+    let (policy, origin) = crate::input::static_policy(a.policy.as_deref(), a.os)?;
     let facts = Facts {
         sha256: Some(sha),
         file_kind: Some(kind),

@@ -6,16 +6,14 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use policy::local::{LOCAL_RULES_MAX_BYTES, LocalDoc, LocalExec, LocalPath};
-use policy::{LocalRules, Os, Policy, Tier};
-use protocol::{CONTROL_MAX_FRAME, ControlRequest, ControlResponse, Role};
+use policy::{LocalRules, Os, Tier};
+use protocol::{ControlRequest, ControlResponse};
 
 const DEFAULT_RULES_FILE: &str = defaults::Os::HOST.local_rules();
 const DEFAULT_CONTROL_SOCKET: &str = defaults::Os::HOST.paths().control_socket;
@@ -229,15 +227,15 @@ fn reload(a: &FileArgs) -> anyhow::Result<ExitCode> {
         .to_str()
         .context("the local rules path is not UTF-8; the control protocol carries text")?
         .to_owned();
-    match ask(&a.control_socket, &ControlRequest::LocalRulesLoad { path }) {
+    match crate::control::ask(&a.control_socket, &ControlRequest::LocalRulesLoad { path }) {
         Ok(ControlResponse::PolicyLoaded { version }) => {
             println!("the extension loaded the local rules (policy version {version})");
             Ok(ExitCode::SUCCESS)
         }
-        Ok(ControlResponse::Error { message }) => {
-            bail!("the extension refused the local rules: {message}")
-        }
         Ok(other) => bail!("unexpected answer to the local rules load: {other:?}"),
+        // Only a stopped extension is fine: it reads the file when it starts. A refusal (a
+        // bad file) is an error.
+        Err(e) if e.downcast_ref::<crate::control::NotRunning>().is_none() => Err(e),
         Err(e) => {
             eprintln!(
                 "gatehouse: warning: the extension was not told ({e:#}); it loads its local \
@@ -246,25 +244,6 @@ fn reload(a: &FileArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// One control request on a fresh connection.
-fn ask(socket: &Path, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot connect to the extension's control socket {}",
-            socket.display()
-        )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let agent = format!("gatehouse/{}", env!("CARGO_PKG_VERSION"));
-    protocol::handshake::client(&mut stream, Role::Cli, &agent)
-        .with_context(|| format!("handshake on {} failed", socket.display()))?;
-    protocol::frame::write_frame(&mut stream, req, CONTROL_MAX_FRAME)
-        .context("sending the request to the extension failed")?;
-    protocol::frame::read_frame(&mut stream, CONTROL_MAX_FRAME)
-        .context("reading the extension's answer failed")
 }
 
 fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
@@ -327,16 +306,7 @@ fn remove(a: RemoveArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
-    let default_policy = a.os.paths().policy.map(PathBuf::from);
-    let policy_file = a.policy.clone().or(default_policy.filter(|p| p.exists()));
-    let base = match &policy_file {
-        Some(p) => {
-            let text = crate::input::policy_text(p)?;
-            Policy::parse_for(&p.display().to_string(), &text, a.os)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-        }
-        None => Policy::embedded_default_for(a.os),
-    };
+    let (base, _) = crate::input::static_policy(a.policy.as_deref(), a.os)?;
     let local = match protocol::bounded::read_text(&a.rules_file, LOCAL_RULES_MAX_BYTES) {
         Ok(text) => Some(
             LocalRules::parse_for(&a.rules_file.display().to_string(), &text, a.os)

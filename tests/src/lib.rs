@@ -18,6 +18,23 @@ use std::time::{Duration, Instant};
 /// test executable, `target/<profile>/deps/`). Panics with what to do when it is missing:
 /// cargo does not build other packages' binaries for a test, so `cargo build --workspace --bins`
 /// must run first (scripts/ and CI do).
+/// Run the real `gatehouse` CLI with `args` and wait for it.
+pub fn gatehouse(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary("gatehouse"))
+        .args(args)
+        .output()
+        .expect("run gatehouse")
+}
+
+/// A finished command's stdout then stderr, for assertion messages and text checks.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("locating the running test executable");
     let mut dir = exe

@@ -2,16 +2,7 @@
 //! has help text, every control command says "not running" with its own exit code (3) on
 //! stderr when no extension listens, and an error never repeats its cause.
 
-use std::process::{Command, Output};
-
-use tests::binary;
-
-fn gatehouse(args: &[&str]) -> Output {
-    Command::new(binary("gatehouse"))
-        .args(args)
-        .output()
-        .expect("run gatehouse")
-}
+use tests::gatehouse;
 
 /// Every command path the CLI has (kept in step with `cli/src/main.rs`: a new subcommand
 /// missing here is caught by `every_listed_command_lists_its_subcommands`).

@@ -4,23 +4,12 @@
 //! `policy check` accepts. Needs no root and no kernel feature.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use tests::binary;
-
-fn gatehouse(args: &[&str]) -> Output {
-    Command::new(binary("gatehouse"))
-        .args(args)
-        .output()
-        .expect("run gatehouse")
-}
+use tests::gatehouse;
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    tests::output_text(o)
 }
 
 fn repo() -> PathBuf {

@@ -4,23 +4,12 @@
 //! keys rules by identifier: Source/santad/DataLayer/SNTRuleTable.mm `addRules:`), and `list`
 //! shows each rule with its tier, the policy file's first. Needs no root.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use tests::binary;
-
-fn gatehouse(args: &[&str]) -> Output {
-    Command::new(binary("gatehouse"))
-        .args(args)
-        .output()
-        .expect("run gatehouse")
-}
+use tests::gatehouse;
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    tests::output_text(o)
 }
 
 const POLICY: &str = r#"
