@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use model::{MuteScope, MuteSpec};
 use protocol::{
     CONTROL_MAX_FRAME, ControlRequest, ControlResponse, LatencySummary, POLICY_INLINE_MAX, Role,
-    StatsReport, StatusReport,
+    RuleCount, StatsReport, StatusDetail, StatusReport,
 };
 
 /// Default control socket: where this OS's extension binds it (shared/defaults).
@@ -47,9 +47,10 @@ pub struct PolicyLoadArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum MuteCommand {
-    /// Stop deciding events for a path (runtime only: the policy's `[mute]` persists).
+    /// Stop deciding events for a path; kept in the extension's runtime mutes file, so it
+    /// survives restarts (the policy's `[mute]` lists are separate).
     Add(MuteArgs),
-    /// Undo `mute add` for the same path, scope and prefix.
+    /// Undo `mute add` for the same path, scope and prefix (removed from the mutes file too).
     Rm(MuteArgs),
     /// The mutes in force: the policy's and the runtime ones.
     List(ReadArgs),
@@ -266,15 +267,13 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Human form of a duration in milliseconds.
+/// Human form of a duration in milliseconds: below a second in ms, else whole seconds and up
+/// (`5m 3s`, `2h 1m 7s`).
 fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 => format!("{ms} ms"),
-        1..60 => format!("{s} s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    if ms < 1000 {
+        return format!("{ms} ms");
     }
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
 }
 
 pub fn format_status(s: &StatusReport) -> String {
@@ -292,12 +291,125 @@ pub fn format_status(s: &StatusReport) -> String {
         s.policy_version,
         // A path the operator chose, possibly with control characters in it.
         escape_controls(&s.policy_origin),
-        if s.helper_connected {
-            "connected"
-        } else {
-            "NOT connected (analysis requests get the policy's fallback)"
-        },
+        helper_line(s.helper_connected, None),
     )
+}
+
+/// The helper's state in one line, with its own answer to a ping when there was one.
+fn helper_line(connected: bool, pong: Option<&HelperPong>) -> String {
+    match (connected, pong) {
+        (true, Some(p)) => format!(
+            "connected: {} (pid {}, up {}), answered a ping in {} us",
+            escape_controls(&p.agent),
+            p.pid,
+            human_ms(p.uptime_ms),
+            p.round_trip_us
+        ),
+        (true, None) => "connected".to_owned(),
+        (false, _) => "NOT connected (analysis requests get the policy's fallback)".to_owned(),
+    }
+}
+
+/// The helper's answer to the extension's ping, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HelperPong {
+    pub agent: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub round_trip_us: u64,
+}
+
+/// Rule counts as `3 exec sha256, 1 watch` for one tier.
+fn rule_counts(d: &StatusDetail, tier: &str) -> Option<String> {
+    let parts: Vec<String> = d
+        .rules
+        .iter()
+        .filter(|r| r.tier == tier)
+        .map(|r| format!("{} {}", r.count, r.kind))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// `gatehouse status`: everything the extension reports, its counters' view of the marks,
+/// the breaker and the events log, and the helper's own answer.
+pub fn format_status_detail(
+    d: &StatusDetail,
+    stats: Option<&StatsReport>,
+    pong: Option<&HelperPong>,
+) -> String {
+    let s = &d.status;
+    let loaded = std::time::UNIX_EPOCH + Duration::from_millis(d.policy_loaded_unix_ms);
+    let mut out = format!(
+        "agent:        {} (pid {}, backend {})\n\
+         uptime:       {}\n\
+         mode:         {}\n\
+         policy:       {}\n\
+         \x20             sha256 {}\n\
+         \x20             version {} (loads since start), in force since {}\n",
+        s.agent,
+        s.pid,
+        s.backend,
+        human_ms(s.uptime_ms),
+        s.mode,
+        // A path the operator chose, possibly with control characters in it.
+        escape_controls(&s.policy_origin),
+        d.policy_sha256,
+        s.policy_version,
+        humantime::format_rfc3339_seconds(loaded),
+    );
+    out += &match (&d.local_rules_origin, &d.local_rules_sha256) {
+        (Some(o), Some(h)) => format!(
+            "local rules:  {}\n              sha256 {h}\n",
+            escape_controls(o)
+        ),
+        _ => "local rules:  none\n".to_owned(),
+    };
+    out += &format!(
+        "rules:        static: {}; local: {}\n",
+        rule_counts(d, "static").unwrap_or_else(|| "none".to_owned()),
+        rule_counts(d, "local").unwrap_or_else(|| "none".to_owned()),
+    );
+    let scope = if d.scopes.is_empty() {
+        "the whole machine".to_owned()
+    } else {
+        d.scopes
+            .iter()
+            .map(|p| escape_controls(p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out += &format!("scope:        {scope}; {} watched paths\n", d.watched_paths);
+    if let Some(st) = stats
+        && let Some(fs) = find_counter(st, "backend.marks.filesystems")
+    {
+        let c = |n: &str| counter(st, n);
+        out += &format!(
+            "marks:        {fs} filesystems, {} files, {} directories{}\n",
+            c("backend.marks.files"),
+            c("backend.marks.directories"),
+            match c("backend.marks.missing") {
+                0 => String::new(),
+                n => format!(" ({n} protected paths missing)"),
+            }
+        );
+    }
+    out += &format!(
+        "mutes:        {} from the policy, {} runtime{}\n",
+        d.mutes_policy,
+        d.mutes_runtime,
+        match &d.mutes_file {
+            Some(f) => format!(" (kept in {})", escape_controls(f)),
+            None => " (not kept across restarts)".to_owned(),
+        }
+    );
+    out += &format!("helper:       {}\n", helper_line(s.helper_connected, pong));
+    if let Some(st) = stats {
+        if let Some(b) = breaker_state(st) {
+            out += &format!("breaker:      {b}\n");
+        }
+        out += &format!("events log:   {}\n", events_log_state(st));
+    }
+    out
 }
 
 fn counter(s: &StatsReport, name: &str) -> u64 {
@@ -436,8 +548,8 @@ pub fn format_stats(s: &StatsReport) -> String {
 }
 
 /// `status --json`: the extension's [`StatusReport`] fields, in order, then the fields the CLI
-/// adds from the counters (appended, so existing consumers keep working; `null` when the
-/// extension did not report them).
+/// adds from the counters and the details (appended, so existing consumers keep working; `null`
+/// when the extension did not report them).
 #[derive(Debug, serde::Serialize)]
 pub struct StatusJson<'a> {
     #[serde(flatten)]
@@ -447,19 +559,76 @@ pub struct StatusJson<'a> {
     pub helper_breaker_open: Option<bool>,
     /// How many times the breaker has opened since the extension started.
     pub helper_breaker_opens: Option<u64>,
+    /// [`StatusDetail`]'s own fields.
+    #[serde(flatten)]
+    pub detail: Option<DetailJson<'a>>,
+    /// The helper's answer to a ping through the extension.
+    pub helper: Option<&'a HelperPong>,
+}
+
+/// [`StatusDetail`] without the report it carries (already flattened into [`StatusJson`]).
+#[derive(Debug, serde::Serialize)]
+pub struct DetailJson<'a> {
+    pub policy_sha256: &'a str,
+    pub local_rules_origin: Option<&'a str>,
+    pub local_rules_sha256: Option<&'a str>,
+    pub rules: &'a [RuleCount],
+    pub scopes: &'a [String],
+    pub watched_paths: u64,
+    pub mutes_policy: u64,
+    pub mutes_runtime: u64,
+    pub mutes_file: Option<&'a str>,
+    pub policy_loaded_unix_ms: u64,
+    /// The backend's mark gauges (`backend.marks.*`), fanotify only.
+    pub marks: Option<MarksJson>,
+}
+
+/// The fanotify marks in place, from the backend's gauges.
+#[derive(Debug, serde::Serialize)]
+pub struct MarksJson {
+    pub filesystems: u64,
+    pub files: u64,
+    pub directories: u64,
+    pub missing: u64,
 }
 
 fn find_counter(s: &StatsReport, name: &str) -> Option<u64> {
     s.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 
-pub fn status_json<'a>(status: &'a StatusReport, stats: Option<&StatsReport>) -> StatusJson<'a> {
+pub fn status_json<'a>(
+    status: &'a StatusReport,
+    stats: Option<&StatsReport>,
+    detail: Option<&'a StatusDetail>,
+    pong: Option<&'a HelperPong>,
+) -> StatusJson<'a> {
     StatusJson {
         status,
         helper_breaker_open: stats
             .and_then(|s| find_counter(s, "helper_breaker_open"))
             .map(|v| v != 0),
         helper_breaker_opens: stats.and_then(|s| find_counter(s, "helper_breaker_opens")),
+        detail: detail.map(|d| DetailJson {
+            policy_sha256: &d.policy_sha256,
+            local_rules_origin: d.local_rules_origin.as_deref(),
+            local_rules_sha256: d.local_rules_sha256.as_deref(),
+            rules: &d.rules,
+            scopes: &d.scopes,
+            watched_paths: d.watched_paths,
+            mutes_policy: d.mutes_policy,
+            mutes_runtime: d.mutes_runtime,
+            mutes_file: d.mutes_file.as_deref(),
+            policy_loaded_unix_ms: d.policy_loaded_unix_ms,
+            marks: stats.and_then(|st| {
+                Some(MarksJson {
+                    filesystems: find_counter(st, "backend.marks.filesystems")?,
+                    files: counter(st, "backend.marks.files"),
+                    directories: counter(st, "backend.marks.directories"),
+                    missing: counter(st, "backend.marks.missing"),
+                })
+            }),
+        }),
+        helper: pong,
     }
 }
 
@@ -477,24 +646,69 @@ pub fn breaker_state(s: &StatsReport) -> Option<String> {
     })
 }
 
+/// The helper's answer to a ping through the extension (bounded by the extension's 2 s), or
+/// `None` when it did not answer.
+fn helper_pong(socket: &Path) -> Option<HelperPong> {
+    match ask(socket, &ControlRequest::HelperPing).ok()? {
+        ControlResponse::HelperPong {
+            round_trip_us: Some(round_trip_us),
+            detail,
+            ..
+        } => parse_pong_detail(&detail, round_trip_us),
+        _ => None,
+    }
+}
+
+/// The extension's pong detail, `AGENT (pid N, up S s)`.
+fn parse_pong_detail(detail: &str, round_trip_us: u64) -> Option<HelperPong> {
+    let (agent, rest) = detail.split_once(" (pid ")?;
+    let (pid, rest) = rest.split_once(", up ")?;
+    let secs = rest.strip_suffix(" s)")?;
+    Some(HelperPong {
+        agent: agent.to_owned(),
+        pid: pid.parse().ok()?,
+        uptime_ms: secs.parse::<u64>().ok()?.saturating_mul(1000),
+        round_trip_us,
+    })
+}
+
 pub fn status(a: ReadArgs) -> anyhow::Result<ExitCode> {
     match ask(&a.control_socket, &ControlRequest::Status)? {
         ControlResponse::Status(s) => {
-            // The events log's and the breaker's states travel with the counters (no status
-            // fields for them on the wire).
+            // The events log's, the marks' and the breaker's states travel with the counters
+            // (no status fields for them on the wire).
             let stats = match ask(&a.control_socket, &ControlRequest::Stats) {
                 Ok(ControlResponse::Stats(st)) => Some(st),
                 _ => None,
             };
+            // An older extension cannot answer the detail request: the report alone.
+            let detail = match ask(&a.control_socket, &ControlRequest::StatusDetail) {
+                Ok(ControlResponse::StatusDetail(d)) => Some(d),
+                _ => None,
+            };
+            let pong = s
+                .helper_connected
+                .then(|| helper_pong(&a.control_socket))
+                .flatten();
             if a.json {
-                return print_json(&status_json(&s, stats.as_ref()));
+                return print_json(&status_json(
+                    &s,
+                    stats.as_ref(),
+                    detail.as_ref(),
+                    pong.as_ref(),
+                ));
             }
-            print!("{}", format_status(&s));
-            if let Some(st) = &stats {
-                if let Some(b) = breaker_state(st) {
-                    println!("breaker:      {b}");
+            match &detail {
+                Some(d) => print!("{}", format_status_detail(d, stats.as_ref(), pong.as_ref())),
+                None => {
+                    print!("{}", format_status(&s));
+                    if let Some(st) = &stats {
+                        if let Some(b) = breaker_state(st) {
+                            println!("breaker:      {b}");
+                        }
+                        println!("events log:   {}", events_log_state(st));
+                    }
                 }
-                println!("events log:   {}", events_log_state(st));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1153,7 +1367,7 @@ mod tests {
             (None, None, None, None),
         ];
         for (stats, open, opens, human) in cases {
-            let v = serde_json::to_value(status_json(&st, stats.as_ref())).unwrap();
+            let v = serde_json::to_value(status_json(&st, stats.as_ref(), None, None)).unwrap();
             assert_eq!(v["helper_breaker_open"].as_bool(), open, "{v}");
             assert_eq!(v["helper_breaker_opens"].as_u64(), opens, "{v}");
             assert_eq!(v["policy_version"], 3, "the report's own fields stay: {v}");
@@ -1164,12 +1378,120 @@ mod tests {
             }
         }
         // Appended: the report's fields come first, in their order.
-        let text = serde_json::to_string(&status_json(&st, None)).unwrap();
+        let text = serde_json::to_string(&status_json(&st, None, None, None)).unwrap();
         assert!(text.starts_with("{\"agent\":"), "{text}");
         assert!(
-            text.ends_with("\"helper_breaker_open\":null,\"helper_breaker_opens\":null}"),
+            text.ends_with(
+                "\"helper_breaker_open\":null,\"helper_breaker_opens\":null,\"helper\":null}"
+            ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn pong_details_parse_or_are_none() {
+        let cases = [
+            (
+                "gatehouse-helper/0.1.0 (pid 42, up 7 s)",
+                Some(("gatehouse-helper/0.1.0", 42, 7000)),
+            ),
+            ("odd (pid x, up 1 s)", None),
+            ("unexpected answer to ping: Stats", None),
+            ("", None),
+        ];
+        for (detail, want) in cases {
+            let got = parse_pong_detail(detail, 9);
+            assert_eq!(
+                got.as_ref().map(|p| (p.agent.as_str(), p.pid, p.uptime_ms)),
+                want,
+                "{detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_detail_shows_hashes_counts_scopes_marks_mutes_and_helper() {
+        let status = StatusReport {
+            agent: "gatehouse-extension/0".into(),
+            pid: 1,
+            backend: "fanotify".into(),
+            uptime_ms: 125_000,
+            mode: "enforce".into(),
+            policy_version: 2,
+            policy_origin: "/etc/gatehouse/policy.toml".into(),
+            helper_connected: true,
+        };
+        let rc = |tier: &str, kind: &str, count| RuleCount {
+            tier: tier.into(),
+            kind: kind.into(),
+            count,
+        };
+        let d = StatusDetail {
+            status,
+            policy_sha256: "ab".repeat(32),
+            local_rules_origin: None,
+            local_rules_sha256: None,
+            rules: vec![rc("static", "exec sha256", 3), rc("static", "watch", 1)],
+            scopes: vec!["/".into()],
+            watched_paths: 4,
+            mutes_policy: 2,
+            mutes_runtime: 1,
+            mutes_file: Some("/etc/gatehouse/mutes.toml".into()),
+            helper_breaker_open: false,
+            policy_loaded_unix_ms: 1_764_720_000_000,
+        };
+        let stats = StatsReport {
+            counters: vec![
+                ("backend.marks.filesystems".into(), 1),
+                ("backend.marks.files".into(), 3),
+                ("backend.marks.directories".into(), 1),
+                ("backend.marks.missing".into(), 0),
+                ("helper_breaker_open".into(), 0),
+                ("helper_breaker_opens".into(), 0),
+                ("log_written".into(), 5),
+            ],
+            latencies: Vec::new(),
+            queue_depth: 0,
+            queue_capacity: 0,
+        };
+        let pong = HelperPong {
+            agent: "gatehouse-helper/0".into(),
+            pid: 7,
+            uptime_ms: 61_000,
+            round_trip_us: 150,
+        };
+        let text = format_status_detail(&d, Some(&stats), Some(&pong));
+        for want in [
+            "uptime:       2m 5s\n",
+            &format!("sha256 {}\n", "ab".repeat(32)),
+            "version 2 (loads since start), in force since 2025-12-03T00:00:00Z\n",
+            "local rules:  none\n",
+            "rules:        static: 3 exec sha256, 1 watch; local: none\n",
+            "scope:        /; 4 watched paths\n",
+            "marks:        1 filesystems, 3 files, 1 directories\n",
+            "mutes:        2 from the policy, 1 runtime (kept in /etc/gatehouse/mutes.toml)\n",
+            "helper:       connected: gatehouse-helper/0 (pid 7, up 1m 1s), answered a ping in 150 us\n",
+            "breaker:      closed (opened 0 times)\n",
+            "events log:   ok, 5 records written\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        let v = serde_json::to_value(status_json(&d.status, Some(&stats), Some(&d), Some(&pong)))
+            .unwrap();
+        assert_eq!(v["policy_sha256"], "ab".repeat(32), "{v}");
+        assert_eq!(v["rules"][0]["kind"], "exec sha256", "{v}");
+        assert_eq!(v["marks"]["files"], 3, "{v}");
+        assert_eq!(v["helper"]["pid"], 7, "{v}");
+        assert_eq!(v["policy_version"], 2, "{v}");
+        // Endpoint Security sees the whole machine, and has no mark gauges.
+        let es = StatusDetail {
+            scopes: vec![],
+            ..d.clone()
+        };
+        let text = format_status_detail(&es, None, None);
+        assert!(text.contains("scope:        the whole machine;"), "{text}");
+        assert!(!text.contains("marks:"), "{text}");
+        assert!(text.contains("helper:       connected\n"), "{text}");
     }
 
     #[test]

@@ -4,8 +4,7 @@
 //! extension (`ControlRequest::LocalRulesLoad`), which also loads the file when it starts. They
 //! rank below every rule of the policy file (see the policy crate's FORMAT.md).
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -171,38 +170,10 @@ fn read_doc(path: &Path) -> anyhow::Result<LocalDoc> {
     }
 }
 
-/// Writes `text` to `path` atomically: a new temporary file beside it, synced, renamed over
-/// `path`, then the directory synced, so a crash leaves the old file or the new one, whole.
+/// Writes `text` to `path` atomically (a crash leaves the old file or the new one, whole).
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {} (are you root?)", path.display()))
+    protocol::bounded::write_atomic(path, text.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {} (are you root?)", path.display()))
 }
 
 /// Validates, writes and (unless told not to) hot-loads `doc`.

@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// interval. 0 disables the watchdog.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub watchdog_ms: u64,
+    /// The runtime mutes file the extension restores at start and rewrites on every
+    /// `gatehouse mute add|remove`.
+    #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.mutes_file())]
+    pub mutes_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -329,6 +333,8 @@ mod linux {
         notify_socket: PathBuf,
         events_log: PathBuf,
         watchdog: Option<Duration>,
+        /// `gatehouse run`'s `--mutes-file`; the demo keeps its own in its scratch directory.
+        mutes_file: PathBuf,
     }
 
     impl Spec {
@@ -355,6 +361,7 @@ mod linux {
                 notify_socket: runtime.join("extension.notify"),
                 events_log,
                 watchdog,
+                mutes_file: runtime.join("mutes.toml"),
             })
         }
 
@@ -378,7 +385,9 @@ mod linux {
                 .arg("--control-socket")
                 .arg(&self.control_socket)
                 .arg("--events-log")
-                .arg(&self.events_log);
+                .arg(&self.events_log)
+                .arg("--mutes-file")
+                .arg(&self.mutes_file);
             for path in &self.scope {
                 cmd.arg("--scope").arg(path);
             }
@@ -629,13 +638,16 @@ mod linux {
         }
         let sig = signals()?;
         let watchdog = (a.watchdog_ms > 0).then(|| Duration::from_millis(a.watchdog_ms));
-        let spec = Spec::new(
-            a.policy.as_deref(),
-            &a.runtime_dir,
-            &a.scope,
-            a.runtime_dir.join("events.jsonl"),
-            watchdog,
-        )?;
+        let spec = Spec {
+            mutes_file: a.mutes_file.clone(),
+            ..Spec::new(
+                a.policy.as_deref(),
+                &a.runtime_dir,
+                &a.scope,
+                a.runtime_dir.join("events.jsonl"),
+                watchdog,
+            )?
+        };
         let notify = NotifySocket::bind(&spec.notify_socket)?;
         let code = supervise(&spec, &notify, &sig, watchdog);
         say("gatehouse: stopped");

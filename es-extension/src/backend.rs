@@ -118,6 +118,12 @@ pub trait KernelControl: Send + Sync + 'static {
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+
+    /// What the backend authorizes, for `gatehouse status`: fanotify's marked filesystems.
+    /// Empty means the whole machine (Endpoint Security).
+    fn scopes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,12 @@ struct Args {
     /// about max-bytes x (N + 1).
     #[arg(long, value_name = "N", default_value_t = 5)]
     events_log_keep: usize,
+    /// The runtime mutes file: `gatehouse mute add|remove` rewrite it atomically and the
+    /// extension restores it at start, so runtime mutes survive restarts. On macOS its
+    /// directory must exist (the installer creates it); without it runtime mutes last until
+    /// the extension stops.
+    #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.mutes_file())]
+    mutes_file: PathBuf,
     /// Linux: also send every events-log record to journald (fields SYSLOG_IDENTIFIER,
     /// PRIORITY, GATEHOUSE_VERDICT, GATEHOUSE_KIND, GATEHOUSE_RULE, MESSAGE = the JSON line),
     /// without blocking; records journald does not take are counted in `log_journal_failed`.
@@ -121,6 +127,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         events_log_max_bytes: args.events_log_max_bytes,
         events_log_keep: args.events_log_keep,
         journald: args.journald,
+        mutes_file: Some(args.mutes_file),
         ..CoreConfig::fanotify()
     };
     // The Linux backend (issue 6) owns the delivery thread, signals and shutdown.
@@ -172,6 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         events_log_max_bytes: args.events_log_max_bytes,
         events_log_keep: args.events_log_keep,
         control_socket: usable("control socket", args.control_socket),
+        mutes_file: usable("runtime mutes file", args.mutes_file),
         helper_requirement,
         ..es_extension::sys::macos::MacOptions::default()
     };

@@ -122,6 +122,8 @@ fn gatehouse_run_driven_by_the_cli() {
     let policy = files.path().join("policy.toml");
     std::fs::write(&policy, policy_text(&secret, "")).unwrap();
 
+    // Never the machine's own /etc/gatehouse/mutes.toml: this test adds and removes mutes.
+    let mutes_file = files.path().join("mutes.toml");
     let agent = Group::spawn(
         "gatehouse-run",
         &[
@@ -132,6 +134,8 @@ fn gatehouse_run_driven_by_the_cli() {
             scratch.path.as_os_str(),
             "--runtime-dir".as_ref(),
             runtime.path().as_os_str(),
+            "--mutes-file".as_ref(),
+            mutes_file.as_os_str(),
         ],
     );
     assert!(
@@ -557,4 +561,166 @@ fn gatehouse_demo_runs_to_completion_and_cleans_up() {
     );
     assert!(!dir.exists(), "demo directory {} removed", dir.display());
     eprintln!("demo cleanup checked in {:?}", start.elapsed());
+}
+
+/// `gatehouse run` on `scratch` with `policy`, its runtime mutes in `mutes_file`, up and
+/// connected to its helper; returns the group and the control socket.
+fn start_agent(
+    scratch: &Scratch,
+    policy: &Path,
+    runtime: &Path,
+    mutes_file: &Path,
+) -> (Group, PathBuf) {
+    let agent = Group::spawn(
+        "gatehouse-run",
+        &[
+            "run".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--scope".as_ref(),
+            scratch.path.as_os_str(),
+            "--runtime-dir".as_ref(),
+            runtime.as_os_str(),
+            "--mutes-file".as_ref(),
+            mutes_file.as_os_str(),
+        ],
+    );
+    assert!(
+        agent
+            .g
+            .wait_line(
+                "gatehouse-extension: fanotify on 1 filesystem",
+                Duration::from_secs(30)
+            )
+            .is_some(),
+        "the extension came up"
+    );
+    let sock = runtime.join("control.sock");
+    assert!(tests::wait_until(Duration::from_secs(10), || sock.exists()));
+    assert!(
+        tests::wait_until(Duration::from_secs(15), || ctl(
+            &sock,
+            &["status", "--json"]
+        )
+        .status
+        .success()),
+        "control socket answers"
+    );
+    (agent, sock)
+}
+
+/// Stop a `gatehouse run` group as Ctrl-C would, and wait until it has exited.
+fn stop_agent(mut agent: Group) {
+    agent.interrupt();
+    assert!(
+        agent.g.wait_exit(Duration::from_secs(20)).is_some(),
+        "gatehouse run stopped on SIGINT"
+    );
+}
+
+fn cat_allowed(secret: &Path) -> bool {
+    Command::new("/bin/cat")
+        .arg(secret)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Runtime mutes are kept in the mutes file and restored by the next extension, and a removed
+/// one stays removed; `status` shows the policy's content hash (the same across restarts),
+/// rule counts, scope, marks and mutes.
+#[test]
+fn runtime_mutes_survive_a_restart_and_status_tells_the_whole_state() {
+    if skip("runtime_mutes_survive_a_restart_and_status_tells_the_whole_state") {
+        return;
+    }
+    let scratch = Scratch::mount();
+    let runtime = tempfile::Builder::new()
+        .prefix("gatehouse-cli-mutes-")
+        .tempdir()
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let secret = scratch.join("secret.txt");
+    std::fs::write(&secret, b"secret\n").unwrap();
+    let policy = files.path().join("policy.toml");
+    std::fs::write(&policy, policy_text(&secret, "")).unwrap();
+    let mutes_file = files.path().join("state").join("mutes.toml");
+    let secret_s = secret.to_str().unwrap();
+
+    let (agent, sock) = start_agent(&scratch, &policy, runtime.path(), &mutes_file);
+    assert!(
+        !cat_allowed(&secret),
+        "the watch rule denies an unlisted reader"
+    );
+    let first = status(&sock);
+    let hash = first["policy_sha256"]
+        .as_str()
+        .expect("a content hash")
+        .to_owned();
+    assert_eq!(hash, linux_common::sha256(&policy), "{first}");
+    assert_eq!(first["rules"][0]["tier"], "static", "{first}");
+    assert_eq!(first["rules"][0]["kind"], "watch", "{first}");
+    assert_eq!(
+        first["scopes"][0],
+        scratch.path.to_str().unwrap(),
+        "{first}"
+    );
+    assert_eq!(first["marks"]["filesystems"], 1, "{first}");
+    assert_eq!(first["mutes_runtime"], 0, "{first}");
+    assert_eq!(first["mutes_file"], mutes_file.to_str().unwrap(), "{first}");
+    let human = stdout(&ctl(&sock, &["status"]));
+    for want in [
+        format!("sha256 {hash}"),
+        "rules:        static: 1 watch; local: none".to_owned(),
+        "marks:        1 filesystems".to_owned(),
+        "mutes:        0 from the policy, 0 runtime (kept in".to_owned(),
+    ] {
+        assert!(human.contains(&want), "{want:?} not in:\n{human}");
+    }
+
+    assert!(
+        ctl(&sock, &["mute", "add", secret_s, "--target"])
+            .status
+            .success()
+    );
+    assert!(cat_allowed(&secret), "the target mute applies at once");
+    let saved = std::fs::read_to_string(&mutes_file).expect("the mutes file was written");
+    assert!(saved.contains(secret_s), "{saved}");
+    stop_agent(agent);
+
+    // A new extension restores the mute before its first event.
+    let (agent, sock) = start_agent(&scratch, &policy, runtime.path(), &mutes_file);
+    let second = status(&sock);
+    assert_eq!(
+        second["policy_sha256"],
+        hash.as_str(),
+        "same file, same hash: {second}"
+    );
+    assert_eq!(second["mutes_runtime"], 1, "{second}");
+    let list = json(&ctl(&sock, &["mute", "list", "--json"]));
+    assert!(
+        list.as_array().is_some_and(|l| l
+            .iter()
+            .any(|m| m["path"] == secret_s && m["scope"] == "target")),
+        "{list}"
+    );
+    assert!(cat_allowed(&secret), "the restored mute applies");
+    assert!(
+        ctl(&sock, &["mute", "rm", secret_s, "--target"])
+            .status
+            .success()
+    );
+    assert!(
+        !cat_allowed(&secret),
+        "removed: the watch rule decides again"
+    );
+    stop_agent(agent);
+
+    // ... and stays removed.
+    let (agent, sock) = start_agent(&scratch, &policy, runtime.path(), &mutes_file);
+    assert_eq!(status(&sock)["mutes_runtime"], 0);
+    assert!(!cat_allowed(&secret), "a removed mute does not come back");
+    stop_agent(agent);
 }

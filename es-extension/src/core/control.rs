@@ -27,11 +27,12 @@ use model::MuteSpec;
 use protocol::bounded::POLICY_MAX_BYTES;
 use protocol::{
     CONTROL_MAX_FRAME, ControlRequest, ControlResponse, HelloReply, HelperResponse,
-    POLICY_INLINE_MAX, PROTOCOL_VERSION, Role, StatsReport, StatusReport,
+    POLICY_INLINE_MAX, PROTOCOL_VERSION, Role, RuleCount, StatsReport, StatusDetail, StatusReport,
 };
 
 use super::helper_client::{HelperClient, WorkItem};
 use super::metrics::Metrics;
+use super::mutes::{MuteError, MuteSet};
 use super::{CoreError, Shared};
 use crate::backend::{BackendError, Responder};
 
@@ -229,6 +230,18 @@ fn read_policy_path(path: &str) -> Result<String, String> {
     protocol::bounded::read_text(p, POLICY_MAX_BYTES).map_err(|e| e.to_string())
 }
 
+/// Persist `next`'s runtime mutes (when the extension keeps a mutes file), with the update lock
+/// held, before `next` goes into force.
+fn save_runtime_mutes(shared: &Shared, next: &MuteSet) -> Result<(), MuteError> {
+    match &shared.config.mutes_file {
+        None => Ok(()),
+        Some(path) => super::mute_file::write(path, &next.runtime()).map_err(|e| {
+            Metrics::inc(&shared.metrics.mutes_file_errors);
+            MuteError::NotSaved(e)
+        }),
+    }
+}
+
 /// Tell the kernel about mute changes from `before` to `after`. `Unsupported` is fine: the
 /// in-process mirror already applies them.
 pub(crate) fn push_mutes(shared: &Shared, before: &[MuteSpec], after: &[MuteSpec]) {
@@ -296,6 +309,54 @@ pub(crate) fn status_report<R: Responder>(
         policy_version: snap.version,
         policy_origin: snap.policy.origin().to_owned(),
         helper_connected: helper.connected(),
+    }
+}
+
+/// SHA-256 of `text`, in hex.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) fn status_detail<R: Responder>(
+    shared: &Shared,
+    helper: &HelperClient<R>,
+) -> StatusDetail {
+    let snap = shared.store.load();
+    let p = &snap.policy;
+    let local = p.local_rules();
+    let mutes = shared.mutes.load();
+    StatusDetail {
+        status: status_report(shared, helper),
+        policy_sha256: sha256_hex(p.source()),
+        local_rules_origin: local.map(|l| l.origin().to_owned()),
+        local_rules_sha256: local.map(|l| sha256_hex(l.source())),
+        rules: p
+            .rule_counts()
+            .into_iter()
+            .map(|(tier, kind, count)| RuleCount {
+                tier: tier.as_str().to_owned(),
+                kind,
+                count: count as u64,
+            })
+            .collect(),
+        scopes: shared.kernel.scopes(),
+        watched_paths: p.watched_paths().len() as u64,
+        mutes_policy: p.mutes().len() as u64,
+        mutes_runtime: mutes.runtime_len() as u64,
+        mutes_file: shared
+            .config
+            .mutes_file
+            .as_ref()
+            .map(|f| f.display().to_string()),
+        helper_breaker_open: helper.breaker_open(),
+        policy_loaded_unix_ms: snap
+            .installed
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
     }
 }
 
@@ -548,6 +609,9 @@ impl<R: Responder> Server<R> {
         let s = &*self.shared;
         match req {
             ControlRequest::Status => ControlResponse::Status(status_report(s, &self.helper)),
+            ControlRequest::StatusDetail => {
+                ControlResponse::StatusDetail(status_detail(s, &self.helper))
+            }
             ControlRequest::Stats => {
                 ControlResponse::Stats(stats_report(s, &self.helper, &self.queue))
             }
@@ -618,7 +682,10 @@ impl<R: Responder> Server<R> {
                 // and only the one new mute is pushed to the kernel.
                 let _update = s.control.update_lock();
                 let mut next = (**s.mutes.load()).clone();
-                match next.add_runtime(&spec) {
+                match next
+                    .add_runtime(&spec)
+                    .and_then(|added| save_runtime_mutes(s, &next).map(|()| added))
+                {
                     Ok(added) => {
                         s.mutes.store(Arc::new(next));
                         if added {
@@ -636,6 +703,13 @@ impl<R: Responder> Server<R> {
                 let mut next = (**s.mutes.load()).clone();
                 match next.remove_runtime(&spec) {
                     Some(lifted) => {
+                        // Saved first: a mute the file still holds would come back at the
+                        // next start, so a failed save leaves it in force and says so.
+                        if let Err(e) = save_runtime_mutes(s, &next) {
+                            return ControlResponse::Error {
+                                message: format!("mute not removed: {e}"),
+                            };
+                        }
                         s.mutes.store(Arc::new(next));
                         if lifted {
                             push_mutes(s, std::slice::from_ref(&spec), &[]);

@@ -124,6 +124,9 @@ pub struct Metrics {
     pub helper_protocol_errors: AtomicU64,
     pub helper_unmatched: AtomicU64,
     pub kernel_control_errors: AtomicU64,
+    /// The runtime mutes file: unreadable at start, an entry in it refused, or a failed save
+    /// (that mute change was refused).
+    pub mutes_file_errors: AtomicU64,
     /// Failed kernel cache clears (the first call after a policy load, and each retry).
     pub cache_clear_failures: AtomicU64,
     /// Retry attempts of a failed kernel cache clear (maintenance thread).
@@ -218,7 +221,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 38] = [
+        let named: [(&str, &AtomicU64); 39] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -244,6 +247,7 @@ impl Metrics {
             ("helper_protocol_errors", &self.helper_protocol_errors),
             ("helper_unmatched", &self.helper_unmatched),
             ("kernel_control_errors", &self.kernel_control_errors),
+            ("mutes_file_errors", &self.mutes_file_errors),
             ("cache_clear_failures", &self.cache_clear_failures),
             ("cache_clear_retries", &self.cache_clear_retries),
             ("cache_clear_abandoned", &self.cache_clear_abandoned),

@@ -26,6 +26,7 @@ pub mod helper_unix;
 pub mod helper_xpc;
 pub mod kernel_retry;
 pub mod metrics;
+pub mod mute_file;
 pub mod mutes;
 pub mod pending;
 pub mod startup_mounts;
@@ -137,6 +138,10 @@ pub struct CoreConfig {
     /// missing file means no local rules; an unreadable or invalid one is logged and skipped,
     /// never a reason not to start. `None` reads none.
     pub local_rules: Option<PathBuf>,
+    /// The runtime mutes file ([`mute_file`]): loaded at start, rewritten on every `mute add`
+    /// or `remove`. `None` (the default, and every test's): runtime mutes last as long as the
+    /// process. The binaries set it to [`defaults::Os::mutes_file`] or `--mutes-file`.
+    pub mutes_file: Option<PathBuf>,
 }
 
 impl CoreConfig {
@@ -180,6 +185,7 @@ impl CoreConfig {
             mounted_volumes: None,
             host: eventlog::HostIds::default(),
             local_rules: Some(PathBuf::from(defaults::Os::HOST.local_rules())),
+            mutes_file: None,
         }
     }
 
@@ -405,6 +411,37 @@ fn with_local_rules_at_start(policy: Policy, path: Option<&std::path::Path>) -> 
     }
 }
 
+/// The runtime mutes saved by an earlier run, put back before the first event (and before the
+/// control thread pushes the mutes to the kernel). Like the local rules, a bad file never stops
+/// the start: it is logged, and the mutes it holds are not in force until it is fixed.
+fn restore_runtime_mutes(shared: &Shared) {
+    let Some(path) = &shared.config.mutes_file else {
+        return;
+    };
+    let parsed = match mute_file::read(path) {
+        Ok(p) => p,
+        Err(e) => {
+            Metrics::inc(&shared.metrics.mutes_file_errors);
+            tracing::warn!(
+                error = %e,
+                "runtime mutes not restored; starting without them (fix or remove the file; \
+                 `gatehouse mute add` rewrites it)"
+            );
+            return;
+        }
+    };
+    for why in &parsed.refused {
+        Metrics::inc(&shared.metrics.mutes_file_errors);
+        tracing::warn!("runtime mute not restored: {why}");
+    }
+    let mut set = (**shared.mutes.load()).clone();
+    for m in &parsed.mutes {
+        // Validated by the parser and bounded by it at MAX_RUNTIME_MUTES: cannot fail.
+        let _ = set.add_runtime(m);
+    }
+    shared.mutes.store(Arc::new(set));
+}
+
 fn spawn(
     name: &'static str,
     f: impl FnOnce() + Send + 'static,
@@ -462,6 +499,7 @@ impl<R: Responder> Core<R> {
             remounts,
             config,
         });
+        restore_runtime_mutes(&shared);
         shared.refresh_mutes();
         let cfg = &shared.config;
         let (queue_tx, queue_rx) = crossbeam_channel::bounded::<WorkItem<R>>(cfg.queue_capacity);

@@ -41,6 +41,10 @@ pub enum MuteError {
         "{MAX_RUNTIME_MUTES} runtime mutes are already in force; remove some (`gatehouse mute remove`), or use a prefix mute or the policy's [mute] lists"
     )]
     Full,
+    /// The mutes file could not be written; nothing changed (a mute in force must be one a
+    /// restart restores, and a removed one must not come back).
+    #[error("{0}; nothing changed (check the disk and the directory's permissions)")]
+    NotSaved(String),
 }
 
 /// Check a runtime mute before it is added.
@@ -194,6 +198,11 @@ impl MuteSet {
 
     pub fn is_empty(&self) -> bool {
         self.policy.is_empty() && self.runtime.is_empty()
+    }
+
+    /// The runtime mutes alone, in order (what the mutes file holds).
+    pub fn runtime(&self) -> Vec<MuteSpec> {
+        self.runtime.iter().cloned().collect()
     }
 
     pub fn runtime_len(&self) -> usize {

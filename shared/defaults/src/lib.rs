@@ -45,6 +45,16 @@ impl Os {
         }
     }
 
+    /// The runtime mutes file (`gatehouse mute add|remove`), beside the local rules: the
+    /// extension rewrites it atomically on every change and loads it at start, so a mute
+    /// survives a restart as a local rule does.
+    pub const fn mutes_file(self) -> &'static str {
+        match self {
+            Os::Linux => "/etc/gatehouse/mutes.toml",
+            Os::Macos => "/Library/Application Support/Gatehouse/mutes.toml",
+        }
+    }
+
     /// This OS's paths.
     pub const fn paths(self) -> &'static Paths {
         match self {

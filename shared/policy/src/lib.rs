@@ -202,6 +202,21 @@ impl Policy {
             .collect()
     }
 
+    /// How many rules of each type each tier holds, static first, types in order of first
+    /// appearance: `exec sha256`, `exec signing_id (compiler)`, `exec_path prefix`, `watch`,
+    /// `mount` (`gatehouse status`).
+    pub fn rule_counts(&self) -> Vec<(Tier, String, usize)> {
+        let mut out: Vec<(Tier, String, usize)> = Vec::new();
+        for r in self.rules() {
+            let kind = rule_kind(&r.what);
+            match out.iter_mut().find(|(t, k, _)| *t == r.tier && *k == kind) {
+                Some((_, _, n)) => *n += 1,
+                None => out.push((r.tier, kind, 1)),
+            }
+        }
+        out
+    }
+
     pub fn embedded_default() -> Policy {
         Self::embedded_default_for(Os::HOST)
     }
@@ -391,12 +406,30 @@ pub struct PolicyStore {
 pub struct Snapshot {
     pub version: u64,
     pub policy: Policy,
+    /// When this snapshot went into force (`gatehouse status`).
+    pub installed: std::time::SystemTime,
+}
+
+/// A rule's type from its [`RuleInfo::what`]: the section and the key it matches on, without
+/// the action or the value (`exec allow sha256 <hex>` is `exec sha256`).
+fn rule_kind(what: &str) -> String {
+    let w: Vec<&str> = what.split_whitespace().collect();
+    match w.as_slice() {
+        ["exec", _action, key, .., "(compiler)"] => format!("exec {key} (compiler)"),
+        [section @ ("exec" | "exec_path"), _action, key, ..] => format!("{section} {key}"),
+        [section, ..] => (*section).to_owned(),
+        [] => "other".to_owned(),
+    }
 }
 
 impl PolicyStore {
     pub fn new(policy: Policy) -> Self {
         Self {
-            current: arc_swap::ArcSwap::from_pointee(Snapshot { version: 1, policy }),
+            current: arc_swap::ArcSwap::from_pointee(Snapshot {
+                version: 1,
+                policy,
+                installed: std::time::SystemTime::now(),
+            }),
             writer: std::sync::Mutex::new(()),
         }
     }
@@ -412,7 +445,11 @@ impl PolicyStore {
         // A poisoned lock only means another writer panicked; the snapshot itself is intact.
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let version = self.current.load().version + 1;
-        self.current.store(Arc::new(Snapshot { version, policy }));
+        self.current.store(Arc::new(Snapshot {
+            version,
+            policy,
+            installed: std::time::SystemTime::now(),
+        }));
         version
     }
 }

@@ -274,3 +274,41 @@ fn local_doc_round_trips_and_removes() {
     assert_eq!(doc.remove("path:/opt/t/"), 0);
     assert!(doc.validate("l", Os::Linux).unwrap().1.is_empty());
 }
+
+/// `gatehouse status` counts rules by tier and type: the action and the value are not part of
+/// the type, a compiler rule is its own type, and watch and mount rules count by section.
+#[test]
+fn rule_counts_by_tier_and_type() {
+    let with_more = format!(
+        "{STATIC}\n[[exec]]\nname = \"cc\"\naction = \"allow\"\nsha256 = \"{}\"\ncompiler = true\n\
+         [[watch]]\nname = \"w\"\npaths = [{{ path = \"/etc/secret\" }}]\n\
+         processes = [{{ binary_path = \"/bin/cat\" }}]\n",
+        "4".repeat(64)
+    );
+    let local = LocalRules::parse_for("local.toml", LOCAL, Os::Macos).unwrap();
+    let p = Policy::parse_for("static.toml", &with_more, Os::Macos)
+        .unwrap()
+        .with_local(Some(local));
+    let counts = p.rule_counts();
+    let got: Vec<(Tier, &str, usize)> = counts
+        .iter()
+        .map(|(t, k, n)| (*t, k.as_str(), *n))
+        .collect();
+    let want = [
+        (Tier::Static, "exec team_id", 1),
+        (Tier::Static, "exec sha256", 1),
+        (Tier::Static, "exec sha256 (compiler)", 1),
+        (Tier::Static, "exec_path prefix", 1),
+        (Tier::Static, "watch", 1),
+        (Tier::Local, "exec cdhash", 1),
+        (Tier::Local, "exec sha256", 2),
+        (Tier::Local, "exec team_id", 1),
+        (Tier::Local, "exec_path prefix", 2),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(
+        got.iter().map(|(_, _, n)| n).sum::<usize>(),
+        p.rule_count(),
+        "every rule counted once"
+    );
+}

@@ -173,6 +173,10 @@ pub enum ControlRequest {
         after: u64,
         max: u32,
     },
+    /// `gatehouse status`'s details beyond [`StatusReport`]: content hashes, rule counts,
+    /// scopes, mutes, the helper's breaker. Answered with [`ControlResponse::StatusDetail`].
+    /// Appended last.
+    StatusDetail,
 }
 
 /// Summary of one latency histogram, in microseconds.
@@ -197,6 +201,43 @@ pub struct StatusReport {
     pub policy_version: u64,
     pub policy_origin: String,
     pub helper_connected: bool,
+}
+
+/// How many rules of one type one tier holds (`gatehouse status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCount {
+    /// `static` (the policy file) or `local` (`gatehouse rule add`).
+    pub tier: String,
+    /// `exec sha256`, `exec signing_id`, `exec_path prefix`, `watch`, `mount`, ...
+    pub kind: String,
+    pub count: u64,
+}
+
+/// `gatehouse status`'s details ([`ControlRequest::StatusDetail`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDetail {
+    pub status: StatusReport,
+    /// SHA-256 (hex) of the running policy file's text: the same file gives the same hash on
+    /// every machine and across restarts, unlike `policy_version`, which counts loads.
+    pub policy_sha256: String,
+    /// The local rules file composed in, and the SHA-256 of its text; `None` without one.
+    pub local_rules_origin: Option<String>,
+    pub local_rules_sha256: Option<String>,
+    /// Rules by tier and type, in rule order of first appearance.
+    pub rules: Vec<RuleCount>,
+    /// What the kernel backend authorizes: the filesystems marked (fanotify `--scope`); empty
+    /// for Endpoint Security, which sees the whole machine.
+    pub scopes: Vec<String>,
+    /// Paths protected by watch items (literal paths, prefixes and globs).
+    pub watched_paths: u64,
+    pub mutes_policy: u64,
+    pub mutes_runtime: u64,
+    /// The runtime mutes file, if the extension keeps one.
+    pub mutes_file: Option<String>,
+    /// The helper circuit breaker is open: analyses get the fallback at once.
+    pub helper_breaker_open: bool,
+    /// Unix time (ms) at which the running policy was installed.
+    pub policy_loaded_unix_ms: u64,
 }
 
 /// `gatehouse stats`: named counters and latency percentiles.
@@ -239,4 +280,6 @@ pub enum ControlResponse {
         skipped: u64,
         last: u64,
     },
+    /// Answer to [`ControlRequest::StatusDetail`]. Appended last.
+    StatusDetail(StatusDetail),
 }

@@ -169,6 +169,10 @@ impl KernelControl for FanotifyControl {
         })
     }
 
+    fn scopes(&self) -> Vec<String> {
+        self.scope.iter().map(|p| p.display().to_string()).collect()
+    }
+
     fn counters(&self) -> Vec<(String, u64)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut v = self.shared.counters.snapshot();
