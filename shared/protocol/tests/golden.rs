@@ -271,6 +271,47 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "control_status_detail",
+            frame(&Request {
+                id: 12,
+                budget_us: 10_000_000,
+                body: ControlRequest::StatusDetail,
+            }),
+        ),
+        (
+            "control_status_detail_answer",
+            frame(&Response {
+                id: 12,
+                body: ControlResponse::StatusDetail(StatusDetail {
+                    status: StatusReport {
+                        agent: "gatehouse-extension/0.1.0".into(),
+                        pid: 4242,
+                        backend: "fanotify".into(),
+                        uptime_ms: 65_000,
+                        mode: "enforce".into(),
+                        policy_version: 2,
+                        policy_origin: "/etc/gatehouse/policy.toml".into(),
+                        helper_connected: true,
+                    },
+                    policy_sha256: "ab".repeat(32),
+                    local_rules_origin: Some("/etc/gatehouse/local-rules.toml".into()),
+                    local_rules_sha256: Some("cd".repeat(32)),
+                    rules: vec![RuleCount {
+                        tier: "static".into(),
+                        kind: "exec sha256".into(),
+                        count: 3,
+                    }],
+                    scopes: vec!["/".into()],
+                    watched_paths: 4,
+                    mutes_policy: 2,
+                    mutes_runtime: 1,
+                    mutes_file: Some("/etc/gatehouse/mutes.toml".into()),
+                    helper_breaker_open: false,
+                    policy_loaded_unix_ms: 1_764_720_000_000,
+                }),
+            }),
+        ),
+        (
             "helper_error",
             frame(&Response {
                 id: 9,
