@@ -122,14 +122,14 @@ pub struct HelperPingArgs {
 }
 
 /// Where this OS's helper listens (Linux; macOS uses XPC and has no socket).
-const DEFAULT_HELPER_SOCKET: &str = match defaults::Os::HOST.paths().helper_socket {
+pub const DEFAULT_HELPER_SOCKET: &str = match defaults::Os::HOST.paths().helper_socket {
     Some(p) => p,
     None => "/run/gatehouse/helper.sock",
 };
 
 /// `helper ping --direct`: a ping on the helper's own socket, as the CLI role (which may only
 /// ping and read stats).
-fn ping_helper_directly(socket: &Path) -> anyhow::Result<(String, u32, u64, Duration)> {
+pub fn ping_helper_directly(socket: &Path) -> anyhow::Result<(String, u32, u64, Duration)> {
     use protocol::{HELPER_MAX_FRAME, HelperRequest, HelperResponse, Request, Response};
     let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -712,6 +712,14 @@ pub fn status(a: ReadArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        other => Err(unexpected("status", &other)),
+    }
+}
+
+/// The extension's status and its details (for `gatehouse doctor`).
+pub fn fetch_status_detail(path: &Path) -> anyhow::Result<StatusDetail> {
+    match ask(path, &ControlRequest::StatusDetail)? {
+        ControlResponse::StatusDetail(d) => Ok(d),
         other => Err(unexpected("status", &other)),
     }
 }

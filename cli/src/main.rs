@@ -7,6 +7,7 @@
 
 mod control;
 mod docs_cmd;
+mod doctor_cmd;
 mod extension_cmd;
 mod fileinfo_cmd;
 mod input;
@@ -41,7 +42,8 @@ enum Command {
     Run(run::RunArgs),
     /// A self-contained tour in a scratch directory.
     Demo(run::DemoArgs),
-    /// Connected or not, mode, policy version.
+    /// The extension's state: mode, policy file and content hash, rule counts, scope, marks,
+    /// mutes, helper, events log.
     Status(control::ReadArgs),
     /// Counters, latency percentiles, fallbacks, cache hit rate, queue depth.
     Stats(control::ReadArgs),
@@ -50,6 +52,9 @@ enum Command {
     Metrics(metrics_cmd::MetricsArgs),
     /// A file's SHA-256 and (Linux) the package that owns it, checked against its digest.
     Fileinfo(fileinfo_cmd::FileinfoArgs),
+    /// Check this machine: root, kernel features, extension and helper, policy and rules,
+    /// file permissions, disk space; each problem with what to do. Exit 1 on any failure.
+    Doctor(doctor_cmd::DoctorArgs),
     /// Validate, evaluate, load, show or import policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => control::stats(a),
         Command::Metrics(a) => metrics_cmd::metrics(a),
         Command::Fileinfo(a) => fileinfo_cmd::fileinfo(a),
+        Command::Doctor(a) => doctor_cmd::doctor(a),
         Command::Policy(PolicyCommand::Check(a)) => policy_cmd::check(a),
         Command::Policy(PolicyCommand::Eval(a)) => policy_cmd::eval(a),
         Command::Policy(PolicyCommand::ImportSanta(a)) => policy_cmd::import_santa(a),

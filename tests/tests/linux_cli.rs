@@ -632,8 +632,8 @@ fn cat_allowed(secret: &Path) -> bool {
 /// one stays removed; `status` shows the policy's content hash (the same across restarts),
 /// rule counts, scope, marks and mutes.
 #[test]
-fn runtime_mutes_survive_a_restart_and_status_tells_the_whole_state() {
-    if skip("runtime_mutes_survive_a_restart_and_status_tells_the_whole_state") {
+fn runtime_mutes_survive_restarts_and_status_and_doctor_tell_the_state() {
+    if skip("runtime_mutes_survive_restarts_and_status_and_doctor_tell_the_state") {
         return;
     }
     let scratch = Scratch::mount();
@@ -680,6 +680,54 @@ fn runtime_mutes_survive_a_restart_and_status_tells_the_whole_state() {
         assert!(human.contains(&want), "{want:?} not in:\n{human}");
     }
 
+    // doctor: everything in order against this agent's own files.
+    let local_rules = files.path().join("local-rules.toml");
+    let helper_sock = runtime.path().join("helper.sock");
+    let events_log = runtime.path().join("events.jsonl");
+    let doctor = |extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec!["doctor".into()];
+        for (flag, v) in [
+            ("--control-socket", sock.as_os_str()),
+            ("--helper-socket", helper_sock.as_os_str()),
+            ("--policy", policy.as_os_str()),
+            ("--local-rules", local_rules.as_os_str()),
+            ("--mutes-file", mutes_file.as_os_str()),
+            ("--events-log", events_log.as_os_str()),
+            ("--scope", scratch.path.as_os_str()),
+        ] {
+            args.push(flag.into());
+            args.push(v.to_owned());
+        }
+        args.extend(extra.iter().map(Into::into));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        gatehouse(&refs)
+    };
+    let level = |o: &Output, check: &str| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("doctor --json");
+        v.as_array()
+            .and_then(|a| a.iter().find(|f| f["check"] == check))
+            .map(|f| f["level"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_else(|| panic!("no {check} in {v}"))
+    };
+    let out = doctor(&["--json"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    for check in [
+        "root",
+        "fanotify",
+        "extension",
+        "control socket",
+        "helper",
+        "helper link",
+        "policy",
+        "policy file",
+        "policy in force",
+        "disk space",
+    ] {
+        assert_eq!(level(&out, check), "ok", "{check}: {}", stdout(&out));
+    }
+    let human = stdout(&doctor(&[]));
+    assert!(human.contains("0 warnings, 0 failures"), "{human}");
+
     assert!(
         ctl(&sock, &["mute", "add", secret_s, "--target"])
             .status
@@ -722,5 +770,26 @@ fn runtime_mutes_survive_a_restart_and_status_tells_the_whole_state() {
     let (agent, sock) = start_agent(&scratch, &policy, runtime.path(), &mutes_file);
     assert_eq!(status(&sock)["mutes_runtime"], 0);
     assert!(!cat_allowed(&secret), "a removed mute does not come back");
+
+    // doctor notices a policy file edited since it was loaded, and one others may write.
+    std::fs::write(&policy, policy_text(&secret, "# edited\n")).unwrap();
+    let out = doctor(&["--json"]);
+    assert_eq!(level(&out, "policy in force"), "warn", "{}", stdout(&out));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = doctor(&["--json"]);
+    assert_eq!(level(&out, "policy file"), "fail", "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "a failure exits 1");
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
     stop_agent(agent);
+
+    // With the agent stopped: the extension and the helper are reported down, with the fix.
+    let out = doctor(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let human = stdout(&out);
+    assert!(
+        human.contains("FAIL  extension          the extension is not running"),
+        "{human}"
+    );
+    assert!(human.contains("FAIL  helper"), "{human}");
 }
