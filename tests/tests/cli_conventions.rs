@@ -14,6 +14,7 @@ const COMMANDS: &[&[&str]] = &[
     &["stats"],
     &["metrics"],
     &["fileinfo"],
+    &["doctor"],
     &["policy"],
     &["policy", "check"],
     &["policy", "eval"],
