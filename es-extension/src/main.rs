@@ -69,6 +69,13 @@ struct Args {
     #[cfg(target_os = "linux")]
     #[arg(long)]
     journald: bool,
+    /// macOS: do not send events-log records to the unified log (by default every record is
+    /// also one unified-log entry of this process, a deny at warning level; see them with
+    /// `log show --predicate 'process == "gatehouse-extension"'`). The extension's own log
+    /// lines go to the unified log either way unless stderr is a terminal.
+    #[cfg(target_os = "macos")]
+    #[arg(long)]
+    no_unified_log: bool,
     /// Filesystems whose execs are authorized (fanotify filesystem marks), repeatable; `/` when
     /// omitted. Bind mounts of a marked filesystem are covered.
     #[cfg(target_os = "linux")]
@@ -180,6 +187,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         events_log_keep: args.events_log_keep,
         control_socket: usable("control socket", args.control_socket),
         mutes_file: usable("runtime mutes file", args.mutes_file),
+        unified_log: !args.no_unified_log,
         helper_requirement,
         ..es_extension::sys::macos::MacOptions::default()
     };
@@ -202,14 +210,35 @@ fn main() -> ExitCode {
         eprintln!("gatehouse-extension: error: prctl(PR_SET_PDEATHSIG) failed: {e}");
         return ExitCode::FAILURE;
     }
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    // macOS: a system extension's stderr goes nowhere, so its log lines go to the unified log
+    // (one entry per line, at the line's level), unless someone runs it from a terminal.
+    #[cfg(target_os = "macos")]
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        tracing_subscriber::fmt()
+            .log_internal_errors(false)
+            .with_ansi(false)
+            .without_time()
+            .with_env_filter(filter())
+            .with_writer(es_extension::sys::macos::ffi::unified_log::MakeUnifiedLogWriter)
+            .init();
+        return match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("gatehouse-extension: error: {e:#}");
+                eprintln!("gatehouse-extension: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         // A closed stderr must not panic the process (tracing would report the failed write
         // on stderr itself, and that panics).
         .log_internal_errors(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .init();
     match run(args) {

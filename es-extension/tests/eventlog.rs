@@ -155,3 +155,69 @@ fn rotation_keeps_n_files_and_counts_what_falls_off() {
         "every record is on disk or counted as rotated out (the earlier run's two included)"
     );
 }
+
+/// A system log that keeps what it is sent (or refuses everything).
+#[derive(Debug, Default)]
+struct CapturedLog {
+    refuse: bool,
+    got: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+impl es_extension::core::eventlog::SystemLog for CapturedLog {
+    fn name(&self) -> &'static str {
+        "captured"
+    }
+    fn send(&self, line: &str, deny: bool) -> bool {
+        self.got.lock().unwrap().push((line.to_owned(), deny));
+        !self.refuse
+    }
+}
+
+/// Every record the file gets also goes to the system log (macOS: the unified log), a deny
+/// flagged as one, and each is counted as sent or failed: none is lost uncounted.
+#[test]
+fn every_record_also_reaches_the_system_log_and_is_counted() {
+    for refuse in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("events.jsonl");
+        let sys = std::sync::Arc::new(CapturedLog {
+            refuse,
+            ..Default::default()
+        });
+        let mut cfg = test_config(Some(&dir.path().join("absent.sock")));
+        cfg.events_log = Some(log.clone());
+        cfg.system_log = Some(sys.clone());
+        let rig = start(cfg);
+        const N: u64 = 20;
+        for i in 0..N {
+            // No helper: each exec is a logged helper-unavailable fallback deny.
+            let (_, d) = rig.backend.delivery(
+                events::exec(3_000_000, "/usr/local/bin/tool", 100 + i),
+                Duration::from_secs(1),
+            );
+            rig.core.deliver(d);
+        }
+        settle(&rig.core, N);
+        rig.core.shutdown();
+        assert_clean(&rig.backend);
+        let file: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let got = sys.got.lock().unwrap().clone();
+        assert_eq!(file.len() as u64, N, "refuse={refuse}");
+        assert_eq!(
+            got.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
+            file,
+            "the system log gets the file's lines, in order (refuse={refuse})"
+        );
+        assert!(
+            got.iter().all(|(_, deny)| *deny),
+            "fallback denies: {got:?}"
+        );
+        let (sent, failed) = if refuse { (0, N) } else { (N, 0) };
+        assert_eq!(counter(&rig.core, "log_unified_sent"), sent);
+        assert_eq!(counter(&rig.core, "log_unified_failed"), failed);
+    }
+}

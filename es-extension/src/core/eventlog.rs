@@ -328,6 +328,26 @@ mod tty {
     }
 }
 
+/// A system log the writer thread also sends every record to, besides the file (macOS: the
+/// unified log, `sys::macos::ffi::unified_log`). It runs on the writer thread, never on a
+/// delivery thread, and must not wait on a daemon: the file stays the record of truth, and
+/// every record is counted as sent (`log_unified_sent`) or not (`log_unified_failed`).
+pub trait SystemLog: Send + Sync + std::fmt::Debug {
+    /// Named in logs ("unified log").
+    fn name(&self) -> &'static str;
+    /// Sends one record (its JSON line); `deny` records may be sent at a higher level.
+    /// Returns whether the log took it.
+    fn send(&self, line: &str, deny: bool) -> bool;
+}
+
+/// Whether a record line is a deny (for a system log's level), without a full parse: the
+/// record's own `verdict` key comes before its event, and a quote inside a string value is
+/// escaped, so the first unescaped `"verdict":` is the record's.
+fn line_is_deny(line: &str) -> bool {
+    line.find("\"verdict\":")
+        .is_some_and(|i| line[i + "\"verdict\":".len()..].starts_with("\"deny\""))
+}
+
 /// journald's native protocol: one datagram of `KEY=value` lines per record, sent without
 /// blocking from the writer thread. Every record is counted as sent or failed, never silently
 /// lost: the JSON file stays the record of truth.
@@ -842,6 +862,8 @@ pub(crate) struct WriterSetup {
     pub path: Option<PathBuf>,
     /// Also send each record to journald.
     pub journald: bool,
+    /// Also send each record to this system log (macOS: the unified log).
+    pub system_log: Option<Arc<dyn SystemLog>>,
     pub cfg: WriterConfig,
 }
 
@@ -877,6 +899,13 @@ pub(crate) fn run_writer(
         r.to_line(host, message.as_deref())
     };
     let journal = setup.journald.then(Journal::open);
+    let setup_system_log = setup.system_log;
+    if let Some(sys) = &setup_system_log {
+        tracing::info!(
+            log = sys.name(),
+            "events-log records also go to the system log"
+        );
+    }
     let mut writer = setup
         .path
         .map(|p| Writer::new(DiskFiles::new(p), setup.cfg));
@@ -894,6 +923,13 @@ pub(crate) fn run_writer(
         for l in batch {
             if let Some(j) = &journal {
                 j.send(&l, m);
+            }
+            if let Some(sys) = &setup_system_log {
+                Metrics::inc(if sys.send(&l, line_is_deny(&l)) {
+                    &m.log_unified_sent
+                } else {
+                    &m.log_unified_failed
+                });
             }
             recent.push(l);
         }
@@ -943,6 +979,20 @@ mod tests {
                 &format!("MESSAGE={line}"),
             ]
         );
+    }
+
+    #[test]
+    fn line_is_deny_table() {
+        for (line, want) in [
+            (r#"{"time":"t","verdict":"deny","event":{}}"#, true),
+            (r#"{"time":"t","verdict":"allow","event":{}}"#, false),
+            // A rule message quoting a deny is escaped, so it is not the record's verdict.
+            (r#"{"verdict":"allow","message":""verdict":"deny""}"#, false),
+            (r#"{"gap":3}"#, false),
+            ("", false),
+        ] {
+            assert_eq!(line_is_deny(line), want, "{line}");
+        }
     }
 
     /// No journald socket: every record is counted as failed, none lost uncounted.

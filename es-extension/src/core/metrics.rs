@@ -111,6 +111,9 @@ pub struct Metrics {
     /// full, record too large): each record is one or the other.
     pub log_journal_sent: AtomicU64,
     pub log_journal_failed: AtomicU64,
+    /// Records sent to the system log (macOS: the unified log), and those it did not take.
+    pub log_unified_sent: AtomicU64,
+    pub log_unified_failed: AtomicU64,
     /// Failed events-log operations (open, write, truncate, rotate), however many records each
     /// cost.
     pub log_write_errors: AtomicU64,
@@ -221,7 +224,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 39] = [
+        let named: [(&str, &AtomicU64); 41] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -238,6 +241,8 @@ impl Metrics {
             ("log_write_failed", &self.log_write_failed),
             ("log_journal_sent", &self.log_journal_sent),
             ("log_journal_failed", &self.log_journal_failed),
+            ("log_unified_sent", &self.log_unified_sent),
+            ("log_unified_failed", &self.log_unified_failed),
             ("log_write_errors", &self.log_write_errors),
             ("log_rotated_out_files", &self.log_rotated_out_files),
             ("log_rotated_out_records", &self.log_rotated_out_records),

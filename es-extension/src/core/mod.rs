@@ -83,6 +83,9 @@ pub struct CoreConfig {
     /// Linux: also send every record to journald (native protocol, non-blocking datagrams from
     /// the writer thread; a record journald does not take is counted in `log_journal_failed`).
     pub journald: bool,
+    /// Also send every record to this system log (macOS: the unified log), from the writer
+    /// thread; counted in `log_unified_sent` / `log_unified_failed`. `None`: no such log.
+    pub system_log: Option<Arc<dyn eventlog::SystemLog>>,
     /// Log records waiting for the writer; beyond this they are dropped and counted.
     pub log_channel_capacity: usize,
     /// Lines kept in memory for `events tail`.
@@ -158,6 +161,7 @@ impl CoreConfig {
             events_log_max_bytes: 16 * 1024 * 1024,
             events_log_keep: 5,
             journald: false,
+            system_log: None,
             events_log_retry: Duration::from_secs(1),
             log_channel_capacity: 4096,
             recent_lines: 1000,
@@ -515,6 +519,7 @@ impl<R: Responder> Core<R> {
             let setup = eventlog::WriterSetup {
                 path: cfg.events_log.clone(),
                 journald: cfg.journald,
+                system_log: cfg.system_log.clone(),
                 cfg: eventlog::WriterConfig {
                     max_bytes: cfg.events_log_max_bytes,
                     keep: cfg.events_log_keep,

@@ -6,6 +6,7 @@
 //! - `read`: an `endpoint_sec::Message` into the owned `message::EsMessage`.
 //! - `time`: mach absolute time and the timebase.
 //! - `token`: an audit token for a pid, without leaking the task-name port.
+//! - `unified_log`: the unified log through syslog(3), for events-log records and `tracing`.
 //! - `run`: the OS version check, the helper's XPC transport, signals and the CFRunLoop
 //!   around `session::Session`.
 
@@ -14,6 +15,7 @@ pub mod read;
 pub mod run;
 pub mod time;
 pub mod token;
+pub mod unified_log;
 
 pub use client::{FfiClient, FfiMsg};
 pub use run::{MacError, MacOptions, run};

@@ -37,6 +37,8 @@ pub struct MacOptions {
     pub control_socket: Option<PathBuf>,
     /// The runtime mutes file (`CoreConfig::mutes_file`).
     pub mutes_file: Option<PathBuf>,
+    /// Also send every events-log record to the unified log (`CoreConfig::system_log`).
+    pub unified_log: bool,
     /// The helper's mach service (`dev.gatehouse.helper`).
     pub helper_service: String,
     /// A code-signing requirement the helper must satisfy; `None` trusts launchd's system
@@ -55,6 +57,7 @@ impl Default for MacOptions {
             events_log_keep: CoreConfig::endpoint_security().events_log_keep,
             control_socket: Some(PathBuf::from(format!("{SUPPORT_DIR}/control.sock"))),
             mutes_file: Some(PathBuf::from(defaults::Os::Macos.mutes_file())),
+            unified_log: true,
             helper_service: HELPER_SERVICE.to_owned(),
             helper_requirement: None,
             helper_executable: PathBuf::from(format!("{SUPPORT_DIR}/gatehouse-helper")),
@@ -203,6 +206,9 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
         events_log_keep: opts.events_log_keep,
         control_socket: opts.control_socket.clone(),
         mutes_file: opts.mutes_file.clone(),
+        system_log: opts.unified_log.then(|| {
+            Arc::new(super::unified_log::UnifiedLog) as Arc<dyn crate::core::eventlog::SystemLog>
+        }),
         mounted_volumes: Some(crate::core::startup_mounts::MountSource(Arc::new(
             mounted_volumes,
         ))),
