@@ -19,6 +19,7 @@ pub mod analyzer;
 pub mod cache;
 pub mod client;
 pub mod disk_names;
+pub mod file_signing;
 pub mod hash;
 #[cfg(target_os = "linux")]
 pub mod linux;

@@ -241,3 +241,113 @@ impl SecuritySource for SecurityFramework {
         self.report(&what, &code, validity(rc))
     }
 }
+
+/// A file's signature for `gatehouse fileinfo`: validity (no requirement, no network, no
+/// resources or nested code), the signing id, team, CDHash, code-directory flags, platform
+/// identifier and the whole certificate chain. By path: informational only, for a person at a
+/// terminal; no decision takes its identity from here.
+pub fn file_signing(path: &str) -> Result<crate::file_signing::FileSigning, AnalysisError> {
+    use crate::file_signing::{ChainCert, FileSigning};
+    use objc2_core_foundation::CFNumber;
+    use objc2_security::{
+        kSecCodeInfoFlags, kSecCodeInfoIdentifier, kSecCodeInfoPlatformIdentifier,
+    };
+
+    let url = CFURL::from_file_path(path)
+        .ok_or_else(|| AnalysisError::BadRequest(format!("{path:?} is not a file path")))?;
+    let mut code: *const SecStaticCode = std::ptr::null();
+    // SAFETY: valid URL; `code` is a valid out-pointer for a +1 reference.
+    let rc = unsafe {
+        SecStaticCode::create_with_path(&url, SecCSFlags::DefaultFlags, NonNull::from(&mut code))
+    };
+    let code = NonNull::new(code.cast_mut())
+        .filter(|_| rc == ERR_SEC_SUCCESS)
+        .ok_or_else(|| status("SecStaticCodeCreateWithPath", path, rc))?;
+    // SAFETY: +1 reference from a successful create.
+    let code: CFRetained<SecStaticCode> = unsafe { CFRetained::from_raw(code) };
+    // SAFETY: live static code; no requirement.
+    let validity = validity(unsafe { code.check_validity(CHECK_FLAGS, None) });
+    let mut out = FileSigning {
+        validity,
+        identifier: None,
+        team_id: None,
+        cdhash: None,
+        flags: 0,
+        platform_identifier: 0,
+        chain: Vec::new(),
+    };
+    if validity == Validity::Unsigned {
+        return Ok(out);
+    }
+    let mut info: *const CFDictionary = std::ptr::null();
+    // SAFETY: live static code; `info` is a valid out-pointer for a +1 dictionary.
+    let rc = unsafe {
+        SecCode::copy_signing_information(
+            &code,
+            SecCSFlags(kSecCSSigningInformation),
+            NonNull::from(&mut info),
+        )
+    };
+    let info = NonNull::new(info.cast_mut())
+        .filter(|_| rc == ERR_SEC_SUCCESS)
+        .ok_or_else(|| status("SecCodeCopySigningInformation", path, rc))?;
+    // SAFETY: +1 dictionary from a successful copy; its keys are the kSecCodeInfo* CFStrings
+    // and every value is type-checked (`downcast`) before use.
+    let info: CFRetained<CFDictionary<CFString, CFType>> =
+        unsafe { CFRetained::cast_unchecked(CFRetained::<CFDictionary>::from_raw(info)) };
+    // SAFETY: constant CFStrings exported by the Security framework.
+    let (certs_key, team_key, unique_key, id_key, flags_key, platform_key) = unsafe {
+        (
+            kSecCodeInfoCertificates,
+            kSecCodeInfoTeamIdentifier,
+            kSecCodeInfoUnique,
+            kSecCodeInfoIdentifier,
+            kSecCodeInfoFlags,
+            kSecCodeInfoPlatformIdentifier,
+        )
+    };
+    let string = |k: &CFString| {
+        info.get(k)
+            .and_then(|v| v.downcast::<CFString>().ok())
+            .map(|v| v.to_string())
+    };
+    let number = |k: &CFString| {
+        info.get(k)
+            .and_then(|v| v.downcast::<CFNumber>().ok())
+            .and_then(|n| n.as_i64())
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    out.identifier = string(id_key);
+    out.team_id = string(team_key);
+    out.flags = number(flags_key);
+    out.platform_identifier = number(platform_key);
+    out.cdhash = info
+        .get(unique_key)
+        .and_then(|d| d.downcast::<CFData>().ok())
+        .and_then(|d| <[u8; 20]>::try_from(d.to_vec().as_slice()).ok())
+        .map(CdHash);
+    if let Some(certs) = info
+        .get(certs_key)
+        .and_then(|c| c.downcast::<CFArray>().ok())
+    {
+        // SAFETY: kSecCodeInfoCertificates is documented as an array of SecCertificate, leaf
+        // first; each element is type-checked below.
+        let certs: CFRetained<CFArray<CFType>> = unsafe { CFRetained::cast_unchecked(certs) };
+        for i in 0..certs.len() {
+            let Some(cert) = certs
+                .get(i)
+                .and_then(|c| c.downcast::<SecCertificate>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: live certificate; both calls return +1 references (or none).
+            let (der, summary) = unsafe { (cert.data(), cert.subject_summary()) };
+            out.chain.push(ChainCert {
+                sha256: Sha256(sha2::Sha256::digest(der.to_vec()).into()),
+                summary: summary.map(|s| s.to_string()).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
+}
