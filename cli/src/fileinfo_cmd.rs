@@ -346,7 +346,10 @@ mod tests {
         };
         let by_rule = |r: &Reason| matches!(r, Reason::Rule { rule } if rule.name == "tool");
         let unsigned = decide(&event);
-        assert!(!by_rule(&unsigned.1), "unsigned: no signing-id match: {unsigned:?}");
+        assert!(
+            !by_rule(&unsigned.1),
+            "unsigned: no signing-id match: {unsigned:?}"
+        );
         let s = FileSigning {
             flags: analysis_helper::file_signing::CS_RUNTIME,
             ..signed(

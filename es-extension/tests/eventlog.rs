@@ -221,3 +221,44 @@ fn every_record_also_reaches_the_system_log_and_is_counted() {
         assert_eq!(counter(&rig.core, "log_unified_failed"), failed);
     }
 }
+
+/// A deny reaches an agent waiting for block notices (macOS: the host app), with what the
+/// person blocked needs: the target, the process, and why; allows never do.
+#[test]
+fn a_deny_becomes_a_block_notice_for_the_waiting_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(Some(&dir.path().join("absent.sock")));
+    let rig = start(cfg);
+    let notices = rig.core.notices();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let exec = events::exec(3_000_000, "/usr/local/bin/tool", 100);
+    let uid = exec.process.uid;
+    // Start at 0: from now on.
+    notices.wait(
+        0,
+        uid,
+        std::time::Instant::now(),
+        Box::new(move |b| tx.send(b).unwrap()),
+    );
+    // An allowed open first (not a block), then a denied exec (no helper: fallback deny).
+    let (_, d) = rig.backend.delivery(
+        events::open(3_000_000, "/usr/bin/cat", "/srv/f", 1_000_000),
+        Duration::from_secs(1),
+    );
+    rig.core.deliver(d);
+    let (_, d) = rig.backend.delivery(exec, Duration::from_secs(1));
+    rig.core.deliver(d);
+    let batch = rx.recv_timeout(Duration::from_secs(10)).expect("a notice");
+    settle(&rig.core, 2);
+    rig.core.shutdown();
+    assert_clean(&rig.backend);
+    assert_eq!(batch.missed, 0);
+    assert_eq!(batch.notices.len(), 1, "{batch:?}");
+    let n = &batch.notices[0];
+    assert_eq!(
+        (n.kind.as_str(), n.target.as_str()),
+        ("exec", "/usr/local/bin/tool")
+    );
+    assert_eq!((n.pid, n.uid), (3_000_000, uid));
+    assert_eq!(batch.next, n.seq);
+}

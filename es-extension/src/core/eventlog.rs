@@ -857,6 +857,39 @@ impl<F: LogFiles> Writer<F> {
     }
 }
 
+/// A notice's text fields are cut to this many bytes, so a batch of them fits its frame.
+const NOTICE_FIELD_MAX: usize = 1024;
+
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(NOTICE_FIELD_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// The block notice for a deny record (its `seq` is assigned by `BlockNotices::push`).
+fn notice(r: &LogRecord, message: Option<&str>) -> protocol::BlockNotice {
+    protocol::BlockNotice {
+        seq: 0,
+        time_unix_ms: epoch_ms(r.at),
+        kind: r.event.kind().as_str().to_owned(),
+        target: r
+            .event
+            .subject_file()
+            .map(|f| cut(&f.path))
+            .unwrap_or_default(),
+        process: cut(&r.event.process.executable.path),
+        pid: r.event.process.pid,
+        uid: r.event.process.uid,
+        rule: match &r.decision.reason {
+            model::Reason::Rule { rule } => Some(cut(&rule.name)),
+            _ => None,
+        },
+        message: message.map(cut),
+    }
+}
+
 /// What the writer thread needs besides its channels.
 pub(crate) struct WriterSetup {
     pub path: Option<PathBuf>,
@@ -896,6 +929,9 @@ pub(crate) fn run_writer(
         if let (model::Verdict::Deny, Some(msg)) = (r.decision.verdict, message.as_deref()) {
             tty::tell(r.event.process.pid, msg);
         }
+        if r.decision.verdict == model::Verdict::Deny {
+            shared.notices.push(notice(r, message.as_deref()));
+        }
         r.to_line(host, message.as_deref())
     };
     let journal = setup.journald.then(Journal::open);
@@ -910,6 +946,11 @@ pub(crate) fn run_writer(
         .path
         .map(|p| Writer::new(DiskFiles::new(p), setup.cfg));
     let mut emit = |batch: Vec<String>, finish: bool| {
+        // Agents waiting for block notices are answered empty before their own timeout.
+        shared.notices.expire(
+            Instant::now(),
+            Duration::from_millis(protocol::NOTICE_WAIT_MAX_MS),
+        );
         let dropped = shared.log.pending_gap.swap(0, Ordering::Relaxed);
         let now = Instant::now();
         let gap = match writer.as_mut() {

@@ -28,6 +28,7 @@ pub mod kernel_retry;
 pub mod metrics;
 pub mod mute_file;
 pub mod mutes;
+pub mod notices;
 pub mod pending;
 pub mod startup_mounts;
 pub mod trusted;
@@ -283,6 +284,8 @@ pub(crate) struct Shared {
     pub control: control::ControlState,
     /// Forced remounts for the remount thread (bounded; a full queue drops and counts).
     pub remounts: Sender<RemountJob>,
+    /// Recent blocks for the person blocked (macOS: the host app's notifications).
+    pub notices: Arc<notices::BlockNotices>,
 }
 
 /// A denied mount or remount to perform again with a `remount` rule's flags.
@@ -370,6 +373,7 @@ pub(crate) fn test_shared(policy: Policy) -> Arc<Shared> {
         policy_watchers: Mutex::new(Vec::new()),
         control: control::ControlState::default(),
         remounts: crossbeam_channel::bounded(REMOUNT_QUEUE).0,
+        notices: Arc::default(),
     })
 }
 
@@ -501,6 +505,7 @@ impl<R: Responder> Core<R> {
             policy_watchers: Mutex::new(Vec::new()),
             control: control::ControlState::default(),
             remounts,
+            notices: Arc::default(),
             config,
         });
         restore_runtime_mutes(&shared);
@@ -848,6 +853,12 @@ impl<R: Responder> Core<R> {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Recent blocks and the agents waiting for them (macOS: the host app's notifications,
+    /// over the extension's XPC service).
+    pub fn notices(&self) -> Arc<notices::BlockNotices> {
+        Arc::clone(&self.shared.notices)
     }
 
     /// Notable decisions the events-log writer has processed, oldest first.

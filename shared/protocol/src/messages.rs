@@ -283,3 +283,52 @@ pub enum ControlResponse {
     /// Answer to [`ControlRequest::StatusDetail`]. Appended last.
     StatusDetail(StatusDetail),
 }
+
+/// One block, as the person blocked is told it (macOS: the host app's notification; Santa's
+/// block notification). Extension -> notifier agent, inside a [`NoticeBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockNotice {
+    /// Increasing per extension run (1, 2, ...): the agent's cursor.
+    pub seq: u64,
+    pub time_unix_ms: u64,
+    /// The event kind (`exec`, `open`, ...).
+    pub kind: String,
+    /// What was blocked: the program for an exec, the file for a file access.
+    pub target: String,
+    /// The program that was stopped (for an exec, the one that tried to start `target`).
+    pub process: String,
+    pub pid: u32,
+    pub uid: u32,
+    /// The deciding rule's name, when a rule decided.
+    pub rule: Option<String>,
+    /// The rule's `message`, when it has one.
+    pub message: Option<String>,
+}
+
+/// Notifier agent -> extension: "send me the blocks after `after`" (a long poll: the extension
+/// answers when there is one, or with an empty batch before [`NOTICE_WAIT_MAX_MS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRequest {
+    /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) of the agent.
+    pub version: u16,
+    /// The last `seq` the agent has seen; 0 at its start, or a cursor from an earlier run of
+    /// the extension, means from now on (the backlog is not replayed).
+    pub after: u64,
+}
+
+/// Extension -> notifier agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeBatch {
+    pub notices: Vec<BlockNotice>,
+    /// Blocks after the cursor that had already left the extension's bounded window, or that
+    /// did not fit this batch: counted, never silently dropped.
+    pub missed: u64,
+    /// The cursor to send next.
+    pub next: u64,
+}
+
+/// The longest the extension holds a [`NoticeRequest`] before answering it empty; an agent
+/// waits a little longer than this for its reply.
+pub const NOTICE_WAIT_MAX_MS: u64 = 20_000;
+/// Frames on the notice channel are at most this large.
+pub const NOTICE_MAX_FRAME: u32 = 64 * 1024;

@@ -400,6 +400,32 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                 },
             }),
         ),
+        // The notice channel (macOS: the host app's block notifications over XPC).
+        (
+            "notice_request",
+            frame(&NoticeRequest {
+                version: 2,
+                after: 41,
+            }),
+        ),
+        (
+            "notice_batch",
+            frame(&NoticeBatch {
+                notices: vec![BlockNotice {
+                    seq: 42,
+                    time_unix_ms: 1_764_720_000_000,
+                    kind: "exec".into(),
+                    target: "/Users/jo/Downloads/tool".into(),
+                    process: "/bin/zsh".into(),
+                    pid: 4242,
+                    uid: 501,
+                    rule: Some("block-downloads".into()),
+                    message: Some("Unapproved software: ask IT".into()),
+                }],
+                missed: 1,
+                next: 42,
+            }),
+        ),
     ]
 }
 

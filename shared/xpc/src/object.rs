@@ -16,6 +16,8 @@ pub enum FrameKind {
     Hello = 1,
     /// `protocol::Request<HelperRequest>` / `protocol::Response<HelperResponse>`.
     Envelope = 2,
+    /// `protocol::NoticeRequest` / `protocol::NoticeBatch` (the extension's block notices).
+    Notice = 3,
 }
 
 impl FrameKind {
@@ -23,6 +25,7 @@ impl FrameKind {
         match v {
             1 => Some(Self::Hello),
             2 => Some(Self::Envelope),
+            3 => Some(Self::Notice),
             _ => None,
         }
     }

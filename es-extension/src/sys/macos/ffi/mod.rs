@@ -6,11 +6,13 @@
 //! - `read`: an `endpoint_sec::Message` into the owned `message::EsMessage`.
 //! - `time`: mach absolute time and the timebase.
 //! - `token`: an audit token for a pid, without leaking the task-name port.
+//! - `notify`: the XPC service the host app's notifier agent long-polls for block notices.
 //! - `unified_log`: the unified log through syslog(3), for events-log records and `tracing`.
 //! - `run`: the OS version check, the helper's XPC transport, signals and the CFRunLoop
 //!   around `session::Session`.
 
 pub mod client;
+pub mod notify;
 pub mod read;
 pub mod run;
 pub mod time;

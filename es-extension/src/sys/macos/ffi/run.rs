@@ -221,6 +221,20 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
         policy::Policy::embedded_default(),
         kernel,
     )?);
+    // Block notices for the host app's notifier agents; none is no reason not to protect.
+    let _notices = match super::notify::listen(core.notices()) {
+        None => {
+            tracing::info!(
+                "a build without a team serves no block notices (the service name needs it)"
+            );
+            None
+        }
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot listen for the host app's notifier; blocks are not shown to users");
+            None
+        }
+    };
     let policy = opts.policy.as_ref().and_then(|path| {
         let origin = path.to_string_lossy().into_owned();
         match std::fs::read_to_string(path) {
