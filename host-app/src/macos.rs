@@ -160,3 +160,94 @@ fn wait(args: Args, rx: &Receiver<Note>) -> Exit {
         }
     }
 }
+
+/// `Gatehouse notify`: the notifier agent. Long-polls the extension's block-notice service
+/// (system bootstrap; the peer must be our extension) and posts each answer's notifications.
+/// Runs until killed (launchd keeps it alive); a missing or restarting extension only backs
+/// the loop off. A build without a team has no service to reach.
+pub fn notify() -> Exit {
+    use crate::notifier::{Poller, REPLY_TIMEOUT};
+    use objc2_user_notifications::{UNAuthorizationOptions, UNUserNotificationCenter};
+    use protocol::frame::{decode_whole_frame, encode_frame};
+    use protocol::{NOTICE_MAX_FRAME, NoticeBatch};
+    use xpc::{ConnectOptions, Connection, FrameKind};
+
+    let Some(team) = defaults::TEAM_ID else {
+        eprintln!(
+            "Gatehouse: this build has no team id (GATEHOUSE_TEAM_ID), so the extension serves no block notices"
+        );
+        return Exit::Failed;
+    };
+    let service = defaults::macos::extension_mach_service(team);
+    let conn = match Connection::connect(
+        &service,
+        DispatchQueue::new("dev.gatehouse.app.notices", None),
+        ConnectOptions {
+            privileged: true,
+            peer_requirement: Some(defaults::extension_requirement(team)),
+            on_error: None,
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Gatehouse: cannot connect to {service}: {e}");
+            return Exit::Failed;
+        }
+    };
+    let center = UNUserNotificationCenter::currentNotificationCenter();
+    let asked = block2::RcBlock::new(|granted: objc2::runtime::Bool, _err: *mut NSError| {
+        if !granted.as_bool() {
+            eprintln!(
+                "Gatehouse: notifications are not allowed for Gatehouse; allow them in System Settings > Notifications"
+            );
+        }
+    });
+    center.requestAuthorizationWithOptions_completionHandler(
+        UNAuthorizationOptions::Alert | UNAuthorizationOptions::Sound,
+        &asked,
+    );
+    let mut poller = Poller::default();
+    loop {
+        let answer = match encode_frame(&poller.request(), NOTICE_MAX_FRAME) {
+            Ok(frame) => {
+                let (tx, rx) = channel();
+                conn.send_with_reply(FrameKind::Notice, &frame, REPLY_TIMEOUT, move |r| {
+                    let _ = tx.send(r);
+                });
+                // The callback runs exactly once (reply, error or timeout), so this returns.
+                match rx.recv() {
+                    Ok(Ok((Some(FrameKind::Notice), bytes))) => {
+                        decode_whole_frame::<NoticeBatch>(&bytes, NOTICE_MAX_FRAME)
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(Ok((kind, _))) => Err(format!("unexpected reply kind {kind:?}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the reply callback was dropped".to_owned()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let next = poller.answered(answer);
+        for n in &next.show {
+            post(&center, n);
+        }
+        std::thread::sleep(next.delay);
+    }
+}
+
+/// Posts one notification now (no trigger); a refusal (notifications off) is not retried.
+fn post(
+    center: &objc2_user_notifications::UNUserNotificationCenter,
+    n: &crate::notifier::Notification,
+) {
+    use objc2_user_notifications::{UNMutableNotificationContent, UNNotificationRequest};
+    let content = UNMutableNotificationContent::new();
+    content.setTitle(&NSString::from_str(&n.title));
+    content.setBody(&NSString::from_str(&n.body));
+    let request = UNNotificationRequest::requestWithIdentifier_content_trigger(
+        &NSString::from_str(&n.id),
+        &content,
+        None,
+    );
+    center.addNotificationRequest_withCompletionHandler(&request, None);
+}

@@ -3,9 +3,15 @@
 //! how it ended (`outcome::Exit`). Apple lets only the app that contains a system extension
 //! submit these requests, so `gatehouse extension activate|deactivate` and the installer's
 //! postinstall run this. Every decision is in `outcome.rs`; `macos.rs` is the Objective-C edge.
+//!
+//! `Gatehouse notify` is the notifier agent (the `dev.gatehouse.notifier` launch agent runs it
+//! in each user's session): it long-polls the extension's block-notice XPC service and posts
+//! each block of the user's processes as a notification, the message the person blocked is
+//! told (`notifier.rs` decides; `macos.rs` talks XPC and UserNotifications).
 
 #[cfg(target_os = "macos")]
 mod macos;
+mod notifier;
 mod outcome;
 
 use std::process::ExitCode;
@@ -17,6 +23,9 @@ use outcome::Exit;
 pub const EXTENSION_BUNDLE_ID: &str = defaults::macos::EXTENSION_ID;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("notify") {
+        return ExitCode::from(notify() as u8);
+    }
     let args = match outcome::parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -39,5 +48,16 @@ fn run(args: outcome::Args) -> Exit {
         "Gatehouse: {} of the system extension {EXTENSION_BUNDLE_ID} is macOS-only",
         args.action
     );
+    Exit::Failed
+}
+
+#[cfg(target_os = "macos")]
+fn notify() -> Exit {
+    macos::notify()
+}
+
+#[cfg(not(target_os = "macos"))]
+fn notify() -> Exit {
+    eprintln!("Gatehouse: the block notifier is macOS-only");
     Exit::Failed
 }

@@ -32,7 +32,7 @@ pub struct Args {
 /// approve the extension; an MDM-approved extension answers in seconds.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
-pub const USAGE: &str = "usage: Gatehouse activate|deactivate [--wait SECONDS]";
+pub const USAGE: &str = "usage: Gatehouse activate|deactivate [--wait SECONDS] | Gatehouse notify";
 
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
     let mut action = None;

@@ -84,9 +84,9 @@ fi
 sign --entitlements "$work/ext.entitlements" -s "$APP_SIGN_ID" "$sysx"
 sign --entitlements "$work/app.entitlements" -s "$APP_SIGN_ID" "$app"
 
-# 2. The helper, the CLI, the uninstaller and the launchd job.
+# 2. The helper, the CLI, the uninstaller, the launchd job and the notifier agent.
 support="$payload/Library/Application Support/Gatehouse"
-mkdir -p "$support" "$payload/Library/LaunchDaemons" "$payload/usr/local/bin"
+mkdir -p "$support" "$payload/Library/LaunchDaemons" "$payload/Library/LaunchAgents" "$payload/usr/local/bin"
 universal gatehouse-helper "$support/gatehouse-helper"
 universal gatehouse "$payload/usr/local/bin/gatehouse"
 sign -i dev.gatehouse.helper -s "$APP_SIGN_ID" "$support/gatehouse-helper"
@@ -95,6 +95,9 @@ cp "$here/uninstall.sh" "$support/uninstall.sh"
 chmod 755 "$support/uninstall.sh"
 subst "$here/launchd/dev.gatehouse.helper.plist" "$payload/Library/LaunchDaemons/dev.gatehouse.helper.plist"
 chmod 644 "$payload/Library/LaunchDaemons/dev.gatehouse.helper.plist"
+# The block notifier agent (one per user session, `Gatehouse notify`).
+cp "$here/launchd/dev.gatehouse.notifier.plist" "$payload/Library/LaunchAgents/dev.gatehouse.notifier.plist"
+chmod 644 "$payload/Library/LaunchAgents/dev.gatehouse.notifier.plist"
 
 # 3. Scripts: preinstall stops an old helper, postinstall makes the directories, boots the
 #    helper's job and asks for the extension's activation or replacement.

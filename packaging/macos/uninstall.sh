@@ -13,6 +13,10 @@ if [ -x "$APP/Contents/MacOS/Gatehouse" ]; then
     "$APP/Contents/MacOS/Gatehouse" deactivate --wait 60 || echo "uninstall.sh: the system extension was not deactivated; remove it with: systemextensionsctl uninstall <TEAMID> dev.gatehouse.extension" >&2
 fi
 launchctl bootout system/dev.gatehouse.helper 2>/dev/null || true
+for u in $(ps -axo uid= -o comm= | awk '/Gatehouse.app\/Contents\/MacOS\/Gatehouse$/ {print $1}' | sort -u); do
+    launchctl bootout "gui/$u/dev.gatehouse.notifier" 2>/dev/null || true
+done
+rm -f /Library/LaunchAgents/dev.gatehouse.notifier.plist
 rm -rf "$APP"
 rm -f /Library/LaunchDaemons/dev.gatehouse.helper.plist
 rm -f /usr/local/bin/gatehouse

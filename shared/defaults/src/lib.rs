@@ -138,6 +138,11 @@ pub mod macos {
     pub const PKG_ID: &str = "dev.gatehouse.pkg";
     /// The launchd plist the pkg installs.
     pub const HELPER_PLIST: &str = "/Library/LaunchDaemons/dev.gatehouse.helper.plist";
+    /// The block notifier: a launch agent in each user session running `Gatehouse notify`.
+    pub const NOTIFIER_LABEL: &str = "dev.gatehouse.notifier";
+    pub const NOTIFIER_PLIST: &str = "/Library/LaunchAgents/dev.gatehouse.notifier.plist";
+    /// The host app's executable (the notifier agent runs it with `notify`).
+    pub const APP_EXECUTABLE: &str = "/Applications/Gatehouse.app/Contents/MacOS/Gatehouse";
 
     /// The mach service the system extension may advertise (`NSEndpointSecurityMachServiceName`:
     /// it must start with the team id).

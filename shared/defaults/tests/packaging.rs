@@ -61,6 +61,26 @@ fn helper_launchd_job_matches_defaults() {
 }
 
 #[test]
+fn notifier_launch_agent_matches_defaults() {
+    let d = dict("launchd/dev.gatehouse.notifier.plist");
+    assert_eq!(string(&d, "Label"), macos::NOTIFIER_LABEL);
+    assert_eq!(string(&d, "AssociatedBundleIdentifiers"), macos::APP_ID);
+    assert_eq!(string(&d, "LimitLoadToSessionType"), "Aqua");
+    assert!(
+        d.get("UserName").is_none(),
+        "an agent runs as the session's user"
+    );
+    let args: Vec<&str> = d
+        .get("ProgramArguments")
+        .and_then(Value::as_array)
+        .expect("ProgramArguments")
+        .iter()
+        .map(|v| v.as_string().expect("string argument"))
+        .collect();
+    assert_eq!(args, [macos::APP_EXECUTABLE, "notify"]);
+}
+
+#[test]
 fn extension_bundle_matches_defaults() {
     let info = dict("extension/Info.plist");
     assert_eq!(string(&info, "CFBundleIdentifier"), macos::EXTENSION_ID);
@@ -168,6 +188,13 @@ fn staged_payload_matches_defaults() {
     assert!(executable(&at(paths.cli_executable)));
     let job = plist_at(&at(macos::HELPER_PLIST));
     assert_eq!(string(&job, "Label"), macos::HELPER_LABEL);
+    let agent = plist_at(&at(macos::NOTIFIER_PLIST));
+    assert_eq!(string(&agent, "Label"), macos::NOTIFIER_LABEL);
+    assert!(
+        executable(&at(macos::APP_EXECUTABLE)),
+        "{}",
+        macos::APP_EXECUTABLE
+    );
     let uninstall = at(&format!("{MACOS_SUPPORT_DIR}/uninstall.sh"));
     assert!(executable(&uninstall));
     let un = read(&uninstall);
@@ -179,6 +206,10 @@ fn staged_payload_matches_defaults() {
         ),
         ("removes the app", "rm -rf \"$APP\"".to_owned()),
         ("removes the job", format!("rm -f {}", macos::HELPER_PLIST)),
+        (
+            "removes the agent",
+            format!("rm -f {}", macos::NOTIFIER_PLIST),
+        ),
         ("removes the CLI", format!("rm -f {}", paths.cli_executable)),
         (
             "removes the support dir",
