@@ -152,11 +152,11 @@ pub fn assess_fanotify(
         }
     }
     for (path, r) in marks {
-        let check = format!("scope {path}");
+        let check = "scope";
         out.push(match r {
             Ok(()) => ok(
-                &check,
-                "filesystem marks for exec events work here".to_owned(),
+                check,
+                format!("{path}: filesystem marks for exec events work here"),
             ),
             Err(e) => {
                 let why = match e {
@@ -172,9 +172,9 @@ pub fn assess_fanotify(
                     other => other.desc().to_owned(),
                 };
                 finding(
-                    &check,
+                    check,
                     Level::Fail,
-                    format!("fanotify_mark(FAN_MARK_FILESYSTEM) failed: {why}"),
+                    format!("{path}: fanotify_mark(FAN_MARK_FILESYSTEM) failed: {why}"),
                     Some(format!(
                         "give --scope the filesystem's root mount instead of {path}, or leave \
                          it out of scope"
@@ -517,7 +517,13 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
                     let text = String::from_utf8(bytes)
                         .map_err(|e| format!("{} is not UTF-8: {e}", p.display()))?;
                     policy::Policy::parse(&p.display().to_string(), &text)
-                        .map(|pol| format!("{:?} mode, {} rules", pol.mode(), pol.rule_count()))
+                        .map(|pol| {
+                            format!(
+                                "{} mode, {} rules",
+                                format!("{:?}", pol.mode()).to_lowercase(),
+                                pol.rule_count()
+                            )
+                        })
                         .map_err(|e| e.to_string())
                 });
             findings.push(assess_parse("policy", p, Some(parsed)));
