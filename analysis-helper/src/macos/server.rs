@@ -141,6 +141,10 @@ fn handle(config: &Config, service: &Arc<Service>, pool: &Pool, msg: Incoming) {
                 }
             }
         }
+        // Block notices are the extension's own service, never the helper's.
+        Some(FrameKind::Notice) => {
+            tracing::warn!("a block-notice request on the helper's service; ignored")
+        }
         None => tracing::warn!("XPC message of unknown kind; ignored"),
     }
 }
