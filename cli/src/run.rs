@@ -1695,6 +1695,34 @@ processes = [{{ binary_path = "{reader}" }}]
         }
 
         #[test]
+        fn durations_read_in_the_unit_that_fits() {
+            let cases = [
+                (0, "0 us"),
+                (999, "999 us"),
+                (1_000, "1.0 ms"),
+                (2_449, "2.4 ms"),
+                (999_949, "999.9 ms"),
+                (1_000_000, "1.00 s"),
+                (1_604_000, "1.60 s"),
+            ];
+            for (us, want) in cases {
+                assert_eq!(human_us(us), want, "{us}");
+            }
+        }
+
+        #[test]
+        fn the_capture_keeps_the_last_lines_and_counts_the_rest() {
+            let c = Capture::default();
+            for i in 0..CAPTURE_LINES + 3 {
+                c.push(format!("line {i}"));
+            }
+            let kept = c.lines.lock().unwrap();
+            assert_eq!(kept.len(), CAPTURE_LINES);
+            assert_eq!(kept.front().map(String::as_str), Some("line 3"));
+            assert_eq!(c.dropped.load(Ordering::Relaxed), 3);
+        }
+
+        #[test]
         fn backoff_doubles_to_a_cap_and_resets_after_a_good_run() {
             let s = Duration::from_secs;
             let ms = Duration::from_millis;
