@@ -84,6 +84,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colours only for a person at a terminal: a pipe (`gatehouse demo`, a log file,
+        // journald) must get plain text, not escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let result = match &args.probe {

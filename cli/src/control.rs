@@ -412,7 +412,7 @@ pub fn format_status_detail(
     out
 }
 
-fn counter(s: &StatsReport, name: &str) -> u64 {
+pub(crate) fn counter(s: &StatsReport, name: &str) -> u64 {
     s.counters
         .iter()
         .find(|(n, _)| n == name)
@@ -648,7 +648,7 @@ pub fn breaker_state(s: &StatsReport) -> Option<String> {
 
 /// The helper's answer to a ping through the extension (bounded by the extension's 2 s), or
 /// `None` when it did not answer.
-fn helper_pong(socket: &Path) -> Option<HelperPong> {
+pub(crate) fn helper_pong(socket: &Path) -> Option<HelperPong> {
     match ask(socket, &ControlRequest::HelperPing).ok()? {
         ControlResponse::HelperPong {
             round_trip_us: Some(round_trip_us),
@@ -673,53 +673,58 @@ fn parse_pong_detail(detail: &str, round_trip_us: u64) -> Option<HelperPong> {
 }
 
 pub fn status(a: ReadArgs) -> anyhow::Result<ExitCode> {
-    match ask(&a.control_socket, &ControlRequest::Status)? {
-        ControlResponse::Status(s) => {
-            // The events log's, the marks' and the breaker's states travel with the counters
-            // (no status fields for them on the wire).
-            let stats = match ask(&a.control_socket, &ControlRequest::Stats) {
-                Ok(ControlResponse::Stats(st)) => Some(st),
-                _ => None,
-            };
-            // An older extension cannot answer the detail request: the report alone.
-            let detail = match ask(&a.control_socket, &ControlRequest::StatusDetail) {
-                Ok(ControlResponse::StatusDetail(d)) => Some(d),
-                _ => None,
-            };
-            let pong = s
-                .helper_connected
-                .then(|| helper_pong(&a.control_socket))
-                .flatten();
-            if a.json {
-                return print_json(&status_json(
-                    &s,
-                    stats.as_ref(),
-                    detail.as_ref(),
-                    pong.as_ref(),
-                ));
-            }
-            match &detail {
-                Some(d) => print!("{}", format_status_detail(d, stats.as_ref(), pong.as_ref())),
-                None => {
-                    print!("{}", format_status(&s));
-                    if let Some(st) = &stats {
-                        if let Some(b) = breaker_state(st) {
-                            println!("breaker:      {b}");
-                        }
-                        println!("events log:   {}", events_log_state(st));
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(unexpected("status", &other)),
+    let s = fetch_status(&a.control_socket)?;
+    // The events log's, the marks' and the breaker's states travel with the counters (no
+    // status fields for them on the wire).
+    let stats = match ask(&a.control_socket, &ControlRequest::Stats) {
+        Ok(ControlResponse::Stats(st)) => Some(st),
+        _ => None,
+    };
+    // An older extension cannot answer the detail request: the report alone.
+    let detail = match ask(&a.control_socket, &ControlRequest::StatusDetail) {
+        Ok(ControlResponse::StatusDetail(d)) => Some(d),
+        _ => None,
+    };
+    let pong = s
+        .helper_connected
+        .then(|| helper_pong(&a.control_socket))
+        .flatten();
+    if a.json {
+        return print_json(&status_json(
+            &s,
+            stats.as_ref(),
+            detail.as_ref(),
+            pong.as_ref(),
+        ));
     }
+    match &detail {
+        Some(d) => print!("{}", format_status_detail(d, stats.as_ref(), pong.as_ref())),
+        None => {
+            print!("{}", format_status(&s));
+            if let Some(st) = &stats {
+                if let Some(b) = breaker_state(st) {
+                    println!("breaker:      {b}");
+                }
+                println!("events log:   {}", events_log_state(st));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The extension's status and its details (for `gatehouse doctor`).
 pub fn fetch_status_detail(path: &Path) -> anyhow::Result<StatusDetail> {
     match ask(path, &ControlRequest::StatusDetail)? {
         ControlResponse::StatusDetail(d) => Ok(d),
+        other => Err(unexpected("status", &other)),
+    }
+}
+
+/// The extension's own status (`gatehouse status`; `gatehouse demo`: its pid and whether it
+/// reaches the helper).
+pub fn fetch_status(path: &Path) -> anyhow::Result<StatusReport> {
+    match ask(path, &ControlRequest::Status)? {
+        ControlResponse::Status(s) => Ok(s),
         other => Err(unexpected("status", &other)),
     }
 }

@@ -40,7 +40,8 @@ struct Cli {
 enum Command {
     /// Linux, root: start the helper and the extension in the foreground; Ctrl-C stops both.
     Run(run::RunArgs),
-    /// A self-contained tour in a scratch directory.
+    /// Linux, root: a self-contained tour in a scratch directory: a block, an allow, a protected
+    /// file, then the helper frozen and killed while the extension keeps answering.
     Demo(run::DemoArgs),
     /// The extension's state: mode, policy file and content hash, rule counts, scope, marks,
     /// mutes, helper, events log.

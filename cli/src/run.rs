@@ -11,8 +11,13 @@
 //! marks and closes its group) and then the helper.
 //!
 //! `demo` starts the same pair on a scratch tmpfs it mounts in a private mount namespace, with a
-//! policy that blocks one binary by SHA-256 and protects one file, runs a short tour and cleans
-//! everything up.
+//! policy that blocks one binary by SHA-256 and protects one file, and runs a short tour: a block,
+//! an allow, a protected file, then the scenario the product exists for. The helper is SIGSTOPped
+//! while execs that need it keep arriving (each answered with the policy's fallback by the
+//! extension's watchdog, then at once when the breaker opens), SIGKILLed and restarted while the
+//! extension keeps running, and analysis works again. It ends with a short summary from the
+//! extension's counters and cleans everything up. The children's own log lines stay out of the
+//! narrative unless `--verbose` asks for them (they are shown on stderr if the demo fails).
 //!
 //! Dying with the parent: children get `GATEHOUSE_PARENT_PID` and set `PR_SET_PDEATHSIG`
 //! (SIGKILL) themselves, so a SIGKILLed or crashed CLI leaves no helper or extension behind.
@@ -56,7 +61,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep the scratch directory's contents listing in the output (for debugging the demo).
+    /// Also show the helper's and the extension's own log lines, inline and tagged (without
+    /// it they are kept back, and shown on stderr only if the demo fails).
     #[arg(long)]
     pub verbose: bool,
 }
@@ -202,14 +208,83 @@ mod linux {
         let _ = rx.recv_timeout(end.saturating_duration_since(Instant::now()));
     }
 
-    /// Forward a child's stdout line by line through [`say`] (so the child never writes to a
-    /// closed or stalled stdout of ours). Ends at the child's EOF.
-    fn forward(out: impl Read + Send + 'static) {
+    /// Lines of the children's own output `gatehouse demo` keeps for a failure report.
+    const CAPTURE_LINES: usize = 400;
+
+    /// Where a child's own output (its stdout and stderr) goes.
+    #[derive(Clone)]
+    enum ChildOutput {
+        /// `run`: stdout through the printer, stderr inherited (the service's own log).
+        Forward,
+        /// `demo --verbose`: both through the printer, each line tagged with the child's name,
+        /// so they interleave with the narrative in the order they happened.
+        Tagged,
+        /// `demo`: both kept in memory (the last [`CAPTURE_LINES`]) and shown on stderr only
+        /// when the demo fails, so the narrative reads on its own.
+        Capture(Arc<Capture>),
+    }
+
+    /// The children's output kept by `gatehouse demo` (see [`ChildOutput::Capture`]).
+    #[derive(Default)]
+    struct Capture {
+        lines: std::sync::Mutex<std::collections::VecDeque<String>>,
+        dropped: AtomicU64,
+    }
+
+    impl Capture {
+        fn push(&self, line: String) {
+            let mut l = self
+                .lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if l.len() >= CAPTURE_LINES {
+                l.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            l.push_back(line);
+        }
+
+        /// Write what was kept to stderr (best effort: a closed stderr is ignored).
+        fn dump(&self) {
+            let lines = std::mem::take(
+                &mut *self
+                    .lines
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if lines.is_empty() {
+                return;
+            }
+            let mut err = std::io::stderr().lock();
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            let _ = writeln!(
+                err,
+                "gatehouse demo: the helper's and the extension's own log lines{}:",
+                if dropped > 0 {
+                    format!(" (the last {CAPTURE_LINES}; {dropped} earlier ones not kept)")
+                } else {
+                    String::new()
+                }
+            );
+            for l in lines {
+                let _ = writeln!(err, "  {l}");
+            }
+        }
+    }
+
+    /// Read a child's output line by line on a thread of its own and send it where `to` says
+    /// (through [`say`], so the child never writes to a closed or stalled stdout of ours).
+    /// Ends at the child's EOF.
+    fn pump(out: impl Read + Send + 'static, tag: &'static str, to: ChildOutput) {
         let _ = std::thread::Builder::new()
-            .name("child-stdout".into())
+            .name("child-output".into())
             .spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    say(line);
+                    match &to {
+                        ChildOutput::Forward => say(line),
+                        ChildOutput::Tagged => say(format!("  [{tag}] {line}")),
+                        ChildOutput::Capture(c) => c.push(format!("[{tag}] {line}")),
+                    }
                 }
             });
     }
@@ -250,15 +325,26 @@ mod linux {
 
     impl Proc {
         /// Spawn `cmd` as a supervised child. Main thread only (see the module docs).
-        fn spawn(name: &'static str, mut cmd: Command) -> anyhow::Result<Proc> {
+        fn spawn(
+            name: &'static str,
+            mut cmd: Command,
+            output: &ChildOutput,
+        ) -> anyhow::Result<Proc> {
             cmd.env(PARENT_ENV, std::process::id().to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped());
+            if !matches!(output, ChildOutput::Forward) {
+                cmd.stderr(Stdio::piped());
+            }
             let mut child = cmd
                 .spawn()
                 .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+            let tag = name.strip_prefix("gatehouse-").unwrap_or(name);
             if let Some(out) = child.stdout.take() {
-                forward(out);
+                pump(out, tag, output.clone());
+            }
+            if let Some(err) = child.stderr.take() {
+                pump(err, tag, output.clone());
             }
             Ok(Proc {
                 name,
@@ -335,6 +421,8 @@ mod linux {
         watchdog: Option<Duration>,
         /// `gatehouse run`'s `--mutes-file`; the demo keeps its own in its scratch directory.
         mutes_file: PathBuf,
+        /// Where the children's own output goes.
+        output: ChildOutput,
     }
 
     impl Spec {
@@ -362,6 +450,7 @@ mod linux {
                 events_log,
                 watchdog,
                 mutes_file: runtime.join("mutes.toml"),
+                output: ChildOutput::Forward,
             })
         }
 
@@ -372,7 +461,7 @@ mod linux {
             for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
                 cmd.env_remove(k);
             }
-            Proc::spawn("gatehouse-helper", cmd)
+            Proc::spawn("gatehouse-helper", cmd, &self.output)
         }
 
         fn extension(&self) -> anyhow::Result<Proc> {
@@ -399,7 +488,7 @@ mod linux {
                 Some(w) => cmd.env("WATCHDOG_USEC", w.as_micros().to_string()),
                 None => cmd.env_remove("WATCHDOG_USEC"),
             };
-            Proc::spawn("gatehouse-extension", cmd)
+            Proc::spawn("gatehouse-extension", cmd, &self.output)
         }
     }
 
@@ -874,28 +963,32 @@ mod linux {
         expect_refusal: bool,
     ) -> std::io::Result<std::process::Output> {
         let verdict = |refused: bool| match (refused, expect_refusal) {
-            (true, true) => "refused, as expected:",
-            (false, false) => "ok, as expected:",
-            (true, false) => "UNEXPECTED refusal:",
-            (false, true) => "UNEXPECTED success:",
+            (true, true) => "refused, as expected",
+            (false, false) => "ok, as expected",
+            (true, false) => "UNEXPECTED refusal",
+            (false, true) => "UNEXPECTED success",
         };
         let out = match cmd.stdin(Stdio::null()).output() {
             Ok(o) => o,
             Err(e) => {
-                say(format!("  $ {what}\n    -> {} {e}", verdict(true)));
+                say(format!("  $ {what}\n    -> {}: {e}", verdict(true)));
                 return Err(e);
             }
         };
         let err = String::from_utf8_lossy(&out.stderr);
         let text = String::from_utf8_lossy(&out.stdout);
+        let detail = format!("{}{}", text.trim(), err.trim());
         say(format!(
-            "  $ {what}\n    -> {} {}{}",
+            "  $ {what}\n    -> {}{}{detail}",
             verdict(!out.status.success()),
-            text.trim(),
-            err.trim()
+            if detail.is_empty() { "" } else { ": " }
         ));
         Ok(out)
     }
+
+    /// The demo policy's deadline for permission events: long enough for a cold helper's
+    /// first analysis on a busy machine (it builds its package index then).
+    const DEMO_DEADLINE_MS: u64 = 2000;
 
     fn demo_policy(blocked_sha: &str, allowed: &[String], secret: &Path, reader: &Path) -> String {
         let allow_rules: String = allowed
@@ -913,7 +1006,7 @@ mode = "enforce"
 [defaults]
 fallback = "allow"
 helper_unavailable = "allow"
-deadline_ms = 2000
+deadline_ms = {deadline_ms}
 
 [[exec]]
 name = "demo-block-by-sha256"
@@ -929,8 +1022,26 @@ audit_only = false
 processes = [{{ binary_path = "{reader}" }}]
 {allow_rules}"#,
             secret = secret.display(),
-            reader = reader.display()
+            reader = reader.display(),
+            deadline_ms = DEMO_DEADLINE_MS,
         )
+    }
+
+    /// Execs sent at the frozen helper: enough for the breaker to open (three helper timeouts
+    /// in a row, the extension's default) and for a few to be answered at once after it did.
+    const FROZEN_EXECS: u32 = 6;
+    /// The demo's wait for the extension to count an answer it gave (it counts just after
+    /// answering, so an exec can return first) or to reach a restarted helper.
+    const COUNT_WAIT: Duration = Duration::from_secs(3);
+    const RECONNECT_WAIT: Duration = Duration::from_secs(10);
+
+    /// How a demo run ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        Passed,
+        Failed,
+        /// A signal or a closed stdout stopped it before the end.
+        Stopped,
     }
 
     pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -939,12 +1050,412 @@ processes = [{{ binary_path = "{reader}" }}]
         }
         // Before any thread (the printer's included).
         private_mount_namespace()?;
-        let code = demo_in_namespace(&a);
+        let capture = Arc::new(Capture::default());
+        let output = if a.verbose {
+            ChildOutput::Tagged
+        } else {
+            ChildOutput::Capture(Arc::clone(&capture))
+        };
+        let outcome = demo_in_namespace(output);
         flush_output(Duration::from_secs(1));
-        code
+        // The children's own lines explain a failure; on success they are noise.
+        if matches!(outcome, Err(_) | Ok(Outcome::Failed)) {
+            capture.dump();
+        }
+        Ok(match outcome? {
+            Outcome::Passed => ExitCode::SUCCESS,
+            Outcome::Failed | Outcome::Stopped => ExitCode::FAILURE,
+        })
     }
 
-    fn demo_in_namespace(a: &DemoArgs) -> anyhow::Result<ExitCode> {
+    /// A duration for people: `840 us`, `3.2 ms`, `1.60 s`.
+    fn human_us(us: u64) -> String {
+        match us {
+            0..1_000 => format!("{us} us"),
+            1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+            _ => format!("{:.2} s", us as f64 / 1e6),
+        }
+    }
+
+    fn human(d: Duration) -> String {
+        human_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// What the tour's steps share.
+    struct Tour<'a> {
+        bin: &'a Path,
+        control: &'a Path,
+        /// Copies of /bin/true made so far (`true-1`, `true-2`, ...).
+        copies: std::cell::Cell<u32>,
+    }
+
+    /// One exec and what the extension's counters say decided it.
+    struct Exec {
+        name: String,
+        allowed: bool,
+        took: Duration,
+        /// The counters across the exec, once the extension counted its answer.
+        delta: Option<Delta>,
+    }
+
+    /// The extension's counters before and after something.
+    struct Delta {
+        before: protocol::StatsReport,
+        after: protocol::StatsReport,
+    }
+
+    impl Delta {
+        /// How much counter `n` went up.
+        fn get(&self, n: &str) -> u64 {
+            crate::control::counter(&self.after, n)
+                .saturating_sub(crate::control::counter(&self.before, n))
+        }
+    }
+
+    impl Tour<'_> {
+        /// A new copy of /bin/true: a new inode, so no kernel or verdict-cache entry covers
+        /// it, and only the helper (which hashes it for the SHA-256 allow rule) can decide it.
+        fn fresh_true(&self) -> anyhow::Result<PathBuf> {
+            let n = self.copies.get() + 1;
+            self.copies.set(n);
+            let p = self.bin.join(format!("true-{n}"));
+            std::fs::copy("/bin/true", &p)
+                .with_context(|| format!("copying /bin/true to {}", p.display()))?;
+            Ok(p)
+        }
+
+        fn stats(&self) -> Option<protocol::StatsReport> {
+            crate::control::fetch_stats(self.control).ok()
+        }
+
+        /// The counters once the extension has counted `n` answers more than in `before`
+        /// (bounded by [`COUNT_WAIT`]; `None` if it never did).
+        fn stats_after(
+            &self,
+            before: &protocol::StatsReport,
+            n: u64,
+        ) -> Option<protocol::StatsReport> {
+            let want = crate::control::counter(before, "answers") + n;
+            let end = Instant::now() + COUNT_WAIT;
+            loop {
+                let s = self.stats()?;
+                if crate::control::counter(&s, "answers") >= want {
+                    return Some(s);
+                }
+                if Instant::now() >= end {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        /// Exec a fresh copy of /bin/true, timed from here (fork to exit), and read what
+        /// decided it from the extension's counters.
+        fn exec_fresh(&self) -> anyhow::Result<Exec> {
+            let p = self.fresh_true()?;
+            let before = self
+                .stats()
+                .context("reading the extension's counters over its control socket")?;
+            let t = Instant::now();
+            let st = Command::new(&p)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let took = t.elapsed();
+            let delta = self
+                .stats_after(&before, 1)
+                .map(|after| Delta { before, after });
+            Ok(Exec {
+                name: format!(
+                    "bin/{}",
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                allowed: matches!(st, Ok(s) if s.success()),
+                took,
+                delta,
+            })
+        }
+    }
+
+    /// SIGCONT for a helper the demo stopped, on every way out of the step (an error, Ctrl-C,
+    /// a closed stdout), unless the step killed it first.
+    struct Resume(Option<Pid>);
+
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0.take() {
+                let _ = kill(pid, Signal::SIGCONT);
+            }
+        }
+    }
+
+    /// Steps 5 and 6: the field report's scenario. The helper is stopped while execs that need
+    /// it keep arriving (each answered by the watchdog with the policy's fallback, then at once
+    /// once the breaker opens), then killed and restarted while the extension keeps running,
+    /// and analysis works again.
+    fn freeze_and_restart(
+        tour: &Tour<'_>,
+        spec: &Spec,
+        helper: &mut Proc,
+        extension: &mut Proc,
+        halted: &dyn Fn() -> bool,
+    ) -> bool {
+        say("\n5. the helper freezes (SIGSTOP) while execs that need it keep arriving:");
+        let (Some(helper_pid), Some(ext_pid)) = (helper.pid(), extension.pid()) else {
+            say("    -> UNEXPECTED: the helper or the extension is not running");
+            return false;
+        };
+        let Some(start) = tour.stats() else {
+            say("    -> UNEXPECTED: the extension's control socket does not answer");
+            return false;
+        };
+        if kill(helper_pid, Signal::SIGSTOP).is_err() {
+            say(format!(
+                "    -> UNEXPECTED: could not stop the helper (pid {helper_pid})"
+            ));
+            return false;
+        }
+        let mut resume = Resume(Some(helper_pid));
+        say(format!(
+            "  helper pid {helper_pid} stopped; each exec is a new copy of /bin/true that only the helper can decide (SHA-256 rule)"
+        ));
+        let (mut fell_back, mut slowest, mut sent) = (0u32, Duration::ZERO, 0u32);
+        for _ in 0..FROZEN_EXECS {
+            if halted() {
+                return false;
+            }
+            let e = match tour.exec_fresh() {
+                Ok(e) => e,
+                Err(err) => {
+                    say(format!("    -> UNEXPECTED: {err:#}"));
+                    return false;
+                }
+            };
+            sent += 1;
+            slowest = slowest.max(e.took);
+            let how = match &e.delta {
+                Some(d) if d.get("fallbacks.deadline") > 0 => {
+                    fell_back += 1;
+                    "by the fallback: no answer from the helper, the watchdog answered before the deadline"
+                }
+                Some(d) if d.get("fallbacks.helper_unavailable") > 0 => {
+                    fell_back += 1;
+                    "by the fallback at once: the breaker is open (the helper kept timing out)"
+                }
+                Some(d) if d.get("helper_decided") > 0 => {
+                    "UNEXPECTED: decided by the stopped helper"
+                }
+                Some(_) => "UNEXPECTED: not by a fallback",
+                None => "UNEXPECTED: the extension did not count an answer",
+            };
+            say(format!(
+                "  {:<10} {} after {:>7}, {how}",
+                e.name,
+                if e.allowed { "allowed" } else { "REFUSED" },
+                human(e.took)
+            ));
+        }
+        let end = tour.stats();
+        let since = |n: &str| {
+            end.as_ref().map(|s| {
+                crate::control::counter(s, n).saturating_sub(crate::control::counter(&start, n))
+            })
+        };
+        let misses = since("deadline_misses");
+        let timeouts = since("fallbacks.deadline").unwrap_or(0);
+        let breaker_open = end
+            .as_ref()
+            .is_some_and(|s| crate::control::counter(s, "helper_breaker_open") != 0);
+        say(format!(
+            "    -> {fell_back} of {sent} execs answered with the policy's fallback (allow); slowest {} against the {} deadline; deadline misses: {}",
+            human(slowest),
+            format_args!("{} s", DEMO_DEADLINE_MS as f64 / 1000.0),
+            misses.map_or_else(|| "unknown".to_owned(), |m| m.to_string())
+        ));
+        if breaker_open {
+            say(format!(
+                "       the breaker opened after {timeouts} timeouts in a row, so the execs after them did not wait"
+            ));
+        }
+        let mut ok = sent > 0 && fell_back == sent && misses == Some(0);
+
+        if halted() {
+            return false;
+        }
+        say("\n6. the helper is killed (SIGKILL) and restarted; the extension is not:");
+        // Killed while stopped: SIGKILL needs no SIGCONT. Disarmed first, since the pid is
+        // free for reuse once reaped.
+        resume.0 = None;
+        let killed = Instant::now();
+        helper.kill_now();
+        say(format!("  helper pid {helper_pid} killed"));
+        // What `gatehouse run` does for a dead helper: start it again, leave the extension be.
+        match spec.helper() {
+            Ok(p) => *helper = p,
+            Err(e) => {
+                say(format!("    -> UNEXPECTED: restarting the helper: {e:#}"));
+                return false;
+            }
+        }
+        let new_pid = helper.pid().map_or(0, Pid::as_raw);
+        say(format!(
+            "  helper restarted by the supervisor: pid {new_pid}"
+        ));
+        let mut reached = false;
+        while !reached && killed.elapsed() < RECONNECT_WAIT && !halted() {
+            reached = crate::control::helper_pong(tour.control)
+                .is_some_and(|p| i64::from(p.pid) == i64::from(new_pid));
+            if !reached {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let status = crate::control::fetch_status(tour.control).ok();
+        let same = extension.exited().is_none()
+            && status
+                .as_ref()
+                .is_some_and(|s| i64::from(s.pid) == i64::from(ext_pid.as_raw()));
+        say(format!(
+            "  extension pid {}: {}",
+            status.as_ref().map_or(0, |s| s.pid),
+            if same {
+                "the same process, never restarted"
+            } else {
+                "UNEXPECTED: not the extension the demo started"
+            }
+        ));
+        if reached {
+            say(format!(
+                "  the extension reached the new helper {} after the kill (it reconnects on its own)",
+                human(killed.elapsed())
+            ));
+        } else {
+            say(format!(
+                "    -> UNEXPECTED: the extension did not reach helper pid {new_pid} within {RECONNECT_WAIT:?}"
+            ));
+        }
+        ok &= same && reached;
+        if halted() {
+            return false;
+        }
+        match tour.exec_fresh() {
+            Ok(e) => {
+                let analysed = e
+                    .delta
+                    .as_ref()
+                    .is_some_and(|d| d.get("helper_decided") == 1 && d.get("fallbacks") == 0);
+                say(format!(
+                    "  {:<10} {} after {:>7}, {}",
+                    e.name,
+                    if e.allowed { "allowed" } else { "REFUSED" },
+                    human(e.took),
+                    if analysed {
+                        "decided by the helper again (SHA-256 allow rule), no fallback"
+                    } else {
+                        "UNEXPECTED: not decided by the helper"
+                    }
+                ));
+                ok &= analysed && e.allowed;
+            }
+            Err(err) => {
+                say(format!("    -> UNEXPECTED: {err:#}"));
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Step 7: the notable records: each deny on a line, the fallbacks counted by reason.
+    fn events_step(control: &Path) {
+        say("\n7. the events log (as `gatehouse events tail` shows it):");
+        let mut f = crate::control::EventFollower::new(control, 1000);
+        let mut fallbacks = std::collections::BTreeMap::<String, u64>::new();
+        for line in f.poll().unwrap_or_default() {
+            let v: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            if let Some(why) = v
+                .as_ref()
+                .filter(|v| v["reason"] == "fallback")
+                .map(|v| v["why"].as_str().unwrap_or("?").to_owned())
+            {
+                *fallbacks.entry(why).or_default() += 1;
+            } else if let Some(s) = summarize(&line) {
+                say(s);
+            }
+        }
+        if !fallbacks.is_empty() {
+            let total: u64 = fallbacks.values().sum();
+            let by: Vec<String> = fallbacks
+                .iter()
+                .map(|(w, n)| format!("{n} {}", w.replace('_', " ")))
+                .collect();
+            say(format!(
+                "{:>10} {total} fallback records from step 5 ({})",
+                "+",
+                by.join(", ")
+            ));
+        }
+    }
+
+    /// The closing summary, from the extension's own counters and latency histogram.
+    fn summary(s: &protocol::StatsReport) {
+        let c = |n: &str| crate::control::counter(s, n);
+        let row = |k: &str, v: String, note: String| {
+            say(format!("  {k:<16} {v:>8}  {note}").trim_end().to_owned());
+        };
+        say("\nsummary (the extension's own counters; `gatehouse stats` shows them all):");
+        row(
+            "events",
+            c("events").to_string(),
+            format!(
+                "allowed {}, denied {}",
+                c("answers.allow"),
+                c("answers.deny")
+            ),
+        );
+        row(
+            "fast path",
+            (c("fast_path_decided") + c("cache_hits") + c("muted")).to_string(),
+            "decided by the policy on the delivery thread".into(),
+        );
+        row(
+            "analysed",
+            c("analysed").to_string(),
+            format!(
+                "handed to the helper; {} answered by it in time",
+                c("helper_decided")
+            ),
+        );
+        let by: Vec<String> = s
+            .counters
+            .iter()
+            .filter_map(|(n, v)| {
+                let why = n.strip_prefix("fallbacks.")?;
+                (*v > 0).then(|| format!("{v} {}", why.replace('_', " ")))
+            })
+            .collect();
+        row("fallbacks", c("fallbacks").to_string(), by.join(", "));
+        row(
+            "deadline misses",
+            c("deadline_misses").to_string(),
+            "answers later than the policy's deadline".into(),
+        );
+        if let Some(l) = s.latencies.iter().find(|l| l.name == "event_to_answer") {
+            row(
+                "latency p50",
+                human_us(l.p50_us),
+                format!("event to answer, all {} events", l.count),
+            );
+            // Reported at the lower bound of its histogram bucket.
+            row(
+                "latency p99",
+                human_us(l.p99_us),
+                "(histogram buckets: up to 6% low)".into(),
+            );
+        }
+    }
+
+    fn demo_in_namespace(output: ChildOutput) -> anyhow::Result<Outcome> {
+        let verbose = matches!(output, ChildOutput::Tagged);
         let sig = signals()?;
         let halted = || sig.stop.load(Ordering::Acquire) || stdout_gone();
         let tmp = std::env::temp_dir();
@@ -986,20 +1497,23 @@ processes = [{{ binary_path = "{reader}" }}]
             ),
         )?;
         say(format!(
-            "gatehouse demo: policy blocks {} by SHA-256 and lets only {} open {}",
+            "gatehouse demo: policy blocks {} by SHA-256 and lets only {} open {}; when the helper cannot answer in time, execs get the fallback: allow",
             blocked.display(),
             reader.display(),
             secret.display()
         ));
 
         let runtime = dir.join("run");
-        let spec = Spec::new(
-            Some(&policy_path),
-            &runtime,
-            std::slice::from_ref(&dir),
-            runtime.join("events.jsonl"),
-            None,
-        )?;
+        let spec = Spec {
+            output,
+            ..Spec::new(
+                Some(&policy_path),
+                &runtime,
+                std::slice::from_ref(&dir),
+                runtime.join("events.jsonl"),
+                None,
+            )?
+        };
         let notify = NotifySocket::bind(&spec.notify_socket)?;
         // Dropped in reverse order on an early return: the extension stops before the helper.
         let mut helper = spec.helper()?;
@@ -1010,7 +1524,7 @@ processes = [{{ binary_path = "{reader}" }}]
         let mut ready = false;
         while !ready && Instant::now() < end && !halted() {
             if extension.exited().is_some() {
-                bail!("the extension exited during start-up (see its output above)");
+                bail!("the extension exited during start-up (see its log lines)");
             }
             ready = notify
                 .recv(TICK)
@@ -1020,22 +1534,22 @@ processes = [{{ binary_path = "{reader}" }}]
         if !ready && !halted() {
             bail!("the extension did not become ready within 15 s");
         }
+        say(format!(
+            "gatehouse demo: helper pid {}, extension pid {}{}",
+            helper.pid().map_or(0, Pid::as_raw),
+            ext_pid.unwrap_or(0),
+            if verbose {
+                "; their own log lines are tagged [helper] and [extension]"
+            } else {
+                " (their own log lines: gatehouse demo --verbose)"
+            }
+        ));
 
-        let gatehouse = std::env::current_exe()?;
         // The steps show decisions the helper makes: wait (bounded) until the extension has
         // reached it, so a slow start on a busy machine does not turn the first step into the
         // helper_unavailable fallback.
-        let connected = || {
-            Command::new(&gatehouse)
-                .args(["status", "--json", "--control-socket"])
-                .arg(&spec.control_socket)
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .ok()
-                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-                .is_some_and(|v| v["helper_connected"] == true)
-        };
+        let connected =
+            || crate::control::fetch_status(&spec.control_socket).is_ok_and(|s| s.helper_connected);
         let end = Instant::now() + Duration::from_secs(10);
         while !connected() && Instant::now() < end && !halted() {
             std::thread::sleep(Duration::from_millis(50));
@@ -1045,8 +1559,13 @@ processes = [{{ binary_path = "{reader}" }}]
                 "gatehouse demo: the extension has not reached the helper within 10 s; the steps below may show fallbacks",
             );
         }
+        let tour = Tour {
+            bin: &bin,
+            control: &spec.control_socket,
+            copies: std::cell::Cell::new(0),
+        };
         let mut ok = true;
-        let steps: [&dyn Fn() -> bool; 6] = [
+        let steps: [&dyn Fn() -> bool; 4] = [
             &|| {
                 say("\n1. exec of the blocked binary (expect EPERM):");
                 match &step(
@@ -1085,43 +1604,27 @@ processes = [{{ binary_path = "{reader}" }}]
                 );
                 matches!(&o, Ok(o) if o.status.success())
             },
-            &|| {
-                say("\n5. stats:");
-                if let Ok(o) = Command::new(&gatehouse)
-                    .arg("stats")
-                    .arg("--control-socket")
-                    .arg(&spec.control_socket)
-                    .stdin(Stdio::null())
-                    .output()
-                {
-                    say(String::from_utf8_lossy(&o.stdout).trim_end().to_owned());
-                }
-                true
-            },
-            &|| {
-                say("\n6. events log:");
-                let mut f = crate::control::EventFollower::new(&spec.control_socket, 1000);
-                for line in f.poll().unwrap_or_default() {
-                    if let Some(s) = summarize(&line) {
-                        say(s);
-                    }
-                }
-                true
-            },
         ];
-        let mut completed = true;
         for s in steps {
             if halted() {
-                completed = false;
                 break;
             }
             ok &= s();
         }
-        if a.verbose && !halted() {
-            for e in std::fs::read_dir(&bin)?.flatten() {
-                say(format!("  {}", e.path().display()));
+        if !halted() {
+            ok &= freeze_and_restart(&tour, &spec, &mut helper, &mut extension, &halted);
+        }
+        if !halted() {
+            events_step(&spec.control_socket);
+            match tour.stats() {
+                Some(s) => summary(&s),
+                None => {
+                    say("\nsummary: UNEXPECTED: the extension's control socket does not answer");
+                    ok = false;
+                }
             }
         }
+        let completed = !halted();
         extension.stop(Duration::from_secs(10));
         helper.stop(Duration::from_secs(5));
         drop(notify);
@@ -1135,7 +1638,7 @@ processes = [{{ binary_path = "{reader}" }}]
                     "signal"
                 }
             );
-            return Ok(ExitCode::FAILURE);
+            return Ok(Outcome::Stopped);
         }
         say(format!(
             "\ngatehouse demo: {}; scratch tmpfs unmounted",
@@ -1145,11 +1648,7 @@ processes = [{{ binary_path = "{reader}" }}]
                 "SOME STEPS DID NOT BEHAVE AS EXPECTED"
             }
         ));
-        Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+        Ok(if ok { Outcome::Passed } else { Outcome::Failed })
     }
 
     #[cfg(test)]
@@ -1193,6 +1692,34 @@ processes = [{{ binary_path = "{reader}" }}]
             for (text, want) in cases {
                 assert_eq!(parse_notice(text), want, "{text:?}");
             }
+        }
+
+        #[test]
+        fn durations_read_in_the_unit_that_fits() {
+            let cases = [
+                (0, "0 us"),
+                (999, "999 us"),
+                (1_000, "1.0 ms"),
+                (2_449, "2.4 ms"),
+                (999_949, "999.9 ms"),
+                (1_000_000, "1.00 s"),
+                (1_604_000, "1.60 s"),
+            ];
+            for (us, want) in cases {
+                assert_eq!(human_us(us), want, "{us}");
+            }
+        }
+
+        #[test]
+        fn the_capture_keeps_the_last_lines_and_counts_the_rest() {
+            let c = Capture::default();
+            for i in 0..CAPTURE_LINES + 3 {
+                c.push(format!("line {i}"));
+            }
+            let kept = c.lines.lock().unwrap();
+            assert_eq!(kept.len(), CAPTURE_LINES);
+            assert_eq!(kept.front().map(String::as_str), Some("line 3"));
+            assert_eq!(c.dropped.load(Ordering::Relaxed), 3);
         }
 
         #[test]

@@ -239,6 +239,9 @@ fn main() -> ExitCode {
         // on stderr itself, and that panics).
         .log_internal_errors(false)
         .with_env_filter(filter())
+        // Colours only for a person at a terminal: a pipe (`gatehouse demo`, a log file,
+        // journald) must get plain text, not escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match run(args) {

@@ -2,7 +2,8 @@
 //! a SIGSTOPped extension under `gatehouse run` is killed by the supervisor's watchdog and its
 //! blocked openers released within the watchdog interval (the figure), then restarted; a killed
 //! extension or helper is restarted; SIGHUP reloads the policy without a new extension; a
-//! SIGKILLed `gatehouse run` and a `gatehouse demo | head -n 5` leave no process and no mount;
+//! SIGKILLed `gatehouse run`, a `gatehouse demo | head -n 5` and a Ctrl-C while the demo holds its
+//! helper stopped leave no process and no mount;
 //! a helper whose stdout and stderr are broken pipes stops within 1 s of SIGTERM; the systemd
 //! units pass `systemd-analyze verify`.
 //!
@@ -504,6 +505,39 @@ fn demo_into_head_leaves_no_process_and_no_mount() {
         group_members(pgid)
     );
     assert!(!dir.exists(), "demo directory {} removed", dir.display());
+}
+
+/// The kernel's state letter for `pid` (`T`: stopped by a signal), `None` once it is gone.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn ctrl_c_while_the_demo_holds_its_helper_stopped_leaves_no_process() {
+    if skip("ctrl_c_while_the_demo_holds_its_helper_stopped_leaves_no_process") {
+        return;
+    }
+    let _serial = serial();
+    let mut demo = Agent::spawn("gatehouse-demo", &["demo".as_ref()]);
+    demo.g
+        .wait_line("5. the helper freezes", Duration::from_secs(60))
+        .expect("the demo reached its freeze step");
+    // `helper pid N stopped; ...`: said right after the SIGSTOP, before the first exec.
+    let helper = demo.wait_pid("helper pid ", "helper pid ", Duration::from_secs(10));
+    assert_eq!(process_state(helper), Some('T'), "the helper is stopped");
+    // Ctrl-C as a terminal sends it: the whole foreground group, the stopped helper included
+    // (its SIGINT stays pending until the demo's cleanup resumes or kills it).
+    let _ = killpg(demo.pgid, Signal::SIGINT);
+    let st = demo.g.wait_exit(Duration::from_secs(30));
+    assert!(st.is_some(), "the demo ended after Ctrl-C");
+    assert!(
+        tests::wait_until(Duration::from_secs(3), || group_members(demo.pgid)
+            .is_empty()),
+        "processes left in the demo's group: {:?}",
+        group_members(demo.pgid)
+    );
+    assert_eq!(process_state(helper), None, "the stopped helper is gone");
 }
 
 #[test]
