@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// `gatehouse mute add|remove`.
     #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.mutes_file())]
     pub mutes_file: PathBuf,
+    /// The transitive allows file the extension restores at start and rewrites as compiler
+    /// processes' files are allowed and on `gatehouse rule transitive clear`.
+    #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.transitive_file())]
+    pub transitive_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +339,8 @@ mod linux {
         watchdog: Option<Duration>,
         /// `gatehouse run`'s `--mutes-file`; the demo keeps its own in its scratch directory.
         mutes_file: PathBuf,
+        /// `gatehouse run`'s `--transitive-file`; the demo keeps its own likewise.
+        transitive_file: PathBuf,
     }
 
     impl Spec {
@@ -362,6 +368,7 @@ mod linux {
                 events_log,
                 watchdog,
                 mutes_file: runtime.join("mutes.toml"),
+                transitive_file: runtime.join("transitive.json"),
             })
         }
 
@@ -387,7 +394,9 @@ mod linux {
                 .arg("--events-log")
                 .arg(&self.events_log)
                 .arg("--mutes-file")
-                .arg(&self.mutes_file);
+                .arg(&self.mutes_file)
+                .arg("--transitive-file")
+                .arg(&self.transitive_file);
             for path in &self.scope {
                 cmd.arg("--scope").arg(path);
             }
@@ -640,6 +649,7 @@ mod linux {
         let watchdog = (a.watchdog_ms > 0).then(|| Duration::from_millis(a.watchdog_ms));
         let spec = Spec {
             mutes_file: a.mutes_file.clone(),
+            transitive_file: a.transitive_file.clone(),
             ..Spec::new(
                 a.policy.as_deref(),
                 &a.runtime_dir,

@@ -136,8 +136,16 @@ impl Compiled {
     fn build(&self, c: Cand) -> Decision {
         match c {
             // Identifier rules depend only on the image: allows may be kernel-cached.
+            // Except a compiler rule's while transitive rules are on: the extension must see
+            // every exec of a compiler to track the process (a kernel-cached allow raises no
+            // event). The in-process cache keeps the rule name, so a hit still tracks it.
             Cand::Rule(i, Action::Allow) => {
-                Decision::allow(self.rule_reason(i), Cacheability::Kernel)
+                let cache = if self.transitive_rules && self.rules[i as usize].compiler {
+                    Cacheability::Identity
+                } else {
+                    Cacheability::Kernel
+                };
+                Decision::allow(self.rule_reason(i), cache)
             }
             Cand::Rule(i, Action::Block) => {
                 Decision::deny(self.rule_reason(i), Cacheability::Identity)

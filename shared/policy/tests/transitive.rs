@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use model::SigningStatus::*;
-use model::{Facts, RuleRef};
+use model::{Facts, Outcome, RuleRef};
 use policy::transitive::{TransitiveEntry, TransitiveRules};
 use policy::{LocalRules, Os, Policy};
 
@@ -69,6 +69,18 @@ fn compiler_rules_only_with_transitive_rules_on() {
             sig(Production, None, Some("com.apple.ld"), None, 0, true),
         );
         assert_eq!(summary(&p.decide(&ld, &Facts::NONE)), "allow:cc");
+        // On, the extension must see every exec of a compiler to track it: never a
+        // kernel-cached allow (the in-process cache keeps the rule name). Off, a plain allow.
+        let Outcome::Decided(d) = p.decide(&ld, &Facts::NONE) else {
+            panic!("decided")
+        };
+        let want_cache = if on {
+            model::Cacheability::Identity
+        } else {
+            model::Cacheability::Kernel
+        };
+        assert_eq!(d.cacheable, want_cache, "on={on}");
+        assert_eq!(p.records_transitive(), on, "on={on}");
     }
     let e = Policy::parse_for(
         "p",

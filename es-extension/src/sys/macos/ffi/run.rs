@@ -37,6 +37,8 @@ pub struct MacOptions {
     pub control_socket: Option<PathBuf>,
     /// The runtime mutes file (`CoreConfig::mutes_file`).
     pub mutes_file: Option<PathBuf>,
+    /// The transitive allows file (`CoreConfig::transitive_file`).
+    pub transitive_file: Option<PathBuf>,
     /// The helper's mach service (`dev.gatehouse.helper`).
     pub helper_service: String,
     /// A code-signing requirement the helper must satisfy; `None` trusts launchd's system
@@ -55,6 +57,7 @@ impl Default for MacOptions {
             events_log_keep: CoreConfig::endpoint_security().events_log_keep,
             control_socket: Some(PathBuf::from(format!("{SUPPORT_DIR}/control.sock"))),
             mutes_file: Some(PathBuf::from(defaults::Os::Macos.mutes_file())),
+            transitive_file: Some(PathBuf::from(defaults::Os::Macos.transitive_file())),
             helper_service: HELPER_SERVICE.to_owned(),
             helper_requirement: None,
             helper_executable: PathBuf::from(format!("{SUPPORT_DIR}/gatehouse-helper")),
@@ -203,6 +206,7 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
         events_log_keep: opts.events_log_keep,
         control_socket: opts.control_socket.clone(),
         mutes_file: opts.mutes_file.clone(),
+        transitive_file: opts.transitive_file.clone(),
         mounted_volumes: Some(crate::core::startup_mounts::MountSource(Arc::new(
             mounted_volumes,
         ))),
