@@ -763,9 +763,9 @@ impl<R: Responder> Server<R> {
             }
             ControlRequest::TransitiveClear => {
                 let removed = s.transitive.store.clear();
-                // The cleared allows may sit in either cache; nothing may keep serving them.
-                s.cache.clear();
-                super::kernel_retry::clear_kernel_cache(s);
+                // Nothing may keep serving a cleared allow: transitive allows are only ever in
+                // the verdict cache (never kernel-cached), which this clears.
+                s.transitive.changed(&s.cache);
                 match s.transitive.save() {
                     Ok(()) => ControlResponse::TransitiveCleared {
                         removed: removed as u64,

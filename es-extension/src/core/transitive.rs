@@ -12,8 +12,11 @@
 //!   counted, the file is not recorded, nothing waits).
 //! - The recorder thread hashes the file through the descriptor the kernel gave with the
 //!   event (never by re-opening its path: the file at that path may since be another), adds a
-//!   [`TransitiveEntry`] to the store the running policy reads, clears the verdict cache (a
-//!   cached deny of a file with that content is stale now) and saves the store.
+//!   [`TransitiveEntry`] to the store the running policy reads, bumps the store's generation
+//!   and clears the verdict cache (a cached deny of a file with that content is stale now),
+//!   and saves the store. A verdict decided while the store changed is cleared again by the
+//!   thread that cached it (the generation, as policy versions are). Transitive allows are
+//!   never kernel-cached, so no kernel ignore mark can outlive a `clear` or an eviction.
 //!
 //! # Pid reuse
 //! The set holds pids. With each tracked pid the recorder keeps a [`ProcessPin`] (Linux: a
@@ -195,6 +198,10 @@ pub struct Recorder {
     save_lock: Mutex<()>,
     file: Option<PathBuf>,
     evicted_seen: AtomicU64,
+    /// Bumped after every change of the store (adds, clear), before the verdict cache is
+    /// cleared: a thread that caches a verdict reads it before deciding and, if it moved by
+    /// the time the verdict is in the cache, clears the cache again (as for policy versions).
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -234,9 +241,23 @@ impl Recorder {
                 save_lock: Mutex::new(()),
                 file,
                 evicted_seen: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
             },
             RecorderRx(rx),
         )
+    }
+
+    /// The store's generation ([`Recorder::changed`] bumps it).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The store changed: bump the generation, then clear the verdict cache (a cached deny or
+    /// allow of a file whose hash was just added or removed is stale). Any thread but the
+    /// delivery thread.
+    pub(crate) fn changed(&self, cache: &policy::VerdictCache) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        cache.clear();
     }
 
     /// Whether close-writes are worth reporting at all (any compiler tracked now). Lock-free.
@@ -345,17 +366,12 @@ impl Recorder {
         }
     }
 
-    /// Count evictions the store made since the last look; true if there were any.
-    fn note_evictions(&self, m: &Metrics) -> bool {
+    /// Count evictions the store made since the last look.
+    fn note_evictions(&self, m: &Metrics) {
         let now = self.store.evicted();
         let before = self.evicted_seen.swap(now, Ordering::Relaxed);
-        if now > before {
-            m.transitive_evicted
-                .fetch_add(now - before, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
+        m.transitive_evicted
+            .fetch_add(now.saturating_sub(before), Ordering::Relaxed);
     }
 }
 
@@ -416,12 +432,10 @@ pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
             }
         }
         if changed {
-            // A cached deny (or analysis) of a file with a now-allowed hash is stale.
-            shared.cache.clear();
-            if rec.note_evictions(m) {
-                // An evicted allow may be cached by the kernel.
-                super::kernel_retry::clear_kernel_cache(&shared);
-            }
+            // A cached deny of a file with a now-allowed hash is stale (and a cached allow of
+            // an evicted one). Transitive allows are never kernel-cached (policy crate).
+            rec.changed(&shared.cache);
+            rec.note_evictions(m);
             if let Err(e) = rec.save() {
                 Metrics::inc(&m.transitive_file_errors);
                 tracing::warn!(error = %e, "transitive allows not saved; they stay in force until restart");

@@ -152,12 +152,15 @@ impl Compiled {
             }
             Cand::BadSignature => Decision::deny(Reason::InvalidSignature, Cacheability::Identity),
             Cand::Platform => Decision::allow(Reason::PlatformBinary, Cacheability::Kernel),
-            // Depends on the file alone (its hash); clearing the store clears the caches.
+            // Depends on the file alone (its hash), but the store changes at run time: an
+            // allow decided just before a `clear` or an eviction could reach the kernel after
+            // the kernel cache was cleared and stay there. So only the in-process cache keeps
+            // it, which the extension guards with the store's generation.
             Cand::Transitive => Decision::allow(
                 Reason::Rule {
                     rule: RuleRef::new(TRANSITIVE_RULE),
                 },
-                Cacheability::Kernel,
+                Cacheability::Identity,
             ),
             // Path scopes depend on where the file is, which neither a CDHash key nor the
             // kernel's caches track: never cached.
