@@ -246,3 +246,108 @@ fn files_a_compiler_writes_become_transitive_allows() {
     );
     drop(agent);
 }
+
+/// Figures for the report, not a check (ignored by default; run as root with `--ignored
+/// --nocapture`): the cost of the close-write group to a writer that is not a compiler, and how
+/// fast a compiler's files are recorded. Writes `N` files of 4 KiB on the scope tmpfs with the
+/// recording off (no close-write marks) and on, then has the compiler copy a directory of `N`
+/// files and waits until all of them are listed.
+#[test]
+#[ignore = "measurement; prints figures"]
+fn measure_close_write_cost() {
+    if skip("measure_close_write_cost") {
+        return;
+    }
+    const N: usize = 2000;
+    let scratch = Scratch::mount();
+    let runtime = tempfile::Builder::new()
+        .prefix("gatehouse-transitive-measure-")
+        .tempdir()
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let cc = scratch.join("cc");
+    std::fs::copy("/bin/cp", &cc).unwrap();
+    let sock = runtime.path().join("control.sock");
+    let sock_s = sock.to_str().unwrap().to_owned();
+    let write_n = |dir: &Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        let t = std::time::Instant::now();
+        for i in 0..N {
+            std::fs::write(dir.join(format!("f{i}")), [i as u8; 4096]).unwrap();
+        }
+        t.elapsed()
+    };
+    let baseline = write_n(&scratch.join("no-agent"));
+    let mut results = vec![("no agent".to_owned(), baseline)];
+    for on in [false, true] {
+        let policy = files.path().join(format!("policy-{on}.toml"));
+        std::fs::write(
+            &policy,
+            format!(
+                "version = 1\nmode = \"monitor\"\n[defaults]\npackage_trust = false\n\
+                 transitive_rules = {on}\n\
+                 [[exec]]\nname = \"cc\"\naction = \"allow\"\ncompiler = true\nsha256 = \"{}\"\n",
+                linux_common::sha256(&cc)
+            ),
+        )
+        .unwrap();
+        let agent = start(
+            &scratch,
+            &policy,
+            runtime.path(),
+            &files.path().join("transitive.json"),
+        );
+        let took = write_n(&scratch.join(&format!("agent-{on}")));
+        results.push((format!("agent, recording {on}"), took));
+        if on {
+            let src = scratch.join("agent-true");
+            let dst = scratch.join("copied");
+            let t = std::time::Instant::now();
+            let st = Command::new(&cc)
+                .arg("-r")
+                .arg(&src)
+                .arg(&dst)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let copy = t.elapsed();
+            // Each of the N files ends up recorded, dropped (queue full), unhashable or refused.
+            let accounted = || {
+                [
+                    "transitive_added",
+                    "transitive_writes_dropped",
+                    "transitive_hash_failures",
+                    "transitive_stale_writers",
+                ]
+                .iter()
+                .map(|c| counter(&sock_s, c))
+                .sum::<u64>()
+            };
+            assert!(
+                tests::wait_until(Duration::from_secs(60), || accounted() >= N as u64),
+                "accounted for {} of {N}",
+                accounted()
+            );
+            let recorded = t.elapsed();
+            println!(
+                "FIGURE compiler copy of {N} files: {copy:?}; all {N} accounted for after \
+                 {recorded:?}; added {} dropped {} hash failures {}",
+                counter(&sock_s, "transitive_added"),
+                counter(&sock_s, "transitive_writes_dropped"),
+                counter(&sock_s, "transitive_hash_failures")
+            );
+            println!(
+                "FIGURE writes seen {} handed off {}",
+                counter(&sock_s, "transitive_writes_seen"),
+                counter(&sock_s, "transitive_writes_handed_off")
+            );
+        }
+        agent.kill();
+    }
+    for (what, took) in results {
+        println!(
+            "FIGURE {N} x 4 KiB create+write+close, {what}: {took:?} ({:.1} us/file)",
+            took.as_secs_f64() * 1e6 / N as f64
+        );
+    }
+}

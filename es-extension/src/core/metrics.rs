@@ -190,6 +190,10 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
     pub fn fallback(&self, why: FallbackReason) {
         let i = FallbackReason::ALL
             .iter()

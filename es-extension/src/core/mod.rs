@@ -13,7 +13,7 @@
 //! - one watchdog answers the fallback at `deadline - headroom`;
 //! - one events-log writer;
 //! - one transitive recorder ([`transitive`]): hashes the files compiler processes write,
-//!   through the kernel's descriptor, and saves the store;
+//!   through the kernel's descriptor; and one saver, which writes the store's file;
 //! - when a control socket is configured, one control accept thread and `control_handlers`
 //!   control handlers (2 by default), so a silent or slow CLI client delays no other.
 
@@ -500,7 +500,7 @@ impl<R: Responder> Core<R> {
             Some(path) => Some(control::bind(path)?),
             None => None,
         };
-        let (transitive, transitive_rx) = transitive::Recorder::new(
+        let (transitive, transitive_rx, saver_rx) = transitive::Recorder::new(
             config.transitive_backend.clone(),
             config.transitive_file.clone(),
             config.transitive_capacity,
@@ -567,6 +567,12 @@ impl<R: Responder> Core<R> {
             let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
             threads.push(spawn("transitive", move || {
                 transitive::run(s, transitive_rx, stop);
+            })?);
+        }
+        {
+            let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
+            threads.push(spawn("transitive-save", move || {
+                transitive::run_saver(s, saver_rx, stop);
             })?);
         }
         {

@@ -54,7 +54,7 @@ pub const COMPILER_SLOTS: usize = 4096;
 const BUCKET: usize = 8;
 /// Compiler files waiting for the recorder; beyond this a write is dropped and counted. Each
 /// holds a descriptor, so this stays well inside the delivery loop's descriptor margin.
-pub const RECORD_QUEUE: usize = 256;
+pub const RECORD_QUEUE: usize = 1024;
 /// Largest file hashed; a larger one is counted as a hash failure and not allowed.
 pub const MAX_HASH_BYTES: u64 = 1 << 30;
 /// How long writes from a tracked pid are still accepted after its process exited.
@@ -202,6 +202,7 @@ pub struct Recorder {
     /// cleared: a thread that caches a verdict reads it before deciding and, if it moved by
     /// the time the verdict is in the cache, clears the cache again (as for policy versions).
     generation: AtomicU64,
+    save_tx: Sender<()>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -215,6 +216,10 @@ impl std::fmt::Debug for Recorder {
 
 /// The recorder thread's half.
 pub struct RecorderRx(Receiver<Job>);
+
+/// The saver thread's half (capacity one: a pending request covers later ones).
+#[derive(Debug)]
+pub struct SaverRx(Receiver<()>);
 
 impl std::fmt::Debug for RecorderRx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,8 +235,9 @@ impl Recorder {
         backend: Option<TransitiveBackend>,
         file: Option<PathBuf>,
         capacity: usize,
-    ) -> (Recorder, RecorderRx) {
+    ) -> (Recorder, RecorderRx, SaverRx) {
         let (tx, rx) = crossbeam_channel::bounded(RECORD_QUEUE);
+        let (save_tx, save_rx) = crossbeam_channel::bounded(1);
         (
             Recorder {
                 set: CompilerSet::with_slots(COMPILER_SLOTS),
@@ -242,8 +248,10 @@ impl Recorder {
                 file,
                 evicted_seen: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
+                save_tx,
             },
             RecorderRx(rx),
+            SaverRx(save_rx),
         )
     }
 
@@ -318,6 +326,11 @@ impl Recorder {
         }
     }
 
+    /// Ask the saver thread to save the store (never waits; a pending request covers this one).
+    pub(crate) fn request_save(&self) {
+        let _ = self.save_tx.try_send(());
+    }
+
     /// Save the store to its file, if it has one (atomically; any thread but the delivery
     /// thread).
     pub(crate) fn save(&self) -> Result<(), String> {
@@ -375,6 +388,30 @@ impl Recorder {
     }
 }
 
+/// The saver thread: saves the store whenever asked (requests coalesce: each save writes the
+/// store as it is then, so one save covers every request made before it), and once more at
+/// stop if a request is pending.
+pub(crate) fn run_saver(shared: Arc<Shared>, rx: SaverRx, stop: Receiver<()>) {
+    let rec = &shared.transitive;
+    let save = || {
+        if let Err(e) = rec.save() {
+            Metrics::inc(&shared.metrics.transitive_file_errors);
+            tracing::warn!(error = %e, "transitive allows not saved; they stay in force until restart");
+        }
+    };
+    loop {
+        crossbeam_channel::select! {
+            recv(rx.0) -> r => match r { Ok(()) => save(), Err(_) => return },
+            recv(stop) -> _ => {
+                if rx.0.try_recv().is_ok() {
+                    save();
+                }
+                return;
+            }
+        }
+    }
+}
+
 /// One tracked compiler, as the recorder thread knows it.
 struct Tracked {
     pin: Box<dyn ProcessPin>,
@@ -395,7 +432,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
             recv(stop) -> _ => return,
             default(PRUNE_EVERY) => None,
         };
-        let mut changed = false;
+        let mut added: Vec<TransitiveEntry> = Vec::new();
         let mut jobs: Vec<Job> = job.into_iter().collect();
         // Everything queued now, so one burst of writes costs one cache clear and one save.
         jobs.extend(rx.0.try_iter().take(RECORD_QUEUE));
@@ -425,21 +462,23 @@ pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
                         }
                     }
                     let rule = t.rule.clone();
-                    if record(&shared, file, path, rule) {
-                        changed = true;
+                    if let Some(entry) = record(&shared, file, path, rule) {
+                        added.push(entry);
                     }
                 }
             }
         }
-        if changed {
+        if !added.is_empty() {
+            // One copy of the store for the whole burst (an add per file is O(n) each).
+            Metrics::add(&m.transitive_added, added.len() as u64);
+            rec.store.add_all(added);
             // A cached deny of a file with a now-allowed hash is stale (and a cached allow of
             // an evicted one). Transitive allows are never kernel-cached (policy crate).
             rec.changed(&shared.cache);
             rec.note_evictions(m);
-            if let Err(e) = rec.save() {
-                Metrics::inc(&m.transitive_file_errors);
-                tracing::warn!(error = %e, "transitive allows not saved; they stay in force until restart");
-            }
+            // Saved by the saver thread: an fsync here was measured to stall this thread long
+            // enough for a compiler writing 2,000 small files to overflow the queue.
+            rec.request_save();
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
@@ -459,13 +498,18 @@ pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
     }
 }
 
-/// Hash `file` through its descriptor and add the entry. True when one was added.
-fn record(shared: &Shared, file: File, path: Option<String>, rule: String) -> bool {
+/// Hash `file` through its descriptor: the entry to add, or `None` (counted).
+fn record(
+    shared: &Shared,
+    file: File,
+    path: Option<String>,
+    rule: String,
+) -> Option<TransitiveEntry> {
     let rec = &shared.transitive;
     let m = &shared.metrics;
     let Some(sha256) = hash_file(&file) else {
         Metrics::inc(&m.transitive_hash_failures);
-        return false;
+        return None;
     };
     let path = path.unwrap_or_else(|| {
         rec.backend
@@ -477,14 +521,12 @@ fn record(shared: &Shared, file: File, path: Option<String>, rule: String) -> bo
     let added_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    rec.store.add(TransitiveEntry {
+    Some(TransitiveEntry {
         sha256,
         path: clip(path),
         compiler_rule: rule,
         added_ms,
-    });
-    Metrics::inc(&m.transitive_added);
-    true
+    })
 }
 
 /// SHA-256 of everything readable through `file` from its start, bounded by
