@@ -30,6 +30,9 @@
 //! within that grace, which with sequential pid allocation needs the whole pid space
 //! (`pid_max`, 4,194,304 by default on 64-bit Linux) to wrap in under a second. We accept that
 //! rather than read procfs (start times) on the delivery thread.
+//!
+//! The exec is tracked when it is allowed, before the kernel runs it: an exec that then fails
+//! (a bad image) leaves the old image of that process tracked as a compiler until it exits.
 
 #![forbid(unsafe_code)]
 
@@ -366,9 +369,8 @@ impl Recorder {
         };
         match parse(&path.display().to_string(), &text) {
             Ok(entries) => {
-                for e in entries {
-                    self.store.add(e);
-                }
+                // One copy of the store for the whole file (an add each is O(n) per entry).
+                self.store.add_all(entries);
                 self.evicted_seen
                     .store(self.store.evicted(), Ordering::Relaxed);
             }
