@@ -35,6 +35,9 @@ pub struct DoctorArgs {
     /// The runtime mutes file to check.
     #[arg(long, value_name = "FILE", default_value = defaults::Os::HOST.mutes_file())]
     pub mutes_file: PathBuf,
+    /// The transitive allows file to check (what it holds is allowed at the next start).
+    #[arg(long, value_name = "FILE", default_value = defaults::Os::HOST.transitive_file())]
+    pub transitive_file: PathBuf,
     /// The events log whose directory, permissions and free space are checked.
     #[arg(long, value_name = "FILE", default_value = defaults::Os::HOST.paths().events_log)]
     pub events_log: PathBuf,
@@ -558,6 +561,7 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
     findings.push(assess_parse("local rules", &a.local_rules, local));
     findings.push(optional_file("local rules file", &a.local_rules));
     findings.push(optional_file("mutes file", &a.mutes_file));
+    findings.push(optional_file("transitive allows file", &a.transitive_file));
     if let Some(dir) = a.local_rules.parent() {
         findings.push(assess_owner_and_mode(
             "config directory",

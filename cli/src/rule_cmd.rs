@@ -28,6 +28,36 @@ pub enum RuleCommand {
     List(ListArgs),
     /// Ask the running extension to load the local rules file again.
     Reload(FileArgs),
+    /// The transitive allows the running extension recorded: files that processes allowed by
+    /// a compiler rule wrote (`transitive_rules = true`), allowed by SHA-256.
+    #[command(subcommand)]
+    Transitive(TransitiveCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransitiveCommand {
+    /// List the transitive allows in force, oldest first.
+    List(TransitiveListArgs),
+    /// Remove every transitive allow, from the running extension and from the file it keeps
+    /// them in; their files' execs are decided again as any unknown binary.
+    Clear(TransitiveClearArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TransitiveListArgs {
+    /// The extension's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TransitiveClearArgs {
+    /// The extension's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +155,36 @@ pub fn rule(c: RuleCommand) -> anyhow::Result<ExitCode> {
         RuleCommand::Remove(a) => remove(a),
         RuleCommand::List(a) => list(a),
         RuleCommand::Reload(a) => reload(&a),
+        RuleCommand::Transitive(TransitiveCommand::List(a)) => transitive_list(&a),
+        RuleCommand::Transitive(TransitiveCommand::Clear(a)) => transitive_clear(&a),
+    }
+}
+
+fn transitive_list(a: &TransitiveListArgs) -> anyhow::Result<ExitCode> {
+    let entries = match crate::control::ask(&a.control_socket, &ControlRequest::TransitiveList)? {
+        ControlResponse::TransitiveList(v) => v,
+        ControlResponse::Error { message } => bail!("transitive allows not listed: {message}"),
+        other => bail!("unexpected answer to the transitive list: {other:?}"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} transitive allow(s)", entries.len());
+    for e in &entries {
+        println!("  {}  {:<24} {}", e.sha256, e.compiler_rule, e.path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn transitive_clear(a: &TransitiveClearArgs) -> anyhow::Result<ExitCode> {
+    match crate::control::ask(&a.control_socket, &ControlRequest::TransitiveClear)? {
+        ControlResponse::TransitiveCleared { removed } => {
+            println!("cleared {removed} transitive allow(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        ControlResponse::Error { message } => bail!("transitive allows not cleared: {message}"),
+        other => bail!("unexpected answer to the transitive clear: {other:?}"),
     }
 }
 

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// `gatehouse mute add|remove`.
     #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.mutes_file())]
     pub mutes_file: PathBuf,
+    /// The transitive allows file the extension restores at start and rewrites as compiler
+    /// processes' files are allowed and on `gatehouse rule transitive clear`.
+    #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.transitive_file())]
+    pub transitive_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -423,6 +427,8 @@ mod linux {
         mutes_file: PathBuf,
         /// Where the children's own output goes.
         output: ChildOutput,
+        /// `gatehouse run`'s `--transitive-file`; the demo keeps its own likewise.
+        transitive_file: PathBuf,
     }
 
     impl Spec {
@@ -451,6 +457,7 @@ mod linux {
                 watchdog,
                 mutes_file: runtime.join("mutes.toml"),
                 output: ChildOutput::Forward,
+                transitive_file: runtime.join("transitive.json"),
             })
         }
 
@@ -476,7 +483,9 @@ mod linux {
                 .arg("--events-log")
                 .arg(&self.events_log)
                 .arg("--mutes-file")
-                .arg(&self.mutes_file);
+                .arg(&self.mutes_file)
+                .arg("--transitive-file")
+                .arg(&self.transitive_file);
             for path in &self.scope {
                 cmd.arg("--scope").arg(path);
             }
@@ -729,6 +738,7 @@ mod linux {
         let watchdog = (a.watchdog_ms > 0).then(|| Duration::from_millis(a.watchdog_ms));
         let spec = Spec {
             mutes_file: a.mutes_file.clone(),
+            transitive_file: a.transitive_file.clone(),
             ..Spec::new(
                 a.policy.as_deref(),
                 &a.runtime_dir,

@@ -63,6 +63,11 @@ struct Args {
     /// the extension stops.
     #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.mutes_file())]
     mutes_file: PathBuf,
+    /// The transitive allows file (files written by processes a compiler rule allowed, with
+    /// `transitive_rules = true`): rewritten atomically as allows are added and on `gatehouse
+    /// rule transitive clear`, read back at start, so they survive restarts.
+    #[arg(long, value_name = "PATH", default_value = defaults::Os::HOST.transitive_file())]
+    transitive_file: PathBuf,
     /// Linux: also send every events-log record to journald (fields SYSLOG_IDENTIFIER,
     /// PRIORITY, GATEHOUSE_VERDICT, GATEHOUSE_KIND, GATEHOUSE_RULE, MESSAGE = the JSON line),
     /// without blocking; records journald does not take are counted in `log_journal_failed`.
@@ -135,6 +140,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         events_log_keep: args.events_log_keep,
         journald: args.journald,
         mutes_file: Some(args.mutes_file),
+        transitive_file: Some(args.transitive_file),
         ..CoreConfig::fanotify()
     };
     // The Linux backend (issue 6) owns the delivery thread, signals and shutdown.
@@ -188,6 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         control_socket: usable("control socket", args.control_socket),
         mutes_file: usable("runtime mutes file", args.mutes_file),
         unified_log: !args.no_unified_log,
+        transitive_file: usable("transitive allows file", args.transitive_file),
         helper_requirement,
         ..es_extension::sys::macos::MacOptions::default()
     };

@@ -56,10 +56,11 @@ fn thread_count_is_fixed_under_a_flood() {
     std::thread::sleep(Duration::from_millis(20));
     let baseline = task_count().unwrap();
     // 2 workers, helper reader, watchdog, kernel maintenance, forced remounts, events-log
-    // writer, the control accept thread and its `control_handlers` handlers (2 by default: 10
-    // in all); plus the fake helper's per-connection reader and writer, plus the sampler.
-    let core_threads = 2 + 5 + 1 + rig_handlers;
-    assert_eq!(core_threads, 10, "the default core thread set");
+    // writer, the transitive recorder and its saver, the control accept thread and its
+    // `control_handlers` handlers (2 by default: 12 in all); plus the fake helper's
+    // per-connection reader and writer, plus the sampler.
+    let core_threads = 2 + 7 + 1 + rig_handlers;
+    assert_eq!(core_threads, 12, "the default core thread set");
     assert_eq!(
         baseline,
         before_core + core_threads + 2 + 1,

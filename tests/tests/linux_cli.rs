@@ -834,6 +834,7 @@ fn runtime_mutes_survive_restarts_and_status_and_doctor_tell_the_state() {
     let local_rules = files.path().join("local-rules.toml");
     let helper_sock = runtime.path().join("helper.sock");
     let events_log = runtime.path().join("events.jsonl");
+    let transitive_file = files.path().join("transitive.json");
     let doctor = |extra: &[&str]| {
         let mut args: Vec<std::ffi::OsString> = vec!["doctor".into()];
         for (flag, v) in [
@@ -842,6 +843,7 @@ fn runtime_mutes_survive_restarts_and_status_and_doctor_tell_the_state() {
             ("--policy", policy.as_os_str()),
             ("--local-rules", local_rules.as_os_str()),
             ("--mutes-file", mutes_file.as_os_str()),
+            ("--transitive-file", transitive_file.as_os_str()),
             ("--events-log", events_log.as_os_str()),
             ("--scope", scratch.path.as_os_str()),
         ] {

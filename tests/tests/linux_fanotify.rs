@@ -173,6 +173,7 @@ fn gatehouse_listener(scratch: &std::path::Path, stall: bool) {
         flags_matter: Box::new(|| true),
         waker,
         stall: knob,
+        writes: None,
     }
     .run()
     .expect("delivery loop");

@@ -157,6 +157,8 @@ pub(crate) fn load_policy(
 /// the kernel cache cleared, followers told. Returns the new version.
 fn install_locked(shared: &Shared, policy: policy::Policy) -> u64 {
     let before = shared.mutes.load().all();
+    // Every policy reads the one transitive store (it ignores it unless transitive_rules).
+    let policy = policy.with_transitive(Some(Arc::clone(&shared.transitive.store)));
     let version = shared.store.replace(policy);
     shared.cache.clear();
     shared.refresh_mutes();
@@ -208,6 +210,34 @@ pub(crate) fn load_local_rules(shared: &Shared, path: &Path) -> Result<u64, Stri
     )
     .map_err(|e| format!("the running policy no longer compiles: {e}"))?;
     Ok(install_locked(shared, base.with_local(local)))
+}
+
+/// Bytes of entries one `TransitiveList` answer carries, under the control frame's limit.
+const TRANSITIVE_LIST_BUDGET: usize = 7 * 1024 * 1024;
+
+/// The store's entries for the wire, oldest first. At the store's bound with every path at
+/// its longest they could exceed one control frame: then the newest that fit are sent (the
+/// store and its file still hold every entry).
+fn transitive_list(
+    entries: &[policy::transitive::TransitiveEntry],
+) -> Vec<protocol::TransitiveAllow> {
+    let mut budget = TRANSITIVE_LIST_BUDGET;
+    let mut out: Vec<protocol::TransitiveAllow> = entries
+        .iter()
+        .rev()
+        .map_while(|e| {
+            let cost = 64 + e.path.len() + e.compiler_rule.len() + 32;
+            budget = budget.checked_sub(cost)?;
+            Some(protocol::TransitiveAllow {
+                sha256: e.sha256.to_hex(),
+                path: e.path.clone(),
+                compiler_rule: e.compiler_rule.clone(),
+                added_ms: e.added_ms,
+            })
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 /// The text of the policy file at `path`, for [`ControlRequest::PolicyLoadPath`]: an absolute
@@ -728,6 +758,29 @@ impl<R: Responder> Server<R> {
                 }
             }
             ControlRequest::MuteList => ControlResponse::Mutes(s.mutes.load().all()),
+            ControlRequest::TransitiveList => {
+                ControlResponse::TransitiveList(transitive_list(&s.transitive.store.list()))
+            }
+            ControlRequest::TransitiveClear => {
+                let removed = s.transitive.store.clear();
+                // Nothing may keep serving a cleared allow: transitive allows are only ever in
+                // the verdict cache (never kernel-cached), which this clears.
+                s.transitive.changed(&s.cache);
+                match s.transitive.save() {
+                    Ok(()) => ControlResponse::TransitiveCleared {
+                        removed: removed as u64,
+                    },
+                    Err(e) => {
+                        Metrics::inc(&s.metrics.transitive_file_errors);
+                        ControlResponse::Error {
+                            message: format!(
+                                "{removed} transitive allow(s) cleared for this run, but {e}; \
+                                 they would come back at the next start"
+                            ),
+                        }
+                    }
+                }
+            }
             ControlRequest::EventsTail { max } => {
                 ControlResponse::Events(s.recent.tail(max.min(10_000) as usize))
             }

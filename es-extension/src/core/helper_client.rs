@@ -493,6 +493,8 @@ impl<R: Responder> HelperClient<R> {
                     }
                 };
                 let snapshot = self.shared.store.load();
+                // Read before deciding: the transitive store can change under the decision.
+                let generation = self.shared.transitive.generation();
                 match snapshot.policy.decide(&slot.event, &facts) {
                     Outcome::Decided(d) => {
                         if d.cacheable != model::Cacheability::Never
@@ -500,10 +502,13 @@ impl<R: Responder> HelperClient<R> {
                             && self.shared.store.load().version == snapshot.version
                         {
                             self.shared.cache.insert(key, &d, Instant::now());
-                            // A policy swapped while we decided must not inherit this verdict:
-                            // if it moved between the check and the insert, the control
-                            // thread's clear may already have run, so clear again.
-                            if self.shared.store.load().version != snapshot.version {
+                            // A policy swapped (or a transitive allow added or cleared) while
+                            // we decided must not inherit this verdict: if it moved between
+                            // the check and the insert, the clear may already have run, so
+                            // clear again.
+                            if self.shared.store.load().version != snapshot.version
+                                || self.shared.transitive.generation() != generation
+                            {
                                 Metrics::inc(&m.stale_cache_reclears);
                                 self.shared.cache.clear();
                             }

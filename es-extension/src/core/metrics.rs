@@ -155,6 +155,26 @@ pub struct Metrics {
     pub startup_unmounts_started: AtomicU64,
     /// Of those, unmounts the helper refused or could not be asked for.
     pub startup_unmounts_failed: AtomicU64,
+    /// Transitive allowlisting (`core::transitive`): compiler processes put in the tracked
+    /// set; compiler execs not tracked (the set's bucket full, no pidfd, or the recorder's
+    /// queue full); tracked processes pruned after they exited.
+    pub transitive_compilers_tracked: AtomicU64,
+    pub transitive_compilers_untracked: AtomicU64,
+    pub transitive_compilers_pruned: AtomicU64,
+    /// Close-writes seen by the backend, those from a tracked compiler handed to the recorder,
+    /// and those dropped because its queue was full.
+    pub transitive_writes_seen: AtomicU64,
+    pub transitive_writes_handed_off: AtomicU64,
+    pub transitive_writes_dropped: AtomicU64,
+    /// Transitive allows added to the store, evicted from it at capacity, files that could not
+    /// be hashed through their descriptor (or were larger than the bound), and writes refused
+    /// because the writer's pid was no longer the tracked compiler.
+    pub transitive_added: AtomicU64,
+    pub transitive_evicted: AtomicU64,
+    pub transitive_hash_failures: AtomicU64,
+    pub transitive_stale_writers: AtomicU64,
+    /// The persisted store: failed saves, and a file (or entries in it) refused at start.
+    pub transitive_file_errors: AtomicU64,
     pub fast_path: AtomicHistogram,
     pub helper_round_trip: AtomicHistogram,
     pub event_to_answer: AtomicHistogram,
@@ -171,6 +191,10 @@ pub fn verdict_index(v: Verdict) -> usize {
 impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
     }
 
     pub fn fallback(&self, why: FallbackReason) {
@@ -224,7 +248,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 41] = [
+        let named: [(&str, &AtomicU64); 52] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -264,6 +288,29 @@ impl Metrics {
             ("startup_mounts_checked", &self.startup_mounts_checked),
             ("startup_unmounts_started", &self.startup_unmounts_started),
             ("startup_unmounts_failed", &self.startup_unmounts_failed),
+            (
+                "transitive_compilers_tracked",
+                &self.transitive_compilers_tracked,
+            ),
+            (
+                "transitive_compilers_untracked",
+                &self.transitive_compilers_untracked,
+            ),
+            (
+                "transitive_compilers_pruned",
+                &self.transitive_compilers_pruned,
+            ),
+            ("transitive_writes_seen", &self.transitive_writes_seen),
+            (
+                "transitive_writes_handed_off",
+                &self.transitive_writes_handed_off,
+            ),
+            ("transitive_writes_dropped", &self.transitive_writes_dropped),
+            ("transitive_added", &self.transitive_added),
+            ("transitive_evicted", &self.transitive_evicted),
+            ("transitive_hash_failures", &self.transitive_hash_failures),
+            ("transitive_stale_writers", &self.transitive_stale_writers),
+            ("transitive_file_errors", &self.transitive_file_errors),
             ("answers", &AtomicU64::new(self.answers_total())),
             (
                 "fallbacks",

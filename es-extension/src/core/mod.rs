@@ -12,6 +12,8 @@
 //! - one kernel-maintenance thread retries a failed kernel cache clear with backoff;
 //! - one watchdog answers the fallback at `deadline - headroom`;
 //! - one events-log writer;
+//! - one transitive recorder ([`transitive`]): hashes the files compiler processes write,
+//!   through the kernel's descriptor; and one saver, which writes the store's file;
 //! - when a control socket is configured, one control accept thread and `control_handlers`
 //!   control handlers (2 by default), so a silent or slow CLI client delays no other.
 
@@ -31,6 +33,7 @@ pub mod mutes;
 pub mod notices;
 pub mod pending;
 pub mod startup_mounts;
+pub mod transitive;
 pub mod trusted;
 pub mod watchdog;
 
@@ -146,6 +149,16 @@ pub struct CoreConfig {
     /// or `remove`. `None` (the default, and every test's): runtime mutes last as long as the
     /// process. The binaries set it to [`defaults::Os::mutes_file`] or `--mutes-file`.
     pub mutes_file: Option<PathBuf>,
+    /// How the backend pins compiler processes and names written files ([`transitive`]);
+    /// `None`: no compiler is ever tracked (a backend without close-write events).
+    pub transitive_backend: Option<transitive::TransitiveBackend>,
+    /// The transitive allows file: loaded at start, rewritten after each burst of new allows
+    /// and on `rule transitive clear`. `None` (the default, and every test's unless it sets
+    /// one): they last as long as the process. The binaries set it to
+    /// [`defaults::Os::transitive_file`] or `--transitive-file`.
+    pub transitive_file: Option<PathBuf>,
+    /// Most transitive allows kept (oldest evicted first, counted).
+    pub transitive_capacity: usize,
 }
 
 impl CoreConfig {
@@ -191,6 +204,9 @@ impl CoreConfig {
             host: eventlog::HostIds::default(),
             local_rules: Some(PathBuf::from(defaults::Os::HOST.local_rules())),
             mutes_file: None,
+            transitive_backend: None,
+            transitive_file: None,
+            transitive_capacity: policy::transitive::TRANSITIVE_MAX,
         }
     }
 
@@ -286,6 +302,8 @@ pub(crate) struct Shared {
     pub remounts: Sender<RemountJob>,
     /// Recent blocks for the person blocked (macOS: the host app's notifications).
     pub notices: Arc<notices::BlockNotices>,
+    /// Compiler processes and the transitive allows store every policy reads.
+    pub transitive: transitive::Recorder,
 }
 
 /// A denied mount or remount to perform again with a `remount` rule's flags.
@@ -374,6 +392,7 @@ pub(crate) fn test_shared(policy: Policy) -> Arc<Shared> {
         control: control::ControlState::default(),
         remounts: crossbeam_channel::bounded(REMOUNT_QUEUE).0,
         notices: Arc::default(),
+        transitive: transitive::Recorder::new(None, None, 16).0,
     })
 }
 
@@ -489,7 +508,14 @@ impl<R: Responder> Core<R> {
             Some(path) => Some(control::bind(path)?),
             None => None,
         };
+        let (transitive, transitive_rx, saver_rx) = transitive::Recorder::new(
+            config.transitive_backend.clone(),
+            config.transitive_file.clone(),
+            config.transitive_capacity,
+        );
+        let policy = policy.with_transitive(Some(Arc::clone(&transitive.store)));
         let shared = Arc::new(Shared {
+            transitive,
             store: PolicyStore::new(policy),
             cache: VerdictCache::with_capacity(config.cache_capacity),
             metrics: Metrics::default(),
@@ -509,6 +535,7 @@ impl<R: Responder> Core<R> {
             config,
         });
         restore_runtime_mutes(&shared);
+        shared.transitive.restore(&shared.metrics);
         shared.refresh_mutes();
         let cfg = &shared.config;
         let (queue_tx, queue_rx) = crossbeam_channel::bounded::<WorkItem<R>>(cfg.queue_capacity);
@@ -545,6 +572,18 @@ impl<R: Responder> Core<R> {
         {
             let (h, stop) = (Arc::clone(&helper), stop_rx.clone());
             threads.push(spawn("helper", move || h.run_reader(stop))?);
+        }
+        {
+            let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
+            threads.push(spawn("transitive", move || {
+                transitive::run(s, transitive_rx, stop);
+            })?);
+        }
+        {
+            let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
+            threads.push(spawn("transitive-save", move || {
+                transitive::run_saver(s, saver_rx, stop);
+            })?);
         }
         {
             let (s, stop) = (Arc::clone(&shared), stop_rx.clone());
@@ -824,6 +863,26 @@ impl<R: Responder> Core<R> {
     /// (missing: none); the policy file's rules stay above it. A bad file changes nothing.
     pub fn load_local_rules(&self, path: &std::path::Path) -> Result<u64, String> {
         control::load_local_rules(&self.shared, path)
+    }
+
+    /// A close-after-write of `file` by process `pid`, from the backend's delivery thread
+    /// (Linux: `FAN_CLOSE_WRITE` with the kernel's descriptor). A non-compiler's descriptor
+    /// closes here at once; never blocks ([`transitive::Recorder::file_written`]).
+    pub fn file_written(&self, pid: u32, file: std::fs::File, path: Option<String>) {
+        self.shared
+            .transitive
+            .file_written(&self.shared.metrics, pid, file, path);
+    }
+
+    /// Whether any compiler process is tracked now (lock-free): backends may skip the work of
+    /// reporting close-writes while none is.
+    pub fn compilers_tracked(&self) -> bool {
+        self.shared.transitive.any_compiler()
+    }
+
+    /// The transitive allows store the running policy reads.
+    pub fn transitive_store(&self) -> Arc<policy::transitive::TransitiveRules> {
+        Arc::clone(&self.shared.transitive.store)
     }
 
     pub fn helper_connected(&self) -> bool {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use model::{Cacheability, Decision, Event, FallbackReason, Verdict};
+use model::{Cacheability, Decision, Event, EventBody, FallbackReason, Reason, Verdict};
 use policy::Snapshot;
 
 use super::Shared;
@@ -45,6 +45,16 @@ pub(crate) fn respond<R: Responder>(
     // the control thread's own clear follows our answer.
     if answer.cache && shared.store.load().version != policy_version {
         answer.cache = false;
+    }
+    // Before the allow goes out: the compiler cannot write a file before it is tracked.
+    if decision.verdict == Verdict::Allow
+        && let EventBody::Exec { .. } = &event.body
+        && let Reason::Rule { rule } = &decision.reason
+        && shared.store.load().policy.is_compiler_rule(rule)
+    {
+        shared
+            .transitive
+            .compiler_exec(m, event.process.pid, &rule.name);
     }
     let result = responder.respond(answer);
     if let Some(forced) = decision.remount {

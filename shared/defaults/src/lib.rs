@@ -55,6 +55,18 @@ impl Os {
         }
     }
 
+    /// The transitive allows file (files compiler processes wrote, `transitive_rules`), beside
+    /// the mutes file: state the extension alone writes (atomically, after each burst of new
+    /// allows and on `gatehouse rule transitive clear`) and reads back at start. Kept under
+    /// the self-protected configuration directory rather than a state directory so that what
+    /// is allowed at the next start is as protected as the policy that allowed it.
+    pub const fn transitive_file(self) -> &'static str {
+        match self {
+            Os::Linux => "/etc/gatehouse/transitive.json",
+            Os::Macos => "/Library/Application Support/Gatehouse/transitive.json",
+        }
+    }
+
     /// This OS's paths.
     pub const fn paths(self) -> &'static Paths {
         match self {

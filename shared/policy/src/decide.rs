@@ -136,20 +136,31 @@ impl Compiled {
     fn build(&self, c: Cand) -> Decision {
         match c {
             // Identifier rules depend only on the image: allows may be kernel-cached.
+            // Except a compiler rule's while transitive rules are on: the extension must see
+            // every exec of a compiler to track the process (a kernel-cached allow raises no
+            // event). The in-process cache keeps the rule name, so a hit still tracks it.
             Cand::Rule(i, Action::Allow) => {
-                Decision::allow(self.rule_reason(i), Cacheability::Kernel)
+                let cache = if self.transitive_rules && self.rules[i as usize].compiler {
+                    Cacheability::Identity
+                } else {
+                    Cacheability::Kernel
+                };
+                Decision::allow(self.rule_reason(i), cache)
             }
             Cand::Rule(i, Action::Block) => {
                 Decision::deny(self.rule_reason(i), Cacheability::Identity)
             }
             Cand::BadSignature => Decision::deny(Reason::InvalidSignature, Cacheability::Identity),
             Cand::Platform => Decision::allow(Reason::PlatformBinary, Cacheability::Kernel),
-            // Depends on the file alone (its hash); clearing the store clears the caches.
+            // Depends on the file alone (its hash), but the store changes at run time: an
+            // allow decided just before a `clear` or an eviction could reach the kernel after
+            // the kernel cache was cleared and stay there. So only the in-process cache keeps
+            // it, which the extension guards with the store's generation.
             Cand::Transitive => Decision::allow(
                 Reason::Rule {
                     rule: RuleRef::new(TRANSITIVE_RULE),
                 },
-                Cacheability::Kernel,
+                Cacheability::Identity,
             ),
             // Path scopes depend on where the file is, which neither a CDHash key nor the
             // kernel's caches track: never cached.

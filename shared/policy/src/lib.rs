@@ -179,6 +179,13 @@ impl Policy {
                 .is_some_and(|&i| self.compiled.rules[i as usize].compiler)
     }
 
+    /// Whether the extension must watch what processes write: `transitive_rules` is on and
+    /// some rule (of either tier) is a compiler rule. Off, nothing can become a transitive
+    /// allow, so a backend marks no close-write events.
+    pub fn records_transitive(&self) -> bool {
+        self.compiled.transitive_rules && self.compiled.rules.iter().any(|r| r.compiler)
+    }
+
     /// The local rules tier composed in ([`Policy::with_local`]).
     pub fn local_rules(&self) -> Option<&LocalRules> {
         self.local.as_ref()

@@ -86,6 +86,48 @@ impl TransitiveRules {
         evicted
     }
 
+    /// Adds (or refreshes) every entry of `entries` in order with one copy of the store, as
+    /// [`TransitiveRules::add`] would one by one; returns how many were evicted. A burst of a
+    /// compiler's output files costs one O(n) copy instead of one per file.
+    pub fn add_all(&self, entries: Vec<TransitiveEntry>) -> usize {
+        if entries.is_empty() {
+            return 0;
+        }
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.current.load();
+        let mut by_hash = cur.by_hash.clone();
+        let mut order = cur.order.clone();
+        let mut refreshed = std::collections::HashSet::new();
+        for entry in entries {
+            let key = entry.sha256.0;
+            if by_hash.insert(key, entry).is_some() {
+                refreshed.insert(key);
+            }
+            order.push_back(key);
+        }
+        // A refreshed key keeps only its newest position.
+        if !refreshed.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let mut kept: VecDeque<[u8; 32]> = order
+                .into_iter()
+                .rev()
+                .filter(|k| !refreshed.contains(k) || seen.insert(*k))
+                .collect();
+            kept.make_contiguous().reverse();
+            order = kept;
+        }
+        let mut evicted = 0;
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front() {
+                by_hash.remove(&old);
+                evicted += 1;
+            }
+        }
+        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+        self.current.store(Arc::new(Snapshot { by_hash, order }));
+        evicted
+    }
+
     /// Every entry, oldest first (`gatehouse rule transitive list`).
     pub fn list(&self) -> Vec<TransitiveEntry> {
         let cur = self.current.load();

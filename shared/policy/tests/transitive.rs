@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use model::SigningStatus::*;
-use model::{Facts, RuleRef};
+use model::{Facts, Outcome, RuleRef};
 use policy::transitive::{TransitiveEntry, TransitiveRules};
 use policy::{LocalRules, Os, Policy};
 
@@ -69,6 +69,18 @@ fn compiler_rules_only_with_transitive_rules_on() {
             sig(Production, None, Some("com.apple.ld"), None, 0, true),
         );
         assert_eq!(summary(&p.decide(&ld, &Facts::NONE)), "allow:cc");
+        // On, the extension must see every exec of a compiler to track it: never a
+        // kernel-cached allow (the in-process cache keeps the rule name). Off, a plain allow.
+        let Outcome::Decided(d) = p.decide(&ld, &Facts::NONE) else {
+            panic!("decided")
+        };
+        let want_cache = if on {
+            model::Cacheability::Identity
+        } else {
+            model::Cacheability::Kernel
+        };
+        assert_eq!(d.cacheable, want_cache, "on={on}");
+        assert_eq!(p.records_transitive(), on, "on={on}");
     }
     let e = Policy::parse_for(
         "p",
@@ -188,6 +200,51 @@ fn the_store_is_bounded_and_clearable() {
     assert!(s.contains(&[0x01; 32]) && !s.contains(&[0x02; 32]));
     assert_eq!(s.clear(), 2);
     assert!(s.is_empty());
+}
+
+/// `add_all` (one copy per burst) ends in the same store as `add` one entry at a time:
+/// (capacity, what is already in the store, the burst).
+#[test]
+fn adding_a_burst_is_adding_one_by_one() {
+    let e = |b: &str, at: u64| TransitiveEntry {
+        sha256: hex(b, 32).parse().unwrap(),
+        path: format!("/out/{b}"),
+        compiler_rule: "cc".into(),
+        added_ms: at,
+    };
+    let cases: &[(usize, &[&str], &[&str])] = &[
+        (4, &[], &[]),
+        (4, &[], &["01", "02"]),
+        (4, &["01", "02"], &["03"]),
+        // Refreshes, within the burst and of earlier entries.
+        (4, &["01", "02"], &["01", "03", "03"]),
+        // Evictions, of earlier entries and of the burst's own first ones.
+        (2, &["01", "02"], &["03"]),
+        (2, &[], &["01", "02", "03", "04"]),
+        (2, &["01"], &["02", "01", "03"]),
+    ];
+    for (cap, before, burst) in cases {
+        let one = TransitiveRules::new(*cap);
+        let all = TransitiveRules::new(*cap);
+        for (i, b) in before.iter().enumerate() {
+            one.add(e(b, i as u64));
+            all.add(e(b, i as u64));
+        }
+        for (i, b) in burst.iter().enumerate() {
+            one.add(e(b, 100 + i as u64));
+        }
+        let evicted = all.add_all(
+            burst
+                .iter()
+                .enumerate()
+                .map(|(i, b)| e(b, 100 + i as u64))
+                .collect(),
+        );
+        let case = format!("cap {cap} before {before:?} burst {burst:?}");
+        assert_eq!(all.list(), one.list(), "{case}");
+        assert_eq!(all.evicted(), one.evicted(), "{case}");
+        assert_eq!(evicted as u64, one.evicted(), "{case}");
+    }
 }
 
 #[test]

@@ -177,6 +177,26 @@ pub enum ControlRequest {
     /// scopes, mutes, the helper's breaker. Answered with [`ControlResponse::StatusDetail`].
     /// Appended last.
     StatusDetail,
+    /// `gatehouse rule transitive list`: the transitive allows in force, oldest first.
+    /// Answered with [`ControlResponse::TransitiveList`]. Appended last.
+    TransitiveList,
+    /// `gatehouse rule transitive clear`: remove every transitive allow (and from the file the
+    /// extension keeps them in). Answered with [`ControlResponse::TransitiveCleared`].
+    /// Appended last.
+    TransitiveClear,
+}
+
+/// One transitive allow: a file a compiler process wrote, allowed by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitiveAllow {
+    /// Lower-case hex.
+    pub sha256: String,
+    /// Where it was written (informational: the hash is what is allowed).
+    pub path: String,
+    /// The compiler rule whose process wrote it.
+    pub compiler_rule: String,
+    /// Unix time (ms) it was recorded.
+    pub added_ms: u64,
 }
 
 /// Summary of one latency histogram, in microseconds.
@@ -282,6 +302,12 @@ pub enum ControlResponse {
     },
     /// Answer to [`ControlRequest::StatusDetail`]. Appended last.
     StatusDetail(StatusDetail),
+    /// Answer to [`ControlRequest::TransitiveList`]. Appended last.
+    TransitiveList(Vec<TransitiveAllow>),
+    /// Answer to [`ControlRequest::TransitiveClear`]: how many were removed. Appended last.
+    TransitiveCleared {
+        removed: u64,
+    },
 }
 
 /// One block, as the person blocked is told it (macOS: the host app's notification; Santa's

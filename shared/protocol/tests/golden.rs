@@ -312,6 +312,41 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "control_transitive_list",
+            frame(&Request {
+                id: 13,
+                budget_us: 10_000_000,
+                body: ControlRequest::TransitiveList,
+            }),
+        ),
+        (
+            "control_transitive_list_answer",
+            frame(&Response {
+                id: 13,
+                body: ControlResponse::TransitiveList(vec![TransitiveAllow {
+                    sha256: "ef".repeat(32),
+                    path: "/home/dev/build/out".into(),
+                    compiler_rule: "cc".into(),
+                    added_ms: 1_764_720_000_000,
+                }]),
+            }),
+        ),
+        (
+            "control_transitive_clear",
+            frame(&Request {
+                id: 14,
+                budget_us: 10_000_000,
+                body: ControlRequest::TransitiveClear,
+            }),
+        ),
+        (
+            "control_transitive_cleared",
+            frame(&Response {
+                id: 14,
+                body: ControlResponse::TransitiveCleared { removed: 1 },
+            }),
+        ),
+        (
             "helper_error",
             frame(&Response {
                 id: 9,

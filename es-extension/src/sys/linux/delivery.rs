@@ -29,7 +29,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use model::{AccessFlags, EventKind};
 
 use super::convert;
-use super::fanotify::{META_LEN, PermKind, RawEvent};
+use super::fanotify::{META_LEN, PermKind, RawEvent, WriteGroup};
 use super::opener::{self, Flags};
 use super::responder::{FanotifyResponder, Shared};
 use super::selfmute::{Muted, Ours};
@@ -39,6 +39,12 @@ use crate::backend::{Delivery, SubjectFd};
 /// delivery thread; must not block.
 pub trait Sink {
     fn deliver(&self, delivery: Delivery<FanotifyResponder>);
+
+    /// A close-after-write by process `pid`, with the kernel's descriptor of the file (the
+    /// write group, transitive allowlisting). Must not block; dropping `fd` closes it.
+    fn written(&self, pid: i32, fd: OwnedFd) {
+        let _ = (pid, fd);
+    }
 }
 
 /// Our per-kind deadline (the kernel never times a permission event out).
@@ -97,6 +103,9 @@ pub struct DeliveryLoop<S: Sink> {
     pub flags_matter: FlagsMatterFn,
     pub waker: Waker,
     pub stall: Arc<StallKnob>,
+    /// The close-write notification group (transitive allowlisting), read after the
+    /// permission groups in each turn: its events need no answer and no deadline waits on them.
+    pub writes: Option<Arc<WriteGroup>>,
 }
 
 impl<S: Sink> std::fmt::Debug for DeliveryLoop<S> {
@@ -234,10 +243,16 @@ impl<S: Sink> DeliveryLoop<S> {
             // Poll, then one read per readable group. Reading until EAGAIN before polling was
             // measured (tests/benches/open_exec.rs, pinned and unpinned) and gave no consistent
             // gain: a serial opener's next event is rarely queued yet, so it adds a failed read.
+            // Without a write group the eventfd stands in its slot (polled twice: harmless).
+            let writes_fd = match &self.writes {
+                Some(w) => w.as_fd(),
+                None => self.waker.efd.as_fd(),
+            };
             let mut fds = [
                 PollFd::new(groups.exec.as_fd(), PollFlags::POLLIN),
                 PollFd::new(groups.open.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.waker.efd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(writes_fd, PollFlags::POLLIN),
             ];
             // Parked events are looked at again every millisecond; nothing else times this poll.
             let timeout = if parked.is_empty() {
@@ -254,6 +269,10 @@ impl<S: Sink> DeliveryLoop<S> {
                     .revents()
                     .is_some_and(|r| r.intersects(PollFlags::POLLIN))
             });
+            let writes_readable = self.writes.is_some()
+                && fds[3]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN));
             let mut failed = false;
             batch.clear();
             for (group, readable) in groups.both().into_iter().zip(readable) {
@@ -302,6 +321,32 @@ impl<S: Sink> DeliveryLoop<S> {
             }
             for r in ready.drain(..) {
                 self.finish(r);
+            }
+            // Close-writes last, after every answer of this turn.
+            if writes_readable && let Some(w) = &self.writes {
+                let max = headroom.records();
+                if max > 0 {
+                    match w.read_batch(&mut buf, max, &mut batch) {
+                        Ok(_) => {}
+                        Err(e @ (Errno::EBADF | Errno::EINVAL)) => return Err(e.into()),
+                        Err(_) => {
+                            c.write_read_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    for ev in batch.drain(..) {
+                        match ev {
+                            RawEvent::Written { pid, fd } => self.sink.written(pid, fd),
+                            RawEvent::Overflow => {
+                                c.write_overflows.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // A permission record cannot come from a notification group.
+                            RawEvent::Perm { .. } | RawEvent::Other { .. } => {}
+                        }
+                    }
+                } else {
+                    c.fd_headroom_waits.fetch_add(1, Ordering::Relaxed);
+                    failed = true;
+                }
             }
             backoff = if failed {
                 c.read_backoffs.fetch_add(1, Ordering::Relaxed);
@@ -365,7 +410,8 @@ impl<S: Sink> DeliveryLoop<S> {
             RawEvent::Overflow => {
                 c.overflows.fetch_add(1, Ordering::Relaxed);
             }
-            RawEvent::Other { .. } => {}
+            // Only the write group reports these, and it is read on its own above.
+            RawEvent::Written { .. } | RawEvent::Other { .. } => {}
         }
     }
 

@@ -39,6 +39,10 @@ pub enum RawEvent {
         pid: i32,
         fd: OwnedFd,
     },
+    /// `FAN_CLOSE_WRITE` (the write group only): process `pid` (a process id: that group
+    /// reports no thread ids) closed a file it had open for writing; `fd` is the kernel's own
+    /// descriptor of that file. A notification: nothing to answer.
+    Written { pid: i32, fd: OwnedFd },
     /// `FAN_Q_OVERFLOW`: the kernel dropped events (fail-open). Counted as a security event.
     Overflow,
     /// A record we did not ask for (a newer kernel's notification bit); its fd, if any, was
@@ -224,6 +228,61 @@ impl AsFd for Group {
     }
 }
 
+/// The write group: a notification group (`FAN_CLASS_NOTIF`) for transitive allowlisting,
+/// with `FAN_CLOSE_WRITE` filesystem marks on the scope filesystems, added only while the
+/// policy can record transitive allows (`Policy::records_transitive`). Its own group because
+/// a notification never needs an answer and must never sit in a permission group's queue
+/// ahead of the events that do. Process ids, not thread ids (a compiler is tracked by
+/// process). Its queue is the kernel's default bound (16,384 events); an overflow is counted.
+#[derive(Debug)]
+pub struct WriteGroup {
+    inner: Group,
+}
+
+impl WriteGroup {
+    pub fn new() -> io::Result<WriteGroup> {
+        let flags = InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK;
+        // The kernel opens each event's file read-only for us, with FMODE_NONOTIFY: the
+        // descriptor raises no event of its own, and the recorder hashes through it.
+        let ev = EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC;
+        let inner = Fanotify::init(flags, ev).map_err(io::Error::from)?;
+        Ok(WriteGroup {
+            inner: Group { inner },
+        })
+    }
+
+    /// Close-write events on the whole filesystem holding `path` (`add`), or no longer.
+    pub fn mark_filesystem(&self, path: &Path, add: bool) -> Result<(), Errno> {
+        let op = if add {
+            MarkFlags::FAN_MARK_ADD
+        } else {
+            MarkFlags::FAN_MARK_REMOVE
+        };
+        self.inner.mark(
+            op | MarkFlags::FAN_MARK_FILESYSTEM,
+            libc::FAN_CLOSE_WRITE,
+            cwd(),
+            Some(path),
+        )
+    }
+
+    /// As [`Group::read_batch`].
+    pub fn read_batch(
+        &self,
+        buf: &mut [u8],
+        max_records: usize,
+        out: &mut Vec<RawEvent>,
+    ) -> Result<usize, Errno> {
+        self.inner.read_batch(buf, max_records, out)
+    }
+}
+
+impl AsFd for WriteGroup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
 fn cwd() -> BorrowedFd<'static> {
     // SAFETY: AT_FDCWD is a sentinel the *at() calls accept as "relative to the cwd"; it is
     // never closed and never dereferenced as a real descriptor by us.
@@ -265,6 +324,10 @@ fn parse_records(mut buf: &[u8], out: &mut Vec<RawEvent>) {
                 },
                 None => RawEvent::Other { mask: meta.mask },
             }
+        } else if meta.mask & libc::FAN_CLOSE_WRITE != 0
+            && let Some(fd) = fd
+        {
+            RawEvent::Written { pid: meta.pid, fd }
         } else {
             RawEvent::Other { mask: meta.mask }
         };

@@ -26,6 +26,10 @@ pub struct Counters {
     pub helper_allowed: AtomicU64,
     /// `FAN_Q_OVERFLOW` records: the kernel dropped events. A security event.
     pub overflows: AtomicU64,
+    /// The write group (transitive allowlisting): `FAN_Q_OVERFLOW` records (close-writes the
+    /// kernel dropped, so a compiler's file may go unrecorded) and failed reads.
+    pub write_overflows: AtomicU64,
+    pub write_read_errors: AtomicU64,
     pub ignore_marks_added: AtomicU64,
     /// Cacheable allows not kernel-cached because the budget was spent (the keeper is then
     /// asked to recount or flush).
@@ -67,6 +71,14 @@ impl Counters {
             ("fanotify.self_allowed".into(), g(&self.self_allowed)),
             ("fanotify.helper_allowed".into(), g(&self.helper_allowed)),
             ("fanotify.queue_overflows".into(), g(&self.overflows)),
+            (
+                "fanotify.write_queue_overflows".into(),
+                g(&self.write_overflows),
+            ),
+            (
+                "fanotify.write_read_errors".into(),
+                g(&self.write_read_errors),
+            ),
             (
                 "fanotify.ignore_marks_added".into(),
                 g(&self.ignore_marks_added),

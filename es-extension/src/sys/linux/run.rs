@@ -20,7 +20,7 @@ use policy::Policy;
 
 use super::cache::{self, KeeperCounters};
 use super::delivery::{DeliveryLoop, Sink, StallKnob, Waker};
-use super::fanotify::Groups;
+use super::fanotify::{Groups, WriteGroup};
 use super::follow::Follower;
 use super::liveness::{Liveness, LivenessConfig, Progress, kill_self};
 use super::marks::{self, MarkPlan, MarkReport, OpenMark};
@@ -28,6 +28,7 @@ use super::responder::{FanotifyResponder, Shared};
 use super::selfmute::Muted;
 use super::supervise::{self, Heartbeat, Notifier};
 use crate::backend::{BackendError, Delivery, KernelControl};
+use crate::core::transitive::{ProcessPin, TransitiveBackend};
 use crate::core::{Core, CoreConfig};
 
 /// Linux-only settings on top of [`CoreConfig`].
@@ -72,6 +73,63 @@ impl Sink for Arc<LinuxCore> {
     fn deliver(&self, d: Delivery<FanotifyResponder>) {
         LinuxCore::deliver(self, d);
     }
+
+    fn written(&self, pid: i32, fd: std::os::fd::OwnedFd) {
+        let pid = u32::try_from(pid).unwrap_or(0);
+        LinuxCore::file_written(self, pid, std::fs::File::from(fd), None);
+    }
+}
+
+/// A compiler process pinned by a pidfd (`core::transitive`'s pid-reuse guard).
+struct PidfdPin(std::os::fd::OwnedFd);
+
+impl ProcessPin for PidfdPin {
+    fn exited(&self) -> bool {
+        !super::selfmute::pidfd_alive(&self.0)
+    }
+}
+
+/// How the core pins compiler processes and names written files on Linux. The exec event's
+/// pid is the exec'ing thread's id (the permission groups report thread ids); `pidfd_open`
+/// accepts only a thread-group leader, which is every single-threaded `fork` + `exec` (the way
+/// builds start compilers). An exec from another thread of a threaded process is therefore not
+/// tracked, and counted (`transitive_compilers_untracked`): finding its process id would need a
+/// procfs read on the delivery thread.
+fn transitive_backend() -> TransitiveBackend {
+    TransitiveBackend {
+        pin: Arc::new(|pid| {
+            let pid = i32::try_from(pid).ok()?;
+            let fd = super::selfmute::pidfd_open(pid).ok()?;
+            Some(Box::new(PidfdPin(fd)) as Box<dyn ProcessPin>)
+        }),
+        // Off the delivery thread (the recorder): the path the kernel resolved for our fd.
+        path_of: Arc::new(|f: &std::fs::File| super::convert::fd_path(std::os::fd::AsFd::as_fd(f))),
+    }
+}
+
+/// Add or remove the write group's close-write marks so they are in place exactly while
+/// `policy` can record transitive allows. Returns whether they are in place now.
+fn apply_write_marks(
+    writes: &WriteGroup,
+    scope: &[PathBuf],
+    policy: &Policy,
+    marked: bool,
+) -> bool {
+    let want = policy.records_transitive();
+    if want == marked {
+        return marked;
+    }
+    for fs in scope {
+        if let Err(e) = writes.mark_filesystem(fs, want) {
+            eprintln!(
+                "gatehouse-extension: warning: close-write mark {} on {} failed: {e}; files \
+                 compilers write there are not recorded as transitive allows",
+                if want { "add" } else { "removal" },
+                fs.display()
+            );
+        }
+    }
+    want
 }
 
 /// What the marks cover now (gauges, replaced on every (re-)application).
@@ -385,6 +443,20 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     let groups = Arc::new(Groups::new().context(
         "fanotify_init(FAN_CLASS_CONTENT) failed: needs root (CAP_SYS_ADMIN) and a kernel with fanotify permission events",
     )?);
+    // Transitive allowlisting: a failure here costs only the recording, never protection.
+    let writes = match WriteGroup::new() {
+        Ok(w) => Some(Arc::new(w)),
+        Err(e) => {
+            eprintln!(
+                "gatehouse-extension: warning: fanotify_init(FAN_CLASS_NOTIF) for close-write \
+                 events failed: {e}; no transitive allows will be recorded"
+            );
+            None
+        }
+    };
+    if writes.is_some() {
+        config.transitive_backend = Some(transitive_backend());
+    }
     let progress = Arc::new(Progress::default());
     let shared = Arc::new(Shared::new(
         Arc::clone(&groups),
@@ -433,6 +505,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
             },
             waker: waker.clone(),
             stall,
+            writes: writes.clone(),
         };
         std::thread::Builder::new()
             .name("gh-delivery".into())
@@ -522,6 +595,36 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     let follow_thread = follower
         .spawn()
         .context("spawning the subdirectory follower")?;
+    // The close-write marks follow the policy: in place only while it can record transitive
+    // allows (every close-write on a marked filesystem costs the kernel an open for us).
+    let writes_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(w) = &writes {
+        let changes = core.policy_changes();
+        let mut marked = apply_write_marks(w, &opts.scope, &core.policy().policy, false);
+        let (w, core, scope, stop) = (
+            Arc::clone(w),
+            Arc::downgrade(&core),
+            opts.scope.clone(),
+            Arc::clone(&writes_stop),
+        );
+        std::thread::Builder::new()
+            .name("gh-write-marks".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if changes.recv_timeout(Duration::from_millis(200)).is_err() {
+                        continue;
+                    }
+                    let Some(core) = core.upgrade() else { break };
+                    marked = apply_write_marks(&w, &scope, &core.policy().policy, marked);
+                }
+                if marked {
+                    for fs in &scope {
+                        let _ = w.mark_filesystem(fs, false);
+                    }
+                }
+            })
+            .context("spawning the close-write mark follower")?;
+    }
     if opts.status_line {
         let snap = core.policy();
         supervise::print_line(format!(
@@ -564,6 +667,7 @@ pub fn run(mut config: CoreConfig, policy: Policy, opts: LinuxOptions) -> anyhow
     // the group.
     follower.stop();
     let _ = follow_thread.join();
+    writes_stop.store(true, Ordering::Release);
     marks::remove_all(&groups);
     waker.stop();
     let delivered = delivery.join();

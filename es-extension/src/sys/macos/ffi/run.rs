@@ -39,6 +39,8 @@ pub struct MacOptions {
     pub mutes_file: Option<PathBuf>,
     /// Also send every events-log record to the unified log (`CoreConfig::system_log`).
     pub unified_log: bool,
+    /// The transitive allows file (`CoreConfig::transitive_file`).
+    pub transitive_file: Option<PathBuf>,
     /// The helper's mach service (`dev.gatehouse.helper`).
     pub helper_service: String,
     /// A code-signing requirement the helper must satisfy; `None` trusts launchd's system
@@ -58,6 +60,7 @@ impl Default for MacOptions {
             control_socket: Some(PathBuf::from(format!("{SUPPORT_DIR}/control.sock"))),
             mutes_file: Some(PathBuf::from(defaults::Os::Macos.mutes_file())),
             unified_log: true,
+            transitive_file: Some(PathBuf::from(defaults::Os::Macos.transitive_file())),
             helper_service: HELPER_SERVICE.to_owned(),
             helper_requirement: None,
             helper_executable: PathBuf::from(format!("{SUPPORT_DIR}/gatehouse-helper")),
@@ -209,6 +212,7 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
         system_log: opts.unified_log.then(|| {
             Arc::new(super::unified_log::UnifiedLog) as Arc<dyn crate::core::eventlog::SystemLog>
         }),
+        transitive_file: opts.transitive_file.clone(),
         mounted_volumes: Some(crate::core::startup_mounts::MountSource(Arc::new(
             mounted_volumes,
         ))),

@@ -1,0 +1,746 @@
+//! Recording transitive allows (Santa's ALLOWLIST_COMPILER / ALLOWLIST_TRANSITIVE), the
+//! extension side: which processes are compilers, and hashing what they write.
+//!
+//! - An exec allowed by a compiler rule (`Policy::is_compiler_rule`, only with
+//!   `transitive_rules` on) puts the process in [`CompilerSet`] *before* the allow is sent, so
+//!   the compiler cannot write anything we have not started tracking. That happens in
+//!   `pending::respond`, on whichever thread answers (the delivery thread included), so the
+//!   set is a fixed array of atomics: insert, lookup and removal are lock-free, never allocate.
+//! - The backend reports every close-after-write it sees ([`Recorder::file_written`], on the
+//!   delivery thread): a writer not in the set costs one lookup and the descriptor is closed
+//!   at once; a compiler's file goes to the recorder thread through a bounded queue (full:
+//!   counted, the file is not recorded, nothing waits).
+//! - The recorder thread hashes the file through the descriptor the kernel gave with the
+//!   event (never by re-opening its path: the file at that path may since be another), adds a
+//!   [`TransitiveEntry`] to the store the running policy reads, bumps the store's generation
+//!   and clears the verdict cache (a cached deny of a file with that content is stale now),
+//!   and saves the store. A verdict decided while the store changed is cleared again by the
+//!   thread that cached it (the generation, as policy versions are). Transitive allows are
+//!   never kernel-cached, so no kernel ignore mark can outlive a `clear` or an eviction.
+//!
+//! # Pid reuse
+//! The set holds pids. With each tracked pid the recorder keeps a [`ProcessPin`] (Linux: a
+//! pidfd opened when the compiler exec was allowed), which says whether *that* process has
+//! exited. A pid whose pinned process is alive cannot have been reused. Once the pinned
+//! process has exited, its close-writes may still be queued behind it (a compiler writes,
+//! closes and exits at once), so the recorder keeps accepting writes from that pid for
+//! [`EXITED_GRACE`] after it first saw the exit, then drops the pid from the set; writes that
+//! arrive later are refused and counted (`transitive_stale_writers`). A reused pid can
+//! therefore pass as the compiler only if the kernel hands the same number to a new process
+//! within that grace, which with sequential pid allocation needs the whole pid space
+//! (`pid_max`, 4,194,304 by default on 64-bit Linux) to wrap in under a second. We accept that
+//! rather than read procfs (start times) on the delivery thread.
+//!
+//! The exec is tracked when it is allowed, before the kernel runs it: an exec that then fails
+//! (a bad image) leaves the old image of that process tracked as a compiler until it exits.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use model::Sha256;
+use policy::transitive::{TRANSITIVE_MAX, TransitiveEntry, TransitiveRules};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::Shared;
+use super::metrics::Metrics;
+
+/// Slots in the compiler set (pids tracked at once): 8 per bucket, a pid's bucket by hash.
+pub const COMPILER_SLOTS: usize = 4096;
+const BUCKET: usize = 8;
+/// Compiler files waiting for the recorder; beyond this a write is dropped and counted. Each
+/// holds a descriptor: the Linux delivery loop sizes every read by the descriptors actually
+/// free (the extension raises its limit to at least 65,536), so a full queue only narrows its
+/// reads. Measured: 256 dropped most of a 2,000-file burst on a busy 2-core machine; 1,024
+/// with batched adds and a separate saver dropped none.
+pub const RECORD_QUEUE: usize = 1024;
+/// Largest file hashed; a larger one is counted as a hash failure and not allowed.
+pub const MAX_HASH_BYTES: u64 = 1 << 30;
+/// How long writes from a tracked pid are still accepted after its process exited.
+pub const EXITED_GRACE: Duration = Duration::from_secs(1);
+/// How often the recorder looks for exited compilers.
+const PRUNE_EVERY: Duration = Duration::from_millis(500);
+/// Longest path kept in an entry (the path is informational; the hash is what allows).
+pub const MAX_ENTRY_PATH: usize = 1024;
+/// Largest store file read at start: every entry at its longest path, with room for the keys.
+pub const STORE_FILE_MAX_BYTES: u64 = (TRANSITIVE_MAX * (MAX_ENTRY_PATH + 512)) as u64;
+
+/// A bounded set of pids, lock-free on every operation. Pid 0 is never a process we see, so
+/// 0 marks a free slot.
+#[derive(Debug)]
+pub struct CompilerSet {
+    slots: Box<[AtomicU32]>,
+}
+
+/// What [`CompilerSet::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Added,
+    AlreadyThere,
+    /// The pid's bucket is full (at most [`BUCKET`] pids hash alike); not tracked.
+    Full,
+}
+
+impl CompilerSet {
+    /// `slots` rounded up to whole buckets.
+    pub fn with_slots(slots: usize) -> CompilerSet {
+        let n = slots.max(BUCKET).div_ceil(BUCKET) * BUCKET;
+        CompilerSet {
+            slots: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    fn bucket(&self, pid: u32) -> &[AtomicU32] {
+        // Fibonacci hashing spreads consecutive pids (a build's processes) over buckets.
+        let buckets = self.slots.len() / BUCKET;
+        let h = (u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % buckets;
+        &self.slots[h * BUCKET..(h + 1) * BUCKET]
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        pid != 0
+            && self
+                .bucket(pid)
+                .iter()
+                .any(|s| s.load(Ordering::Acquire) == pid)
+    }
+
+    pub fn insert(&self, pid: u32) -> Inserted {
+        if pid == 0 {
+            return Inserted::Full;
+        }
+        let bucket = self.bucket(pid);
+        if bucket.iter().any(|s| s.load(Ordering::Acquire) == pid) {
+            return Inserted::AlreadyThere;
+        }
+        for s in bucket {
+            match s.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Inserted::Added,
+                // Another thread put the same pid in meanwhile.
+                Err(v) if v == pid => return Inserted::AlreadyThere,
+                Err(_) => {}
+            }
+        }
+        Inserted::Full
+    }
+
+    pub fn remove(&self, pid: u32) -> bool {
+        if pid == 0 {
+            return false;
+        }
+        self.bucket(pid).iter().any(|s| {
+            s.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Says whether one process incarnation has exited (Linux: a pidfd, which names the process,
+/// not its number).
+pub trait ProcessPin: Send {
+    fn exited(&self) -> bool;
+}
+
+/// Pins the process `pid` the moment its compiler exec is allowed; `None` when it cannot be
+/// pinned (then it is not tracked, and counted). Called on the answering thread: must not
+/// block (Linux: one `pidfd_open`).
+pub type PinFn = Arc<dyn Fn(u32) -> Option<Box<dyn ProcessPin>> + Send + Sync>;
+
+/// The file a descriptor is open on, for the entry's path (Linux: `/proc/self/fd/N`).
+pub type PathOfFn = Arc<dyn Fn(&File) -> String + Send + Sync>;
+
+/// How the backend plugs in.
+#[derive(Clone)]
+pub struct TransitiveBackend {
+    pub pin: PinFn,
+    pub path_of: PathOfFn,
+}
+
+impl std::fmt::Debug for TransitiveBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransitiveBackend")
+    }
+}
+
+enum Job {
+    Track {
+        pid: u32,
+        pin: Box<dyn ProcessPin>,
+        rule: String,
+    },
+    Written {
+        pid: u32,
+        file: File,
+        path: Option<String>,
+    },
+}
+
+/// The compiler set, the store and the recorder's queue (shared by every core thread).
+pub struct Recorder {
+    pub set: CompilerSet,
+    pub store: Arc<TransitiveRules>,
+    backend: Option<TransitiveBackend>,
+    tx: Sender<Job>,
+    /// Serialises saves of the store file (the recorder's and `rule transitive clear`'s), so
+    /// the file always ends up holding the newest list. Never taken on the delivery thread.
+    save_lock: Mutex<()>,
+    file: Option<PathBuf>,
+    evicted_seen: AtomicU64,
+    /// Bumped after every change of the store (adds, clear), before the verdict cache is
+    /// cleared: a thread that caches a verdict reads it before deciding and, if it moved by
+    /// the time the verdict is in the cache, clears the cache again (as for policy versions).
+    generation: AtomicU64,
+    save_tx: Sender<()>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("tracked", &self.set.len())
+            .field("entries", &self.store.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The recorder thread's half.
+pub struct RecorderRx(Receiver<Job>);
+
+/// The saver thread's half (capacity one: a pending request covers later ones).
+#[derive(Debug)]
+pub struct SaverRx(Receiver<()>);
+
+impl std::fmt::Debug for RecorderRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecorderRx")
+            .field("queued", &self.0.len())
+            .finish()
+    }
+}
+
+impl Recorder {
+    /// `backend: None` (a backend without close-write events, or tests) tracks nothing.
+    pub fn new(
+        backend: Option<TransitiveBackend>,
+        file: Option<PathBuf>,
+        capacity: usize,
+    ) -> (Recorder, RecorderRx, SaverRx) {
+        let (tx, rx) = crossbeam_channel::bounded(RECORD_QUEUE);
+        let (save_tx, save_rx) = crossbeam_channel::bounded(1);
+        (
+            Recorder {
+                set: CompilerSet::with_slots(COMPILER_SLOTS),
+                store: TransitiveRules::new(capacity),
+                backend,
+                tx,
+                save_lock: Mutex::new(()),
+                file,
+                evicted_seen: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+                save_tx,
+            },
+            RecorderRx(rx),
+            SaverRx(save_rx),
+        )
+    }
+
+    /// The store's generation ([`Recorder::changed`] bumps it).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The store changed: bump the generation, then clear the verdict cache (a cached deny or
+    /// allow of a file whose hash was just added or removed is stale). Any thread but the
+    /// delivery thread.
+    pub(crate) fn changed(&self, cache: &policy::VerdictCache) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        cache.clear();
+    }
+
+    /// Whether close-writes are worth reporting at all (any compiler tracked now). Lock-free.
+    pub fn any_compiler(&self) -> bool {
+        self.set
+            .slots
+            .iter()
+            .any(|s| s.load(Ordering::Relaxed) != 0)
+    }
+
+    /// An exec of `pid` that the compiler rule `rule` allowed, called before the allow is
+    /// sent. Never blocks.
+    pub(crate) fn compiler_exec(&self, m: &Metrics, pid: u32, rule: &str) {
+        let Some(backend) = &self.backend else {
+            return;
+        };
+        let Some(pin) = (backend.pin)(pid) else {
+            Metrics::inc(&m.transitive_compilers_untracked);
+            return;
+        };
+        let added = match self.set.insert(pid) {
+            Inserted::Full => {
+                Metrics::inc(&m.transitive_compilers_untracked);
+                return;
+            }
+            i => i == Inserted::Added,
+        };
+        let job = Job::Track {
+            pid,
+            pin,
+            rule: rule.to_owned(),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => Metrics::inc(&m.transitive_compilers_tracked),
+            Err(_) => {
+                if added {
+                    self.set.remove(pid);
+                }
+                Metrics::inc(&m.transitive_compilers_untracked);
+            }
+        }
+    }
+
+    /// A close-after-write by process `pid` of the file open as `file` (the kernel's own
+    /// descriptor). Called on the delivery thread: a non-compiler's descriptor is closed here
+    /// at once; a compiler's goes to the recorder, or is dropped and counted when its queue is
+    /// full. Never blocks.
+    pub fn file_written(&self, m: &Metrics, pid: u32, file: File, path: Option<String>) {
+        Metrics::inc(&m.transitive_writes_seen);
+        if !self.set.contains(pid) {
+            return;
+        }
+        match self.tx.try_send(Job::Written { pid, file, path }) {
+            Ok(()) => Metrics::inc(&m.transitive_writes_handed_off),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                Metrics::inc(&m.transitive_writes_dropped);
+            }
+        }
+    }
+
+    /// Ask the saver thread to save the store (never waits; a pending request covers this one).
+    pub(crate) fn request_save(&self) {
+        let _ = self.save_tx.try_send(());
+    }
+
+    /// Save the store to its file, if it has one (atomically; any thread but the delivery
+    /// thread).
+    pub(crate) fn save(&self) -> Result<(), String> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let _g = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let text = render(&self.store.list());
+        protocol::bounded::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| {
+            format!(
+                "cannot save the transitive allows to {}: {e}; check the directory exists and \
+                 is writable by root",
+                path.display()
+            )
+        })
+    }
+
+    /// Read the store file at start (missing: nothing). Bounded; each entry validated.
+    pub(crate) fn restore(&self, m: &Metrics) {
+        let Some(path) = &self.file else { return };
+        let text = match protocol::bounded::read_text(path, STORE_FILE_MAX_BYTES) {
+            Ok(t) => t,
+            Err(protocol::bounded::InputError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return;
+            }
+            Err(e) => {
+                Metrics::inc(&m.transitive_file_errors);
+                tracing::warn!(error = %e, "transitive allows not restored; starting without them (fix or remove the file; `gatehouse rule transitive clear` rewrites it)");
+                return;
+            }
+        };
+        match parse(&path.display().to_string(), &text) {
+            Ok(entries) => {
+                // One copy of the store for the whole file (an add each is O(n) per entry).
+                self.store.add_all(entries);
+                self.evicted_seen
+                    .store(self.store.evicted(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                Metrics::inc(&m.transitive_file_errors);
+                tracing::warn!(error = %e, "transitive allows not restored; starting without them (fix or remove the file; `gatehouse rule transitive clear` rewrites it)");
+            }
+        }
+    }
+
+    /// Count evictions the store made since the last look.
+    fn note_evictions(&self, m: &Metrics) {
+        let now = self.store.evicted();
+        let before = self.evicted_seen.swap(now, Ordering::Relaxed);
+        m.transitive_evicted
+            .fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+    }
+}
+
+/// The saver thread: saves the store whenever asked (requests coalesce: each save writes the
+/// store as it is then, so one save covers every request made before it), and once more at
+/// stop if a request is pending.
+pub(crate) fn run_saver(shared: Arc<Shared>, rx: SaverRx, stop: Receiver<()>) {
+    let rec = &shared.transitive;
+    let save = || {
+        if let Err(e) = rec.save() {
+            Metrics::inc(&shared.metrics.transitive_file_errors);
+            tracing::warn!(error = %e, "transitive allows not saved; they stay in force until restart");
+        }
+    };
+    loop {
+        crossbeam_channel::select! {
+            recv(rx.0) -> r => match r { Ok(()) => save(), Err(_) => return },
+            recv(stop) -> _ => {
+                if rx.0.try_recv().is_ok() {
+                    save();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One tracked compiler, as the recorder thread knows it.
+struct Tracked {
+    pin: Box<dyn ProcessPin>,
+    rule: String,
+    /// When the recorder first saw the pinned process gone.
+    exited_at: Option<Instant>,
+}
+
+/// The recorder thread: until `stop` (or every sender is gone).
+pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
+    let rec = &shared.transitive;
+    let m = &shared.metrics;
+    let mut tracked: HashMap<u32, Tracked> = HashMap::new();
+    let mut last_prune = Instant::now();
+    loop {
+        let job = crossbeam_channel::select! {
+            recv(rx.0) -> j => match j { Ok(j) => Some(j), Err(_) => return },
+            recv(stop) -> _ => return,
+            default(PRUNE_EVERY) => None,
+        };
+        let mut added: Vec<TransitiveEntry> = Vec::new();
+        let mut jobs: Vec<Job> = job.into_iter().collect();
+        // Everything queued now, so one burst of writes costs one cache clear and one save.
+        jobs.extend(rx.0.try_iter().take(RECORD_QUEUE));
+        for job in jobs {
+            match job {
+                Job::Track { pid, pin, rule } => {
+                    // A newer exec of the same pid (re-exec, or a reused pid): the newest pin.
+                    tracked.insert(
+                        pid,
+                        Tracked {
+                            pin,
+                            rule,
+                            exited_at: None,
+                        },
+                    );
+                }
+                Job::Written { pid, file, path } => {
+                    let Some(t) = tracked.get_mut(&pid) else {
+                        Metrics::inc(&m.transitive_stale_writers);
+                        continue;
+                    };
+                    if t.pin.exited() {
+                        let at = *t.exited_at.get_or_insert_with(Instant::now);
+                        if at.elapsed() > EXITED_GRACE {
+                            Metrics::inc(&m.transitive_stale_writers);
+                            continue;
+                        }
+                    }
+                    let rule = t.rule.clone();
+                    if let Some(entry) = record(&shared, file, path, rule) {
+                        added.push(entry);
+                    }
+                }
+            }
+        }
+        if !added.is_empty() {
+            // One copy of the store for the whole burst (an add per file is O(n) each).
+            Metrics::add(&m.transitive_added, added.len() as u64);
+            rec.store.add_all(added);
+            // A cached deny of a file with a now-allowed hash is stale (and a cached allow of
+            // an evicted one). Transitive allows are never kernel-cached (policy crate).
+            rec.changed(&shared.cache);
+            rec.note_evictions(m);
+            // Saved by the saver thread: an fsync here was measured to stall this thread long
+            // enough for a compiler writing 2,000 small files to overflow the queue.
+            rec.request_save();
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            tracked.retain(|pid, t| {
+                if !t.pin.exited() {
+                    return true;
+                }
+                let at = *t.exited_at.get_or_insert_with(Instant::now);
+                if at.elapsed() <= EXITED_GRACE {
+                    return true;
+                }
+                rec.set.remove(*pid);
+                Metrics::inc(&m.transitive_compilers_pruned);
+                false
+            });
+        }
+    }
+}
+
+/// Hash `file` through its descriptor: the entry to add, or `None` (counted).
+fn record(
+    shared: &Shared,
+    file: File,
+    path: Option<String>,
+    rule: String,
+) -> Option<TransitiveEntry> {
+    let rec = &shared.transitive;
+    let m = &shared.metrics;
+    let Some(sha256) = hash_file(&file) else {
+        Metrics::inc(&m.transitive_hash_failures);
+        return None;
+    };
+    let path = path.unwrap_or_else(|| {
+        rec.backend
+            .as_ref()
+            .map(|b| (b.path_of)(&file))
+            .unwrap_or_default()
+    });
+    drop(file);
+    let added_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Some(TransitiveEntry {
+        sha256,
+        path: clip(path),
+        compiler_rule: rule,
+        added_ms,
+    })
+}
+
+/// SHA-256 of everything readable through `file` from its start, bounded by
+/// [`MAX_HASH_BYTES`]. Reads through the descriptor (pread from offset 0), never the path.
+pub fn hash_file(file: &File) -> Option<Sha256> {
+    use std::os::unix::fs::FileExt;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_HASH_BYTES {
+        return None;
+    }
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        };
+        off += n as u64;
+        if off > MAX_HASH_BYTES {
+            return None;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(Sha256(h.finalize().into()))
+}
+
+fn clip(mut p: String) -> String {
+    if p.len() > MAX_ENTRY_PATH {
+        let mut cut = MAX_ENTRY_PATH;
+        while !p.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        p.truncate(cut);
+    }
+    p
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    version: i64,
+    #[serde(default)]
+    entries: Vec<FileEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    sha256: String,
+    path: String,
+    compiler_rule: String,
+    added_ms: u64,
+}
+
+/// The store file's text for `entries` (oldest first). JSON: one document, written whole.
+pub fn render(entries: &[TransitiveEntry]) -> String {
+    let doc = Doc {
+        version: 1,
+        entries: entries
+            .iter()
+            .map(|e| FileEntry {
+                sha256: e.sha256.to_hex(),
+                path: e.path.clone(),
+                compiler_rule: e.compiler_rule.clone(),
+                added_ms: e.added_ms,
+            })
+            .collect(),
+    };
+    // Strings and integers only: serializing cannot fail.
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
+/// Parse a store file named `origin`: at most [`TRANSITIVE_MAX`] entries, each with a valid
+/// SHA-256 and bounded strings. Any invalid entry refuses the whole file (it is ours alone;
+/// a damaged one is not half-trusted).
+pub fn parse(origin: &str, text: &str) -> Result<Vec<TransitiveEntry>, String> {
+    let doc: Doc = serde_json::from_str(text).map_err(|e| {
+        format!("{origin}: not a transitive allows file ({e}); remove it or run `gatehouse rule transitive clear`")
+    })?;
+    if doc.version != 1 {
+        return Err(format!(
+            "{origin}: version {} is not 1; this extension reads version 1 only",
+            doc.version
+        ));
+    }
+    if doc.entries.len() > TRANSITIVE_MAX {
+        return Err(format!(
+            "{origin}: {} entries, more than the {TRANSITIVE_MAX} the store holds",
+            doc.entries.len()
+        ));
+    }
+    doc.entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let sha256 = e
+                .sha256
+                .parse::<Sha256>()
+                .map_err(|err| format!("{origin}: entry {}: sha256: {err}", i + 1))?;
+            if e.path.len() > MAX_ENTRY_PATH || e.compiler_rule.len() > MAX_ENTRY_PATH {
+                return Err(format!(
+                    "{origin}: entry {}: path or compiler_rule longer than {MAX_ENTRY_PATH} bytes",
+                    i + 1
+                ));
+            }
+            Ok(TransitiveEntry {
+                sha256,
+                path: e.path,
+                compiler_rule: e.compiler_rule,
+                added_ms: e.added_ms,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiler_set_table() {
+        // (operation, pid, expected) applied in order to one small set (2 buckets of 8).
+        enum Op {
+            Insert(Inserted),
+            Contains(bool),
+            Remove(bool),
+        }
+        let set = CompilerSet::with_slots(16);
+        let steps: &[(Op, u32)] = &[
+            (Op::Contains(false), 42),
+            (Op::Insert(Inserted::Added), 42),
+            (Op::Insert(Inserted::AlreadyThere), 42),
+            (Op::Contains(true), 42),
+            (Op::Contains(false), 43),
+            (Op::Insert(Inserted::Full), 0),
+            (Op::Contains(false), 0),
+            (Op::Remove(true), 42),
+            (Op::Remove(false), 42),
+            (Op::Contains(false), 42),
+        ];
+        for (i, (op, pid)) in steps.iter().enumerate() {
+            match op {
+                Op::Insert(want) => assert_eq!(set.insert(*pid), *want, "step {i}"),
+                Op::Contains(want) => assert_eq!(set.contains(*pid), *want, "step {i}"),
+                Op::Remove(want) => assert_eq!(set.remove(*pid), *want, "step {i}"),
+            }
+        }
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn compiler_set_is_bounded() {
+        let set = CompilerSet::with_slots(16);
+        let added = (1..=1000u32)
+            .filter(|p| set.insert(*p) == Inserted::Added)
+            .count();
+        assert_eq!(added, 16, "never more pids than slots");
+        assert_eq!(set.len(), 16);
+    }
+
+    #[test]
+    fn store_file_round_trip_and_refusals() {
+        let e = TransitiveEntry {
+            sha256: Sha256([7; 32]),
+            path: "/tmp/out".into(),
+            compiler_rule: "cc".into(),
+            added_ms: 5,
+        };
+        let text = render(std::slice::from_ref(&e));
+        assert_eq!(parse("f", &text).unwrap(), vec![e]);
+        let long = "x".repeat(MAX_ENTRY_PATH + 1);
+        // (file text, a fragment the error must contain)
+        let bad: &[(String, &str)] = &[
+            ("nope".into(), "not a transitive allows file"),
+            (r#"{"version":2,"entries":[]}"#.into(), "version 2"),
+            (
+                r#"{"version":1,"entries":[{"sha256":"zz","path":"p","compiler_rule":"c","added_ms":1}]}"#.into(),
+                "entry 1: sha256",
+            ),
+            (
+                format!(
+                    r#"{{"version":1,"entries":[{{"sha256":"{}","path":"{long}","compiler_rule":"c","added_ms":1}}]}}"#,
+                    "ab".repeat(32)
+                ),
+                "longer than",
+            ),
+            (r#"{"version":1,"extra":1}"#.into(), "not a transitive allows file"),
+        ];
+        for (text, want) in bad {
+            let err = parse("f", text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn hashes_through_the_descriptor_not_the_path() {
+        let dir = std::env::temp_dir().join(format!("gh-transitive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("out");
+        std::fs::write(&p, b"first").unwrap();
+        let f = File::open(&p).unwrap();
+        // The path now names another file; the descriptor still names the first.
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"second").unwrap();
+        let want: [u8; 32] = sha2::Sha256::digest(b"first").into();
+        assert_eq!(hash_file(&f), Some(Sha256(want)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
