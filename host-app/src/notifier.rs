@@ -59,7 +59,7 @@ pub fn notification(n: &BlockNotice) -> Notification {
 
 /// A batch as notifications, with one summary for the blocks that were not shown.
 pub fn notifications(b: &NoticeBatch) -> Vec<Notification> {
-    let mut out: Vec<Notification> = b.notices.iter().map(notification).collect();
+    let mut out: Vec<Notification> = b.notices.iter().map(|n| notification(n)).collect();
     if b.missed > 0 {
         out.push(Notification {
             id: format!("dev.gatehouse.missed.{}", b.next),
@@ -196,7 +196,7 @@ mod tests {
         let mut p = Poller::default();
         assert_eq!(p.request().after, 0);
         let n = p.answered(Ok(NoticeBatch {
-            notices: vec![block("exec", "/t", None)],
+            notices: vec![Box::new(block("exec", "/t", None))],
             missed: 3,
             next: 12,
         }));

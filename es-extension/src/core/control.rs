@@ -758,9 +758,12 @@ impl<R: Responder> Server<R> {
                 }
             }
             ControlRequest::MuteList => ControlResponse::Mutes(s.mutes.load().all()),
-            ControlRequest::TransitiveList => {
-                ControlResponse::TransitiveList(transitive_list(&s.transitive.store.list()))
-            }
+            ControlRequest::TransitiveList => ControlResponse::TransitiveList(
+                transitive_list(&s.transitive.store.list())
+                    .into_iter()
+                    .map(Box::new)
+                    .collect(),
+            ),
             ControlRequest::TransitiveClear => {
                 let removed = s.transitive.store.clear();
                 // Nothing may keep serving a cleared allow: transitive allows are only ever in

@@ -84,7 +84,7 @@ fn owed(inner: &Inner, after: u64, uid: u32) -> Option<NoticeBatch> {
             // A person reads a handful of notifications; the rest are a count.
             missed += 1;
         } else {
-            notices.push(n.clone());
+            notices.push(Box::new(n.clone()));
         }
     }
     // The cursor covers everything looked at, other users' blocks included.

@@ -303,7 +303,10 @@ pub enum ControlResponse {
     /// Answer to [`ControlRequest::StatusDetail`]. Appended last.
     StatusDetail(StatusDetail),
     /// Answer to [`ControlRequest::TransitiveList`]. Appended last.
-    TransitiveList(Vec<TransitiveAllow>),
+    /// Boxed: a decoded sequence preallocates up to one element per unread byte, so every
+    /// sequence element must be at most 64 bytes (`codec::max_decode_allocation`); the box is
+    /// invisible on the wire.
+    TransitiveList(Vec<Box<TransitiveAllow>>),
     /// Answer to [`ControlRequest::TransitiveClear`]: how many were removed. Appended last.
     TransitiveCleared {
         removed: u64,
@@ -345,7 +348,8 @@ pub struct NoticeRequest {
 /// Extension -> notifier agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticeBatch {
-    pub notices: Vec<BlockNotice>,
+    /// Boxed for the codec's allocation bound, as in [`ControlResponse::TransitiveList`].
+    pub notices: Vec<Box<BlockNotice>>,
     /// Blocks after the cursor that had already left the extension's bounded window, or that
     /// did not fit this batch: counted, never silently dropped.
     pub missed: u64,

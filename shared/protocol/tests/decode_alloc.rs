@@ -132,6 +132,8 @@ fn hostile_lengths_allocate_in_proportion_to_the_body() {
         // The `control` fuzz target's input: a 1060-byte status report whose collections
         // declare more elements than the bytes left.
         ("fuzz: control response 1060 bytes", include_bytes!("fuzz-regressions/control-latencies-1060.bin").to_vec(), control_resp),
+        // 402 bytes declaring 397 transitive allows of 80 bytes each (now boxed: 8 bytes).
+        ("fuzz: control response 402 bytes", include_bytes!("fuzz-regressions/control-transitive-list-402.bin").to_vec(), control_resp),
     ];
     for (what, body, decode) in cases {
         let (largest, total) =

@@ -323,12 +323,12 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             "control_transitive_list_answer",
             frame(&Response {
                 id: 13,
-                body: ControlResponse::TransitiveList(vec![TransitiveAllow {
+                body: ControlResponse::TransitiveList(vec![Box::new(TransitiveAllow {
                     sha256: "ef".repeat(32),
                     path: "/home/dev/build/out".into(),
                     compiler_rule: "cc".into(),
                     added_ms: 1_764_720_000_000,
-                }]),
+                })]),
             }),
         ),
         (
@@ -446,7 +446,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         (
             "notice_batch",
             frame(&NoticeBatch {
-                notices: vec![BlockNotice {
+                notices: vec![Box::new(BlockNotice {
                     seq: 42,
                     time_unix_ms: 1_764_720_000_000,
                     kind: "exec".into(),
@@ -456,7 +456,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                     uid: 501,
                     rule: Some("block-downloads".into()),
                     message: Some("Unapproved software: ask IT".into()),
-                }],
+                })],
                 missed: 1,
                 next: 42,
             }),
