@@ -306,7 +306,13 @@ pub enum ControlResponse {
     /// Boxed: a decoded sequence preallocates up to one element per unread byte, so every
     /// sequence element must be at most 64 bytes (`codec::max_decode_allocation`); the box is
     /// invisible on the wire.
-    TransitiveList(Vec<Box<TransitiveAllow>>),
+    TransitiveList(
+        #[expect(
+            clippy::vec_box,
+            reason = "the box keeps a decoded sequence's preallocation within the codec's bound"
+        )]
+        Vec<Box<TransitiveAllow>>,
+    ),
     /// Answer to [`ControlRequest::TransitiveClear`]: how many were removed. Appended last.
     TransitiveCleared {
         removed: u64,
@@ -349,6 +355,10 @@ pub struct NoticeRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticeBatch {
     /// Boxed for the codec's allocation bound, as in [`ControlResponse::TransitiveList`].
+    #[expect(
+        clippy::vec_box,
+        reason = "the box keeps a decoded sequence's preallocation within the codec's bound"
+    )]
     pub notices: Vec<Box<BlockNotice>>,
     /// Blocks after the cursor that had already left the extension's bounded window, or that
     /// did not fit this batch: counted, never silently dropped.
