@@ -561,7 +561,7 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
     findings.push(assess_parse("local rules", &a.local_rules, local));
     findings.push(optional_file("local rules file", &a.local_rules));
     findings.push(optional_file("mutes file", &a.mutes_file));
-    findings.push(optional_file("transitive allows file", &a.transitive_file));
+    findings.push(optional_file("transitive file", &a.transitive_file));
     if let Some(dir) = a.local_rules.parent() {
         findings.push(assess_owner_and_mode(
             "config directory",
