@@ -16,64 +16,11 @@
 
 mod linux_common;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use linux_common::{Guarded, Scratch, skip};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-
-struct Group {
-    g: Guarded,
-    pgid: Pid,
-}
-
-impl Group {
-    fn spawn(args: &[&std::ffi::OsStr]) -> Group {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", "120"])
-            .arg(tests::binary("gatehouse"))
-            .args(args)
-            .stderr(Stdio::inherit())
-            .process_group(0);
-        let g = Guarded::spawn("gatehouse-run", cmd);
-        let pgid = Pid::from_raw(g.pid());
-        Group { g, pgid }
-    }
-
-    /// SIGKILL the whole group (no clean stop: what is persisted must not depend on one) and
-    /// reap the leader.
-    fn kill(mut self) {
-        let _ = killpg(self.pgid, Signal::SIGKILL);
-        let _ = self.g.wait_exit(Duration::from_secs(10));
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = killpg(self.pgid, Signal::SIGKILL);
-    }
-}
-
-fn gatehouse(args: &[&str]) -> Output {
-    let out = Command::new("timeout")
-        .args(["-s", "KILL", "30"])
-        .arg(tests::binary("gatehouse"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run gatehouse");
-    eprintln!(
-        "$ gatehouse {} -> {:?}\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use linux_common::{Group, Scratch, gatehouse, skip};
 
 fn runs(bin: &Path) -> bool {
     Command::new(bin)

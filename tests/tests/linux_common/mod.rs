@@ -276,3 +276,58 @@ processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
         secret.display()
     )
 }
+
+/// `timeout -s KILL 120 gatehouse ARGS` (a `gatehouse run`) in its own process group, SIGKILLed
+/// as a group by its own pgid on drop, so the helper and extension it started go with it.
+pub struct Group {
+    /// The `timeout` leader, for waiting on its output lines.
+    pub g: Guarded,
+    pgid: Pid,
+}
+
+impl Group {
+    pub fn spawn(args: &[&std::ffi::OsStr]) -> Group {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", "120"])
+            .arg(tests::binary("gatehouse"))
+            .args(args)
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        let g = Guarded::spawn("gatehouse-run", cmd);
+        let pgid = Pid::from_raw(g.pid());
+        Group { g, pgid }
+    }
+
+    /// SIGKILL the whole group (no clean stop: what is persisted must not depend on one) and
+    /// reap the leader.
+    pub fn kill(mut self) {
+        let _ = nix::sys::signal::killpg(self.pgid, Signal::SIGKILL);
+        let _ = self.g.wait_exit(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.pgid, Signal::SIGKILL);
+    }
+}
+
+/// One `gatehouse ARGS` under a 30 s kill timer, its output echoed for the test log.
+pub fn gatehouse(args: &[&str]) -> std::process::Output {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "30"])
+        .arg(tests::binary("gatehouse"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gatehouse");
+    eprintln!(
+        "$ gatehouse {} -> {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
