@@ -72,16 +72,7 @@ fn local_rules_hot_load_into_the_running_extension() {
         "--runtime-dir".as_ref(),
         runtime.path().as_os_str(),
     ]);
-    assert!(
-        agent
-            .g
-            .wait_line(
-                "gatehouse-extension: fanotify on 1 filesystem",
-                Duration::from_secs(30)
-            )
-            .is_some(),
-        "the extension came up"
-    );
+    agent.wait_extension_up();
     let sock = runtime.path().join("control.sock");
     let sock_s = sock.to_str().unwrap();
     assert!(tests::wait_until(Duration::from_secs(10), || sock.exists()));

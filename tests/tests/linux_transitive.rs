@@ -75,16 +75,7 @@ fn start(scratch: &Scratch, policy: &Path, runtime: &Path, transitive: &Path) ->
         "--transitive-file".as_ref(),
         transitive.as_os_str(),
     ]);
-    assert!(
-        agent
-            .g
-            .wait_line(
-                "gatehouse-extension: fanotify on 1 filesystem",
-                Duration::from_secs(30)
-            )
-            .is_some(),
-        "the extension came up"
-    );
+    agent.wait_extension_up();
     let sock = runtime.join("control.sock");
     let sock_s = sock.to_str().unwrap();
     assert!(

@@ -299,6 +299,20 @@ impl Group {
         Group { g, pgid }
     }
 
+    /// Waits (30 s at most) for the extension to report its fanotify group on one filesystem;
+    /// fails the test otherwise.
+    pub fn wait_extension_up(&self) {
+        assert!(
+            self.g
+                .wait_line(
+                    "gatehouse-extension: fanotify on 1 filesystem",
+                    Duration::from_secs(30)
+                )
+                .is_some(),
+            "the extension came up"
+        );
+    }
+
     /// SIGKILL the whole group (no clean stop: what is persisted must not depend on one) and
     /// reap the leader.
     pub fn kill(mut self) {
