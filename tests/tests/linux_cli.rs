@@ -18,45 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use linux_common::{Guarded, Scratch, skip};
+use linux_common::{Group, HARD_KILL_SECS, Scratch, skip};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-
-/// Hard limit on any agent process group started here.
-const HARD_KILL_SECS: &str = "120";
-
-/// A process group (`timeout -s KILL ... gatehouse ...` and everything it spawned) that is
-/// SIGKILLed as a whole and reaped on drop.
-struct Group {
-    g: Guarded,
-    pgid: Pid,
-}
-
-impl Group {
-    fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Group {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", HARD_KILL_SECS])
-            .arg(tests::binary("gatehouse"))
-            .args(args)
-            .stderr(Stdio::inherit())
-            .process_group(0);
-        let g = Guarded::spawn(name, cmd);
-        let pgid = Pid::from_raw(g.pid());
-        Group { g, pgid }
-    }
-
-    /// Ctrl-C as a terminal sends it: SIGINT to the whole foreground group.
-    fn interrupt(&self) {
-        let _ = killpg(self.pgid, Signal::SIGINT);
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = killpg(self.pgid, Signal::SIGKILL);
-        // Guarded's own drop reaps `timeout`.
-    }
-}
 
 fn gatehouse(args: &[&std::ffi::OsStr]) -> Output {
     let mut c = Command::new("timeout");

@@ -63,15 +63,18 @@ fn local_rules_hot_load_into_the_running_extension() {
     let rules = files.path().join("local-rules.toml");
     let rules_s = rules.to_str().unwrap();
 
-    let agent = Group::spawn(&[
-        "run".as_ref(),
-        "--policy".as_ref(),
-        policy.as_os_str(),
-        "--scope".as_ref(),
-        scratch.path.as_os_str(),
-        "--runtime-dir".as_ref(),
-        runtime.path().as_os_str(),
-    ]);
+    let agent = Group::spawn(
+        "gatehouse-run",
+        &[
+            "run".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--scope".as_ref(),
+            scratch.path.as_os_str(),
+            "--runtime-dir".as_ref(),
+            runtime.path().as_os_str(),
+        ],
+    );
     agent.wait_extension_up();
     let sock = runtime.path().join("control.sock");
     let sock_s = sock.to_str().unwrap();

@@ -62,19 +62,22 @@ fn counter(sock: &str, name: &str) -> u64 {
 }
 
 fn start(scratch: &Scratch, policy: &Path, runtime: &Path, transitive: &Path) -> Group {
-    let agent = Group::spawn(&[
-        "run".as_ref(),
-        "--policy".as_ref(),
-        policy.as_os_str(),
-        "--scope".as_ref(),
-        scratch.path.as_os_str(),
-        "--runtime-dir".as_ref(),
-        runtime.as_os_str(),
-        "--mutes-file".as_ref(),
-        runtime.join("mutes.toml").as_os_str(),
-        "--transitive-file".as_ref(),
-        transitive.as_os_str(),
-    ]);
+    let agent = Group::spawn(
+        "gatehouse-run",
+        &[
+            "run".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--scope".as_ref(),
+            scratch.path.as_os_str(),
+            "--runtime-dir".as_ref(),
+            runtime.as_os_str(),
+            "--mutes-file".as_ref(),
+            runtime.join("mutes.toml").as_os_str(),
+            "--transitive-file".as_ref(),
+            transitive.as_os_str(),
+        ],
+    );
     agent.wait_extension_up();
     let sock = runtime.join("control.sock");
     let sock_s = sock.to_str().unwrap();

@@ -277,26 +277,37 @@ processes = [{{ binary_path = "/nonexistent/trusted-reader" }}]
     )
 }
 
-/// `timeout -s KILL 120 gatehouse ARGS` (a `gatehouse run`) in its own process group, SIGKILLed
-/// as a group by its own pgid on drop, so the helper and extension it started go with it.
+/// Hard limit, in seconds, on any agent process group a test starts.
+pub const HARD_KILL_SECS: &str = "120";
+
+/// `timeout -s KILL 120 gatehouse ARGS` (a `gatehouse run`, `demo`, `events tail --follow`) in
+/// its own process group, SIGKILLed as a group by its own pgid on drop, so the helper and
+/// extension it started go with it.
 pub struct Group {
     /// The `timeout` leader, for waiting on its output lines.
     pub g: Guarded,
-    pgid: Pid,
+    /// The group's id (its leader's pid), for finding what it spawned.
+    pub pgid: Pid,
 }
 
 impl Group {
-    pub fn spawn(args: &[&std::ffi::OsStr]) -> Group {
+    /// `name` labels the child in logs and failures.
+    pub fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Group {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", "120"])
+        cmd.args(["-s", "KILL", HARD_KILL_SECS])
             .arg(tests::binary("gatehouse"))
             .args(args)
             .stderr(Stdio::inherit())
             .process_group(0);
-        let g = Guarded::spawn("gatehouse-run", cmd);
+        let g = Guarded::spawn(name, cmd);
         let pgid = Pid::from_raw(g.pid());
         Group { g, pgid }
+    }
+
+    /// Ctrl-C as a terminal sends it: SIGINT to the whole foreground group.
+    pub fn interrupt(&self) {
+        let _ = nix::sys::signal::killpg(self.pgid, Signal::SIGINT);
     }
 
     /// Waits (30 s at most) for the extension to report its fanotify group on one filesystem;
