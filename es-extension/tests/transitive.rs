@@ -49,7 +49,7 @@ impl ProcessPin for Alive {
 /// Pins every pid except `unpinnable` (a process the backend cannot pin, e.g. gone already).
 fn backend(unpinnable: u32) -> TransitiveBackend {
     TransitiveBackend {
-        pin: Arc::new(move |pid| {
+        pin: Arc::new(move |pid, _incarnation| {
             (pid != unpinnable)
                 .then(|| Box::new(Alive(Arc::new(AtomicBool::new(true)))) as Box<dyn ProcessPin>)
         }),
@@ -103,6 +103,16 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A minimal little-endian ELF executable header (`ET_EXEC`) followed by `body`: an executable
+/// image to the recorder, which records nothing else.
+fn elf(body: &[u8]) -> Vec<u8> {
+    let mut v = b"\x7fELF\x02\x01\x01".to_vec();
+    v.resize(16, 0);
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
 fn temp_file(dir: &Path, name: &str, bytes: &[u8]) -> (File, [u8; 32]) {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -146,30 +156,33 @@ fn compiler_writes_become_transitive_allows_and_others_do_not() {
     assert_eq!(counter(&core, "transitive_compilers_untracked"), 1);
     assert!(core.compilers_tracked());
 
-    // (writer pid, contents, recorded?)
-    let writes: &[(u32, &[u8], bool)] = &[
-        (100, b"compiled output", true),
-        (200, b"written by a non-compiler", false),
-        (777, b"written by an unpinnable compiler", false),
+    // (writer pid, contents, recorded?): only a compiler's executable images are recorded, as
+    // Santa's compiler controller records only `isExecutable` files.
+    let writes: &[(u32, Vec<u8>, bool)] = &[
+        (100, elf(b"compiled output"), true),
+        (100, b"an object file, or any data".to_vec(), false),
+        (200, elf(b"written by a non-compiler"), false),
+        (777, elf(b"written by an unpinnable compiler"), false),
     ];
     for (n, (pid, bytes, _)) in writes.iter().enumerate() {
         let (f, _) = temp_file(dir.path(), &format!("w{n}"), bytes);
         core.file_written(*pid, f, Some(format!("/out/w{n}")));
     }
-    assert_eq!(counter(&core, "transitive_writes_seen"), 2 + 3);
-    assert_eq!(counter(&core, "transitive_writes_handed_off"), 1 + 1);
-    // The empty probe file is recorded too (an empty output is still a file the compiler
-    // wrote), then the compiled output.
-    wait_until("the compiler's files are recorded", || store.len() == 2);
+    assert_eq!(counter(&core, "transitive_writes_seen"), 2 + 4);
+    assert_eq!(counter(&core, "transitive_writes_handed_off"), 1 + 2);
+    // The empty probe file and the data file are not executable images: skipped, counted.
+    wait_until("the compiler's files are handled", || {
+        store.len() == 1 && counter(&core, "transitive_not_executable") == 2
+    });
     for (pid, bytes, recorded) in writes {
         let want: [u8; 32] = sha2::Sha256::digest(bytes).into();
         assert_eq!(store.contains(&want), *recorded, "writer {pid}");
     }
     let list = store.list();
-    let e = &list[1];
+    let e = &list[0];
     assert_eq!(e.compiler_rule, "cc");
     assert_eq!(e.path, "/out/w0");
-    wait_counter(&core, "transitive_added", 2);
+    wait_counter(&core, "transitive_added", 1);
     wait_until("the store file is written", || {
         std::fs::read_to_string(&store_file).is_ok_and(|t| t.contains(&e.sha256.to_hex()))
     });
@@ -207,7 +220,7 @@ fn list_and_clear_over_the_control_socket() {
     let (_, d) = backend.delivery(compiler_exec(100, 1), Duration::from_secs(5));
     core.deliver(d);
     settle(&core, 1);
-    let (f, hash) = temp_file(dir.path(), "out", b"output");
+    let (f, hash) = temp_file(dir.path(), "out", &elf(b"output"));
     core.file_written(100, f, None);
     let store = core.transitive_store();
     wait_until("recorded", || store.len() == 1);

@@ -173,6 +173,11 @@ pub struct Metrics {
     pub transitive_evicted: AtomicU64,
     pub transitive_hash_failures: AtomicU64,
     pub transitive_stale_writers: AtomicU64,
+    /// Compiler files not recorded because they are not executable images (Santa records only
+    /// `isExecutable` files), and re-opened paths (Endpoint Security) that no longer named the
+    /// file the kernel reported, or files that changed while hashed.
+    pub transitive_not_executable: AtomicU64,
+    pub transitive_file_changed: AtomicU64,
     /// The persisted store: failed saves, and a file (or entries in it) refused at start.
     pub transitive_file_errors: AtomicU64,
     pub fast_path: AtomicHistogram,
@@ -248,7 +253,7 @@ impl Metrics {
                 self.fallback_count(why),
             ));
         }
-        let named: [(&str, &AtomicU64); 52] = [
+        let named: [(&str, &AtomicU64); 54] = [
             ("muted", &self.muted),
             ("fast_path_decided", &self.fast_path_decided),
             ("cache_hits", &self.cache_hits),
@@ -310,6 +315,8 @@ impl Metrics {
             ("transitive_evicted", &self.transitive_evicted),
             ("transitive_hash_failures", &self.transitive_hash_failures),
             ("transitive_stale_writers", &self.transitive_stale_writers),
+            ("transitive_not_executable", &self.transitive_not_executable),
+            ("transitive_file_changed", &self.transitive_file_changed),
             ("transitive_file_errors", &self.transitive_file_errors),
             ("answers", &AtomicU64::new(self.answers_total())),
             (

@@ -874,6 +874,37 @@ impl<R: Responder> Core<R> {
             .file_written(&self.shared.metrics, pid, file, path);
     }
 
+    /// A close of a modified file by process `pid` of `incarnation`, as Endpoint Security
+    /// reports it (path and `stat`, no descriptor); from the delivery queue, never blocks
+    /// ([`transitive::Recorder::file_closed`]).
+    pub fn file_closed(&self, pid: u32, incarnation: u32, file: transitive::ReportedFile) {
+        self.shared
+            .transitive
+            .file_closed(&self.shared.metrics, pid, incarnation, file);
+    }
+
+    /// A rename by process `pid` of `incarnation` (Endpoint Security); never blocks
+    /// ([`transitive::Recorder::file_renamed`]).
+    pub fn file_renamed(
+        &self,
+        pid: u32,
+        incarnation: u32,
+        from: transitive::ReportedFile,
+        to: String,
+    ) {
+        self.shared
+            .transitive
+            .file_renamed(&self.shared.metrics, pid, incarnation, from, to);
+    }
+
+    /// Process `pid` of `incarnation` exited (Endpoint Security); never blocks
+    /// ([`transitive::Recorder::process_exited`]).
+    pub fn process_exited(&self, pid: u32, incarnation: u32) {
+        self.shared
+            .transitive
+            .process_exited(&self.shared.metrics, pid, incarnation);
+    }
+
     /// Whether any compiler process is tracked now (lock-free): backends may skip the work of
     /// reporting close-writes while none is.
     pub fn compilers_tracked(&self) -> bool {

@@ -47,14 +47,15 @@ pub(crate) fn respond<R: Responder>(
         answer.cache = false;
     }
     // Before the allow goes out: the compiler cannot write a file before it is tracked.
+    // The incarnation is the new image's (the exec target's audit token, where there is one).
     if decision.verdict == Verdict::Allow
-        && let EventBody::Exec { .. } = &event.body
+        && let EventBody::Exec { target } = &event.body
         && let Reason::Rule { rule } = &decision.reason
         && shared.store.load().policy.is_compiler_rule(rule)
     {
         shared
             .transitive
-            .compiler_exec(m, event.process.pid, &rule.name);
+            .compiler_exec(m, event.process.pid, target.pid_version, &rule.name);
     }
     let result = responder.respond(answer);
     if let Some(forced) = decision.remount {

@@ -6,12 +6,18 @@
 //!   the compiler cannot write anything we have not started tracking. That happens in
 //!   `pending::respond`, on whichever thread answers (the delivery thread included), so the
 //!   set is a fixed array of atomics: insert, lookup and removal are lock-free, never allocate.
-//! - The backend reports every close-after-write it sees ([`Recorder::file_written`], on the
-//!   delivery thread): a writer not in the set costs one lookup and the descriptor is closed
-//!   at once; a compiler's file goes to the recorder thread through a bounded queue (full:
-//!   counted, the file is not recorded, nothing waits).
-//! - The recorder thread hashes the file through the descriptor the kernel gave with the
-//!   event (never by re-opening its path: the file at that path may since be another), adds a
+//! - The backend reports every close-after-write it sees, on the delivery thread: with the
+//!   kernel's descriptor ([`Recorder::file_written`], Linux) or with the path and the `stat`
+//!   the kernel reported ([`Recorder::file_closed`], Endpoint Security, whose NOTIFY_CLOSE
+//!   carries no descriptor), and renames ([`Recorder::file_renamed`]) and exits
+//!   ([`Recorder::process_exited`]). A writer not in the set costs one lookup (a descriptor is
+//!   closed at once); a compiler's file goes to the recorder thread through a bounded queue
+//!   (full: counted, the file is not recorded, nothing waits).
+//! - The recorder thread reads the file through the kernel's descriptor, or re-opens the path
+//!   and proves it is the file the kernel reported (device, inode, size, modification and
+//!   change times, before and after hashing: [`open_reported`]); a path that names another
+//!   file now is refused and counted, never hashed in its place. Only executable images are
+//!   recorded, as Santa's `SNTFileInfo isExecutable` ([`executable_image`]). It adds a
 //!   [`TransitiveEntry`] to the store the running policy reads, bumps the store's generation
 //!   and clears the verdict cache (a cached deny of a file with that content is stale now),
 //!   and saves the store. A verdict decided while the store changed is cleared again by the
@@ -31,6 +37,11 @@
 //! (`pid_max`, 4,194,304 by default on 64-bit Linux) to wrap in under a second. We accept that
 //! rather than read procfs (start times) on the delivery thread.
 //!
+//! Endpoint Security names a process incarnation exactly (the audit token's pid version,
+//! which exec renews), so there the recorder also refuses a write whose incarnation is not
+//! the tracked compiler's, and NOTIFY_EXIT ends the tracking at once (it is queued behind the
+//! process's last writes, so none is lost).
+//!
 //! The exec is tracked when it is allowed, before the kernel runs it: an exec that then fails
 //! (a bad image) leaves the old image of that process tracked as a compiler until it exits.
 
@@ -44,7 +55,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use model::Sha256;
+use model::{FileIdentity, Sha256};
 use policy::transitive::{TRANSITIVE_MAX, TransitiveEntry, TransitiveRules};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -159,10 +170,55 @@ pub trait ProcessPin: Send {
     fn exited(&self) -> bool;
 }
 
-/// Pins the process `pid` the moment its compiler exec is allowed; `None` when it cannot be
-/// pinned (then it is not tracked, and counted). Called on the answering thread: must not
-/// block (Linux: one `pidfd_open`).
-pub type PinFn = Arc<dyn Fn(u32) -> Option<Box<dyn ProcessPin>> + Send + Sync>;
+/// Pins the process `pid` (with its incarnation, where the platform names one: the exec
+/// target's audit-token pid version on macOS) the moment its compiler exec is allowed; `None`
+/// when it cannot be pinned (then it is not tracked, and counted). Called on the answering
+/// thread: must not block (Linux: one `pidfd_open`; macOS: no call at all).
+pub type PinFn = Arc<dyn Fn(u32, Option<u32>) -> Option<Box<dyn ProcessPin>> + Send + Sync>;
+
+/// A process named by its pid and audit-token incarnation (Endpoint Security). Whether it has
+/// exited is `kill(pid, 0)` (ESRCH), asked only by the recorder thread, and only a fallback:
+/// NOTIFY_EXIT normally ends the tracking first. A reused pid reads as alive, which is safe:
+/// writes are matched by incarnation, so the new process's are refused.
+#[derive(Debug)]
+pub struct TokenPin {
+    pub pid: u32,
+}
+
+impl ProcessPin for TokenPin {
+    fn exited(&self) -> bool {
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return true;
+        };
+        matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    }
+}
+
+impl TransitiveBackend {
+    /// The Endpoint Security backend's: processes by audit token, paths from the message.
+    pub fn audit_tokens() -> TransitiveBackend {
+        TransitiveBackend {
+            pin: Arc::new(|pid, _incarnation| {
+                Some(Box::new(TokenPin { pid }) as Box<dyn ProcessPin>)
+            }),
+            path_of: Arc::new(|_f: &File| String::new()),
+        }
+    }
+}
+
+/// A file as the kernel reported it in a close or rename (Endpoint Security's `es_file_t`):
+/// its path and the `stat` taken with the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedFile {
+    pub path: String,
+    pub identity: FileIdentity,
+}
+
+/// Santa's compiler controller ignores files under `/dev/` (`kIgnoredCompilerProcessPathPrefix`).
+pub const IGNORED_PREFIX: &str = "/dev/";
 
 /// The file a descriptor is open on, for the entry's path (Linux: `/proc/self/fd/N`).
 pub type PathOfFn = Arc<dyn Fn(&File) -> String + Send + Sync>;
@@ -183,14 +239,30 @@ impl std::fmt::Debug for TransitiveBackend {
 enum Job {
     Track {
         pid: u32,
+        incarnation: Option<u32>,
         pin: Box<dyn ProcessPin>,
         rule: String,
     },
     Written {
         pid: u32,
-        file: File,
-        path: Option<String>,
+        incarnation: Option<u32>,
+        source: Source,
     },
+    Exited {
+        pid: u32,
+        incarnation: Option<u32>,
+    },
+}
+
+/// Where the recorder finds a written file's content.
+enum Source {
+    /// The kernel's own descriptor (Linux), and the path if the backend knew it.
+    Descriptor { file: File, path: Option<String> },
+    /// Closed after writing: re-open the path, which must still be that file (ctime included).
+    Closed(ReportedFile),
+    /// Renamed: the file at its old path or, that failing, at `to` (ctime excluded: a rename
+    /// changes it), as Santa tries the rename's source and then its destination.
+    Renamed { from: ReportedFile, to: String },
 }
 
 /// The compiler set, the store and the recorder's queue (shared by every core thread).
@@ -284,11 +356,17 @@ impl Recorder {
 
     /// An exec of `pid` that the compiler rule `rule` allowed, called before the allow is
     /// sent. Never blocks.
-    pub(crate) fn compiler_exec(&self, m: &Metrics, pid: u32, rule: &str) {
+    pub(crate) fn compiler_exec(
+        &self,
+        m: &Metrics,
+        pid: u32,
+        incarnation: Option<u32>,
+        rule: &str,
+    ) {
         let Some(backend) = &self.backend else {
             return;
         };
-        let Some(pin) = (backend.pin)(pid) else {
+        let Some(pin) = (backend.pin)(pid, incarnation) else {
             Metrics::inc(&m.transitive_compilers_untracked);
             return;
         };
@@ -301,6 +379,7 @@ impl Recorder {
         };
         let job = Job::Track {
             pid,
+            incarnation,
             pin,
             rule: rule.to_owned(),
         };
@@ -324,7 +403,63 @@ impl Recorder {
         if !self.set.contains(pid) {
             return;
         }
-        match self.tx.try_send(Job::Written { pid, file, path }) {
+        self.hand_off(m, pid, None, Source::Descriptor { file, path });
+    }
+
+    /// A close of a file that was modified, by process `pid` of `incarnation`, as Endpoint
+    /// Security reports it (path and `stat`, no descriptor). On the delivery queue; never
+    /// blocks. The recorder re-opens the path and refuses it unless it is still that file.
+    pub fn file_closed(&self, m: &Metrics, pid: u32, incarnation: u32, file: ReportedFile) {
+        Metrics::inc(&m.transitive_writes_seen);
+        if !self.set.contains(pid) || file.path.starts_with(IGNORED_PREFIX) {
+            return;
+        }
+        self.hand_off(m, pid, Some(incarnation), Source::Closed(file));
+    }
+
+    /// A rename by process `pid` of `incarnation` (Santa records what a compiler renames as
+    /// well as what it closes: a compiler that writes a temporary file and renames it is
+    /// recorded even if the close was missed). On the delivery queue; never blocks.
+    pub fn file_renamed(
+        &self,
+        m: &Metrics,
+        pid: u32,
+        incarnation: u32,
+        from: ReportedFile,
+        to: String,
+    ) {
+        Metrics::inc(&m.transitive_writes_seen);
+        if !self.set.contains(pid) || from.path.starts_with(IGNORED_PREFIX) {
+            return;
+        }
+        self.hand_off(m, pid, Some(incarnation), Source::Renamed { from, to });
+    }
+
+    /// Process `pid` of `incarnation` exited (Endpoint Security's NOTIFY_EXIT): a tracked
+    /// compiler stops being one once its queued writes are recorded. Never blocks; if the
+    /// queue is full the recorder's own liveness check ends the tracking later.
+    pub fn process_exited(&self, m: &Metrics, pid: u32, incarnation: u32) {
+        if !self.set.contains(pid) {
+            return;
+        }
+        if self
+            .tx
+            .try_send(Job::Exited {
+                pid,
+                incarnation: Some(incarnation),
+            })
+            .is_err()
+        {
+            Metrics::inc(&m.transitive_writes_dropped);
+        }
+    }
+
+    fn hand_off(&self, m: &Metrics, pid: u32, incarnation: Option<u32>, source: Source) {
+        match self.tx.try_send(Job::Written {
+            pid,
+            incarnation,
+            source,
+        }) {
             Ok(()) => Metrics::inc(&m.transitive_writes_handed_off),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 Metrics::inc(&m.transitive_writes_dropped);
@@ -420,6 +555,7 @@ pub(crate) fn run_saver(shared: Arc<Shared>, rx: SaverRx, stop: Receiver<()>) {
 /// One tracked compiler, as the recorder thread knows it.
 struct Tracked {
     pin: Box<dyn ProcessPin>,
+    incarnation: Option<u32>,
     rule: String,
     /// When the recorder first saw the pinned process gone.
     exited_at: Option<Instant>,
@@ -443,22 +579,52 @@ pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
         jobs.extend(rx.0.try_iter().take(RECORD_QUEUE));
         for job in jobs {
             match job {
-                Job::Track { pid, pin, rule } => {
+                Job::Track {
+                    pid,
+                    incarnation,
+                    pin,
+                    rule,
+                } => {
                     // A newer exec of the same pid (re-exec, or a reused pid): the newest pin.
                     tracked.insert(
                         pid,
                         Tracked {
                             pin,
+                            incarnation,
                             rule,
                             exited_at: None,
                         },
                     );
+                    // The pid may have left the set since the exec put it there (the previous
+                    // incarnation's exit or prune, handled just before this job): back in.
+                    if rec.set.insert(pid) == Inserted::Full {
+                        tracked.remove(&pid);
+                        Metrics::inc(&m.transitive_compilers_untracked);
+                    }
                 }
-                Job::Written { pid, file, path } => {
+                Job::Exited { pid, incarnation } => {
+                    let ends = tracked
+                        .get(&pid)
+                        .is_some_and(|t| same_incarnation(t.incarnation, incarnation));
+                    if ends {
+                        tracked.remove(&pid);
+                        rec.set.remove(pid);
+                        Metrics::inc(&m.transitive_compilers_pruned);
+                    }
+                }
+                Job::Written {
+                    pid,
+                    incarnation,
+                    source,
+                } => {
                     let Some(t) = tracked.get_mut(&pid) else {
                         Metrics::inc(&m.transitive_stale_writers);
                         continue;
                     };
+                    if !same_incarnation(t.incarnation, incarnation) {
+                        Metrics::inc(&m.transitive_stale_writers);
+                        continue;
+                    }
                     if t.pin.exited() {
                         let at = *t.exited_at.get_or_insert_with(Instant::now);
                         if at.elapsed() > EXITED_GRACE {
@@ -467,7 +633,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
                         }
                     }
                     let rule = t.rule.clone();
-                    if let Some(entry) = record(&shared, file, path, rule) {
+                    if let Some(entry) = record(&shared, source, rule) {
                         added.push(entry);
                     }
                 }
@@ -503,26 +669,127 @@ pub(crate) fn run(shared: Arc<Shared>, rx: RecorderRx, stop: Receiver<()>) {
     }
 }
 
-/// Hash `file` through its descriptor: the entry to add, or `None` (counted).
-fn record(
-    shared: &Shared,
+/// Both incarnations known and different: another process image than the tracked one.
+fn same_incarnation(tracked: Option<u32>, writer: Option<u32>) -> bool {
+    match (tracked, writer) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// Why a written file was not recorded (each counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Not a regular, non-empty executable image (Santa records only `isExecutable` files).
+    NotExecutable,
+    /// The path no longer names the file the kernel reported, or it changed while hashed.
+    Changed,
+    /// Unreadable, or over [`MAX_HASH_BYTES`].
+    Unhashable,
+}
+
+/// A written file, open: the path to keep, and for a re-opened path the identity it must
+/// still have after hashing (and whether its change time counts).
+struct Opened {
     file: File,
-    path: Option<String>,
-    rule: String,
-) -> Option<TransitiveEntry> {
+    path: String,
+    recheck: Option<(FileIdentity, bool)>,
+}
+
+/// The file a [`Source`] names, opened.
+fn open_source(source: Source) -> Result<Opened, Skip> {
+    match source {
+        Source::Descriptor { file, path } => Ok(Opened {
+            file,
+            path: path.unwrap_or_default(),
+            recheck: None,
+        }),
+        Source::Closed(f) => Ok(Opened {
+            file: open_reported(&f.path, &f.identity, true)?,
+            path: f.path,
+            recheck: Some((f.identity, true)),
+        }),
+        Source::Renamed { from, to } => {
+            let (file, path) = match open_reported(&from.path, &from.identity, false) {
+                Ok(file) => (file, from.path),
+                Err(_) => (open_reported(&to, &from.identity, false)?, to),
+            };
+            Ok(Opened {
+                file,
+                path,
+                recheck: Some((from.identity, false)),
+            })
+        }
+    }
+}
+
+/// Open `path` without following a final symlink and without blocking on a FIFO, and prove it
+/// is the file the kernel reported: same device and inode, size and modification time, and
+/// (`ctime`) change time, which no process can set back. Anything else (gone, replaced,
+/// written again since) is [`Skip::Changed`]: a file at that path now is not the file the
+/// compiler closed, and hashing it would allow whatever was put there.
+pub fn open_reported(path: &str, want: &FileIdentity, ctime: bool) -> Result<File, Skip> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|_| Skip::Changed)?;
+    let meta = file.metadata().map_err(|_| Skip::Changed)?;
+    if !meta.is_file() {
+        return Err(Skip::NotExecutable);
+    }
+    if !same_file(&FileIdentity::from(&meta), want, ctime) {
+        return Err(Skip::Changed);
+    }
+    Ok(file)
+}
+
+fn same_file(got: &FileIdentity, want: &FileIdentity, ctime: bool) -> bool {
+    got.dev == want.dev
+        && got.ino == want.ino
+        && got.size == want.size
+        && got.mtime_ns == want.mtime_ns
+        && (!ctime || got.ctime_ns == want.ctime_ns)
+}
+
+/// Hash a written file: the entry to add, or `None` (counted by why).
+fn record(shared: &Shared, source: Source, rule: String) -> Option<TransitiveEntry> {
     let rec = &shared.transitive;
     let m = &shared.metrics;
-    let Some(sha256) = hash_file(&file) else {
-        Metrics::inc(&m.transitive_hash_failures);
-        return None;
-    };
-    let path = path.unwrap_or_else(|| {
-        rec.backend
-            .as_ref()
-            .map(|b| (b.path_of)(&file))
-            .unwrap_or_default()
+    let outcome = open_source(source).and_then(|Opened { file, path, recheck }| {
+        let meta = file.metadata().map_err(|_| Skip::Unhashable)?;
+        if !meta.is_file() || meta.len() == 0 || !executable_image(&file) {
+            return Err(Skip::NotExecutable);
+        }
+        let sha256 = hash_file(&file).ok_or(Skip::Unhashable)?;
+        if let Some((want, ctime)) = recheck {
+            let after = file.metadata().map_err(|_| Skip::Changed)?;
+            if !same_file(&FileIdentity::from(&after), &want, ctime) {
+                return Err(Skip::Changed);
+            }
+        }
+        let path = if path.is_empty() {
+            rec.backend
+                .as_ref()
+                .map(|b| (b.path_of)(&file))
+                .unwrap_or_default()
+        } else {
+            path
+        };
+        Ok((sha256, path))
     });
-    drop(file);
+    let (sha256, path) = match outcome {
+        Ok(v) => v,
+        Err(skip) => {
+            Metrics::inc(match skip {
+                Skip::NotExecutable => &m.transitive_not_executable,
+                Skip::Changed => &m.transitive_file_changed,
+                Skip::Unhashable => &m.transitive_hash_failures,
+            });
+            return None;
+        }
+    };
     let added_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -532,6 +799,107 @@ fn record(
         compiler_rule: rule,
         added_ms,
     })
+}
+
+/// Bytes of a file's start [`executable_image`] reads at most at one offset.
+const HEADER_BYTES: usize = 64;
+/// Santa's `kMaxFatArchCount`: most architectures read from a universal header.
+const MAX_FAT_ARCHS: u32 = 64;
+
+/// Whether `file` is an executable image: what Santa's `SNTFileInfo isExecutable` accepts
+/// (the first Mach-O header, of a thin file or a universal one's first architecture, has file
+/// type `MH_EXECUTE`), and on Linux an ELF image of type `ET_EXEC` or `ET_DYN` (a
+/// position-independent executable is `ET_DYN` to its header, as shared objects are).
+/// Objects, dylibs, bundles, scripts and data are not. Reads through the descriptor.
+pub fn executable_image(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    is_executable_image(&|off, buf: &mut [u8]| {
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], off + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        got
+    })
+}
+
+/// [`executable_image`] over `read_at(offset, buf) -> bytes read` (short at the end).
+pub fn is_executable_image(read_at: &dyn Fn(u64, &mut [u8]) -> usize) -> bool {
+    const MH_EXECUTE: u32 = 2;
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
+    let mut head = [0u8; HEADER_BYTES];
+    let n = read_at(0, &mut head);
+    let head = &head[..n];
+    let u32_at = |b: &[u8], at: usize, big: bool| -> Option<u32> {
+        let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        })
+    };
+    // A thin Mach-O header's byte order, from its magic (`MH_MAGIC[_64]` / `MH_CIGAM[_64]`).
+    let thin_order = |b: &[u8]| -> Option<bool> {
+        match b.get(..4)? {
+            [0xce | 0xcf, 0xfa, 0xed, 0xfe] => Some(false),
+            [0xfe, 0xed, 0xfa, 0xce | 0xcf] => Some(true),
+            _ => None,
+        }
+    };
+    if let Some(big) = thin_order(head) {
+        return u32_at(head, 12, big) == Some(MH_EXECUTE);
+    }
+    match head.get(..4) {
+        // Universal: `fat_header` and `fat_arch[_64]` are big-endian on disk.
+        Some([0xca, 0xfe, 0xba, wide @ (0xbe | 0xbf)]) => {
+            let wide = *wide == 0xbf;
+            let Some(count) = u32_at(head, 4, true) else {
+                return false;
+            };
+            if count == 0 || count > MAX_FAT_ARCHS {
+                return false;
+            }
+            // The first fat_arch starts at byte 8: cputype, cpusubtype, then the offset
+            // (u32, or u64 in fat_arch_64).
+            let offset = if wide {
+                head.get(16..24)
+                    .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                    .map(u64::from_be_bytes)
+            } else {
+                u32_at(head, 16, true).map(u64::from)
+            };
+            let Some(offset) = offset.filter(|o| *o > 0) else {
+                return false;
+            };
+            let mut slice = [0u8; 16];
+            let got = read_at(offset, &mut slice);
+            let slice = &slice[..got];
+            thin_order(slice).is_some_and(|big| u32_at(slice, 12, big) == Some(MH_EXECUTE))
+        }
+        Some([0x7f, b'E', b'L', b'F']) => {
+            // e_ident[EI_DATA] (byte 5) is the byte order; e_type is the u16 at byte 16.
+            let big = match head.get(5) {
+                Some(1) => false,
+                Some(2) => true,
+                _ => return false,
+            };
+            let Some(w) = head.get(16..18).and_then(|w| <[u8; 2]>::try_from(w).ok()) else {
+                return false;
+            };
+            let e_type = if big {
+                u16::from_be_bytes(w)
+            } else {
+                u16::from_le_bytes(w)
+            };
+            e_type == ET_EXEC || e_type == ET_DYN
+        }
+        _ => false,
+    }
 }
 
 /// SHA-256 of everything readable through `file` from its start, bounded by

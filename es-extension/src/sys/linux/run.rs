@@ -97,7 +97,7 @@ impl ProcessPin for PidfdPin {
 /// procfs read on the delivery thread.
 fn transitive_backend() -> TransitiveBackend {
     TransitiveBackend {
-        pin: Arc::new(|pid| {
+        pin: Arc::new(|pid, _incarnation| {
             let pid = i32::try_from(pid).ok()?;
             let fd = super::selfmute::pidfd_open(pid).ok()?;
             Some(Box::new(PidfdPin(fd)) as Box<dyn ProcessPin>)

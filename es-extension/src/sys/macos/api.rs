@@ -34,11 +34,28 @@ pub mod inversion {
     pub const TARGET_PATH: u32 = 2;
 }
 
+/// The NOTIFY events the recorder client takes (transitive allowlisting: Santa's compiler
+/// controller reads the same three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyKind {
+    /// `ES_EVENT_TYPE_NOTIFY_CLOSE`.
+    Close,
+    /// `ES_EVENT_TYPE_NOTIFY_RENAME`.
+    Rename,
+    /// `ES_EVENT_TYPE_NOTIFY_EXIT`.
+    Exit,
+}
+
+impl NotifyKind {
+    pub const ALL: [NotifyKind; 3] = [NotifyKind::Close, NotifyKind::Rename, NotifyKind::Exit];
+}
+
 /// What the backend logic may ask of one ES client. Every call is a short, thread-safe C call
 /// on macOS; none may be made while holding a lock another thread needs on the delivery queue.
 ///
 /// The client's delivery queue calls the handler it was created with
-/// (`handler::Handler::on_message`), serially, one message at a time.
+/// (`handler::Handler::on_message`, `on_notify` for NOTIFY events), serially, one message at a
+/// time.
 pub trait EsApi: std::fmt::Debug + Send + Sync + 'static {
     /// A retained message, answerable from any thread until it is dropped.
     type Msg: std::fmt::Debug + Send + 'static;
@@ -51,6 +68,9 @@ pub trait EsApi: std::fmt::Debug + Send + Sync + 'static {
     fn subscribe(&self, kinds: &[EventKind]) -> Result<(), ApiError>;
     fn unsubscribe(&self, kinds: &[EventKind]) -> Result<(), ApiError>;
     fn unsubscribe_all(&self) -> Result<(), ApiError>;
+    /// `es_subscribe` / `es_unsubscribe` for NOTIFY events (no answer is owed for them).
+    fn subscribe_notify(&self, kinds: &[NotifyKind]) -> Result<(), ApiError>;
+    fn unsubscribe_notify(&self, kinds: &[NotifyKind]) -> Result<(), ApiError>;
 
     /// `es_mute_process`: every event of this process incarnation.
     fn mute_process(&self, token: &AuditToken) -> Result<(), ApiError>;

@@ -33,6 +33,9 @@ pub struct EsCounters {
     /// Watched target paths selected on the file-access client (inverted muting).
     pub watch_paths_pushed: AtomicU64,
     pub watch_errors: AtomicU64,
+    /// NOTIFY messages on a client with no use for them (never expected; counted, not acted
+    /// on).
+    pub notify_unexpected: AtomicU64,
 }
 
 impl EsCounters {
@@ -53,6 +56,7 @@ impl EsCounters {
             ("mute_errors", &self.mute_errors),
             ("watch_paths_pushed", &self.watch_paths_pushed),
             ("watch_errors", &self.watch_errors),
+            ("notify_unexpected", &self.notify_unexpected),
         ]
         .into_iter()
         .map(|(n, c)| (n.to_owned(), c.load(Ordering::Relaxed)))
@@ -73,6 +77,9 @@ struct Clients<A> {
     /// File access with inverted target-path muting, or `None` when it could not be created
     /// (the process client then carries the file kinds, unselected).
     files: Option<Arc<A>>,
+    /// NOTIFY close, rename and exit for transitive recording, or `None` when it could not be
+    /// created (nothing is recorded then). Muted like the others (ourselves, the helper).
+    recorder: Option<Arc<A>>,
 }
 
 /// Kernel controls for the ES clients.
@@ -108,8 +115,12 @@ impl<A: EsApi> EsControl<A> {
         Arc::clone(&self.counters)
     }
 
-    pub fn attach(&self, process: Arc<A>, files: Option<Arc<A>>) {
-        let _ = self.clients.set(Clients { process, files });
+    pub fn attach(&self, process: Arc<A>, files: Option<Arc<A>>, recorder: Option<Arc<A>>) {
+        let _ = self.clients.set(Clients {
+            process,
+            files,
+            recorder,
+        });
     }
 
     fn clients(&self, call: &'static str) -> Result<&Clients<A>, BackendError> {
@@ -124,6 +135,7 @@ impl<A: EsApi> EsControl<A> {
         let c = self.clients(call)?;
         Ok(std::iter::once(&c.process)
             .chain(c.files.as_ref())
+            .chain(c.recorder.as_ref())
             .collect())
     }
 
@@ -242,6 +254,7 @@ impl<A: EsApi> EsControl<A> {
             MuteScope::Target => vec![&clients.process],
             MuteScope::Process => std::iter::once(&clients.process)
                 .chain(clients.files.as_ref())
+                .chain(clients.recorder.as_ref())
                 .collect(),
         };
         for api in targets {

@@ -474,11 +474,22 @@ pub fn subscription_kinds(policy: &policy::Policy) -> Vec<EventKind> {
         .collect()
 }
 
+/// The NOTIFY events the recorder client takes under `policy`: close, rename and exit while
+/// it can record transitive allows (`Policy::records_transitive`), else none, so a machine
+/// without compiler rules pays for no NOTIFY_CLOSE of every process.
+pub fn notify_kinds(policy: &policy::Policy) -> Vec<super::api::NotifyKind> {
+    if policy.records_transitive() {
+        super::api::NotifyKind::ALL.to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 /// What to subscribe to and unsubscribe from to go from `current` to `wanted`.
-pub fn subscription_changes(
-    current: &[EventKind],
-    wanted: &[EventKind],
-) -> (Vec<EventKind>, Vec<EventKind>) {
+pub fn subscription_changes<K: PartialEq + Copy>(
+    current: &[K],
+    wanted: &[K],
+) -> (Vec<K>, Vec<K>) {
     let add = wanted
         .iter()
         .filter(|k| !current.contains(k))

@@ -2,6 +2,9 @@
 //! owned), compute its deadline from mach time, and hand it to the core, which never blocks.
 //! A message with a truncated path is answered with the policy's fallback at once (issue 10
 //! item 7): its path names another file, so no rule may be matched against it.
+//!
+//! NOTIFY messages (the recorder client's) need no answer: [`Handler::on_notify`] turns each
+//! into a [`Recording`] and hands it to the core's transitive recorder, which never blocks.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, OnceLock};
@@ -12,7 +15,7 @@ use model::{EventKind, Verdict};
 use super::api::EsApi;
 use super::control::EsCounters;
 use super::convert;
-use super::message::EsMessage;
+use super::message::{EsMessage, EsNotify, Recording};
 use super::responder::{self, EsResponder};
 use crate::backend::{Answer, Delivery};
 
@@ -23,6 +26,10 @@ pub type Sink<A> = Arc<dyn Fn(Delivery<EsResponder<A>>) + Send + Sync>;
 /// atomic load, no lock).
 pub type Fallback = Arc<dyn Fn(EventKind) -> Verdict + Send + Sync>;
 
+/// What the handler hands every NOTIFY message's meaning to (the core's transitive recorder:
+/// `file_closed`, `file_renamed`, `process_exited`). Must not block.
+pub type NotifySink = Arc<dyn Fn(Recording) + Send + Sync>;
+
 /// The shortest deadline we assume when the timebase is unknown: answer almost at once.
 const UNKNOWN_DEADLINE: Duration = Duration::from_millis(100);
 
@@ -32,6 +39,7 @@ pub struct Handler<A: EsApi> {
     sink: Sink<A>,
     fallback: Fallback,
     counters: Arc<EsCounters>,
+    notify: Option<NotifySink>,
 }
 
 impl<A: EsApi> std::fmt::Debug for Handler<A> {
@@ -49,6 +57,25 @@ impl<A: EsApi> Handler<A> {
             sink,
             fallback,
             counters,
+            notify: None,
+        }
+    }
+
+    /// The same handler, also taking NOTIFY messages (the recorder client's).
+    pub fn with_notify(mut self, notify: NotifySink) -> Self {
+        self.notify = Some(notify);
+        self
+    }
+
+    /// Handle one NOTIFY message on the delivery queue (nothing is owed to ES for it).
+    pub fn on_notify(&self, view: &EsNotify) {
+        let Some(notify) = &self.notify else {
+            EsCounters::inc(&self.counters.notify_unexpected);
+            return;
+        };
+        let r = view.recording();
+        if r != Recording::Nothing {
+            notify(r);
         }
     }
 

@@ -58,7 +58,7 @@ pub enum EsDestination {
 }
 
 impl EsDestination {
-    fn path(&self) -> String {
+    pub fn path(&self) -> String {
         match self {
             Self::Existing(f) => f.path.clone(),
             Self::New {
@@ -175,6 +175,111 @@ impl EsBody {
                 destination,
             } => vec![source.path.clone(), destination.path()],
             Self::Exchangedata { file1, file2 } => vec![file1.path.clone(), file2.path.clone()],
+        }
+    }
+}
+
+/// The event-specific part of a NOTIFY message the recorder client takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EsNotifyBody {
+    /// `es_event_close_t`: `modified` is ES's "the file was written while open".
+    Close { modified: bool, target: EsFile },
+    /// `es_event_rename_t` (after the rename).
+    Rename {
+        source: EsFile,
+        destination: EsDestination,
+    },
+    /// `es_event_exit_t`.
+    Exit,
+}
+
+/// One NOTIFY message, owned: who did it and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EsNotify {
+    pub process: EsProcess,
+    pub body: EsNotifyBody,
+}
+
+impl EsNotify {
+    pub fn kind(&self) -> super::api::NotifyKind {
+        match self.body {
+            EsNotifyBody::Close { .. } => super::api::NotifyKind::Close,
+            EsNotifyBody::Rename { .. } => super::api::NotifyKind::Rename,
+            EsNotifyBody::Exit => super::api::NotifyKind::Exit,
+        }
+    }
+
+    /// The paths ES calls this event's targets (for target-path muting).
+    pub fn targets(&self) -> Vec<String> {
+        match &self.body {
+            EsNotifyBody::Close { target, .. } => vec![target.path.clone()],
+            EsNotifyBody::Rename {
+                source,
+                destination,
+            } => vec![source.path.clone(), destination.path()],
+            EsNotifyBody::Exit => Vec::new(),
+        }
+    }
+}
+
+/// What a NOTIFY message means for transitive recording (pure; `handler` acts on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recording {
+    /// A modified file closed: `file_closed`.
+    Closed {
+        pid: u32,
+        incarnation: u32,
+        file: crate::core::transitive::ReportedFile,
+    },
+    /// A rename: `file_renamed` (the file, then its new path).
+    Renamed {
+        pid: u32,
+        incarnation: u32,
+        from: crate::core::transitive::ReportedFile,
+        to: String,
+    },
+    Exited { pid: u32, incarnation: u32 },
+    /// Nothing to record: an unmodified close (Santa's recorder ignores those too), or a
+    /// truncated path (it names another file).
+    Nothing,
+}
+
+fn reported(f: &EsFile) -> crate::core::transitive::ReportedFile {
+    crate::core::transitive::ReportedFile {
+        path: f.path.clone(),
+        identity: convert::file_identity(&f.stat),
+    }
+}
+
+impl EsNotify {
+    pub fn recording(&self) -> Recording {
+        let (pid, incarnation) = (self.process.token.pid(), self.process.token.pidversion());
+        match &self.body {
+            EsNotifyBody::Close { modified, target } => {
+                if !*modified || target.path_truncated {
+                    return Recording::Nothing;
+                }
+                Recording::Closed {
+                    pid,
+                    incarnation,
+                    file: reported(target),
+                }
+            }
+            EsNotifyBody::Rename {
+                source,
+                destination,
+            } => {
+                if source.path_truncated || destination.truncated() {
+                    return Recording::Nothing;
+                }
+                Recording::Renamed {
+                    pid,
+                    incarnation,
+                    from: reported(source),
+                    to: destination.path(),
+                }
+            }
+            EsNotifyBody::Exit => Recording::Exited { pid, incarnation },
         }
     }
 }

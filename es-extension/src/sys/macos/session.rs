@@ -1,10 +1,13 @@
 //! Start-up order, subscriptions, muting and shutdown of the ES clients, generic over
 //! [`EsConnect`] so the simulator runs exactly this code.
 //!
-//! Two clients (Santa's split): the *process* client takes exec and mounts for every process;
-//! the *files* client takes the file-access kinds with inverted target-path muting, so only
-//! events on watched paths reach us (issue 10 item 5). If the files client cannot be created,
-//! the process client takes the file kinds too, unselected (correct, only slower).
+//! Three clients (Santa's split, one per concern): the *process* client takes exec and mounts
+//! for every process; the *files* client takes the file-access kinds with inverted target-path
+//! muting, so only events on watched paths reach us (issue 10 item 5); the *recorder* client
+//! takes NOTIFY close, rename and exit while the policy records transitive allows
+//! (`convert::notify_kinds`), on a delivery queue of its own so a flood of closes never delays
+//! an exec. If the files client cannot be created, the process client takes the file kinds
+//! too, unselected (correct, only slower); if the recorder cannot, nothing is recorded.
 //!
 //! Order (safe with `NSEndpointSecurityEarlyBoot`, which holds mounts and third-party execs
 //! until our first subscription):
@@ -24,10 +27,11 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use model::{EventKind, FallbackReason, MuteScope, MuteSpec};
 
-use super::api::{ApiError, AuditToken, EsApi};
+use super::api::{ApiError, AuditToken, EsApi, NotifyKind};
 use super::control::EsControl;
 use super::convert;
-use super::handler::{Fallback, Handler, Sink};
+use super::handler::{Fallback, Handler, NotifySink, Sink};
+use super::message::Recording;
 use super::responder::EsResponder;
 use crate::backend::KernelControl;
 use crate::core::Core;
@@ -79,8 +83,10 @@ type EsCore<A> = Core<EsResponder<A>>;
 struct Subscriptions<A: EsApi> {
     process: Arc<A>,
     files: Option<Arc<A>>,
+    recorder: Option<Arc<A>>,
     on_process: Vec<EventKind>,
     on_files: Vec<EventKind>,
+    on_recorder: Vec<NotifyKind>,
 }
 
 impl<A: EsApi> Subscriptions<A> {
@@ -107,6 +113,22 @@ impl<A: EsApi> Subscriptions<A> {
         sync_one(&*self.process, &mut self.on_process, &wanted_process);
         if let Some(files) = &self.files {
             sync_one(&**files, &mut self.on_files, &wanted_files);
+        }
+        if let Some(recorder) = &self.recorder {
+            let wanted = convert::notify_kinds(policy);
+            let (add, remove) = convert::subscription_changes(&self.on_recorder, &wanted);
+            if !add.is_empty() {
+                match recorder.subscribe_notify(&add) {
+                    Ok(()) => self.on_recorder.extend(add),
+                    Err(e) => tracing::error!(error = %e, "subscribing to close, rename and exit failed; no transitive allows are recorded"),
+                }
+            }
+            if !remove.is_empty() {
+                match recorder.unsubscribe_notify(&remove) {
+                    Ok(()) => self.on_recorder.retain(|k| !remove.contains(k)),
+                    Err(e) => tracing::warn!(error = %e, "unsubscribing from close, rename and exit failed"),
+                }
+            }
         }
     }
 
@@ -136,6 +158,7 @@ fn sync_one<A: EsApi>(api: &A, current: &mut Vec<EventKind>, wanted: &[EventKind
 pub struct Session<C: EsConnect> {
     process: Arc<C::Api>,
     files: Option<Arc<C::Api>>,
+    recorder: Option<Arc<C::Api>>,
     core: Arc<EsCore<C::Api>>,
     stop_tx: Option<Sender<()>>,
     maint: Option<JoinHandle<()>>,
@@ -145,6 +168,7 @@ impl<C: EsConnect> std::fmt::Debug for Session<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("files_client", &self.files.is_some())
+            .field("recorder_client", &self.recorder.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -173,13 +197,13 @@ impl<C: EsConnect> Session<C> {
                     .policy
                     .fallback(kind, FallbackReason::Dropped)
             });
-            Arc::new(Handler::new(sink, fallback, control.counters_handle()))
+            Handler::new(sink, fallback, control.counters_handle())
         };
-        let h = handler();
+        let h = Arc::new(handler());
         let process = connect.new_client(Arc::clone(&h))?;
         h.attach(Arc::clone(&process));
         let files = {
-            let h = handler();
+            let h = Arc::new(handler());
             match connect.new_client(Arc::clone(&h)) {
                 Ok(api) => {
                     h.attach(Arc::clone(&api));
@@ -191,7 +215,38 @@ impl<C: EsConnect> Session<C> {
                 }
             }
         };
-        control.attach(Arc::clone(&process), files.clone());
+        let recorder = {
+            let rec_core = Arc::clone(&core);
+            let notify: NotifySink = Arc::new(move |r| match r {
+                Recording::Closed {
+                    pid,
+                    incarnation,
+                    file,
+                } => rec_core.file_closed(pid, incarnation, file),
+                Recording::Renamed {
+                    pid,
+                    incarnation,
+                    from,
+                    to,
+                } => rec_core.file_renamed(pid, incarnation, from, to),
+                Recording::Exited { pid, incarnation } => {
+                    rec_core.process_exited(pid, incarnation);
+                }
+                Recording::Nothing => {}
+            });
+            let h = Arc::new(handler().with_notify(notify));
+            match connect.new_client(Arc::clone(&h)) {
+                Ok(api) => {
+                    h.attach(Arc::clone(&api));
+                    Some(api)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no recorder ES client; transitive allows are not recorded");
+                    None
+                }
+            }
+        };
+        control.attach(Arc::clone(&process), files.clone(), recorder.clone());
         let me = connect.self_token().map_err(SessionError::SelfMute)?;
         control
             .mute_process(&me)
@@ -208,8 +263,10 @@ impl<C: EsConnect> Session<C> {
         let mut subs = Subscriptions {
             process: Arc::clone(&process),
             files: files.clone(),
+            recorder: recorder.clone(),
             on_process: Vec::new(),
             on_files: Vec::new(),
+            on_recorder: Vec::new(),
         };
         subs.sync(&control, &core.policy().policy);
         if subs.is_empty() {
@@ -282,6 +339,7 @@ impl<C: EsConnect> Session<C> {
         Ok(Self {
             process,
             files,
+            recorder,
             core,
             stop_tx: Some(stop_tx),
             maint: Some(maint),
@@ -298,7 +356,10 @@ impl<C: EsConnect> Session<C> {
         let Some(stop_tx) = self.stop_tx.take() else {
             return Ok(());
         };
-        for api in std::iter::once(&self.process).chain(self.files.as_ref()) {
+        for api in std::iter::once(&self.process)
+            .chain(self.files.as_ref())
+            .chain(self.recorder.as_ref())
+        {
             if let Err(e) = api.unsubscribe_all() {
                 tracing::warn!(error = %e, "unsubscribing at shutdown failed");
             }
@@ -309,7 +370,10 @@ impl<C: EsConnect> Session<C> {
         }
         self.core.shutdown();
         let mut first_err = None;
-        for api in std::iter::once(&self.process).chain(self.files.as_ref()) {
+        for api in std::iter::once(&self.process)
+            .chain(self.files.as_ref())
+            .chain(self.recorder.as_ref())
+        {
             if let Err(e) = api.delete() {
                 first_err.get_or_insert(e);
             }

@@ -23,7 +23,7 @@ use endpoint_sec_sys::{
 use model::EventKind;
 
 use super::{read, time};
-use crate::sys::macos::api::{ApiError, AuditToken, EsApi};
+use crate::sys::macos::api::{ApiError, AuditToken, EsApi, NotifyKind};
 use crate::sys::macos::control::EsCounters;
 use crate::sys::macos::convert::{self, NewClientError, Timebase};
 use crate::sys::macos::handler::Handler;
@@ -81,6 +81,15 @@ pub fn es_event_type(kind: EventKind) -> es_event_type_t {
     }
 }
 
+/// The ES event type for a NOTIFY kind the recorder takes.
+pub fn es_notify_type(kind: NotifyKind) -> es_event_type_t {
+    match kind {
+        NotifyKind::Close => es_event_type_t::ES_EVENT_TYPE_NOTIFY_CLOSE,
+        NotifyKind::Rename => es_event_type_t::ES_EVENT_TYPE_NOTIFY_RENAME,
+        NotifyKind::Exit => es_event_type_t::ES_EVENT_TYPE_NOTIFY_EXIT,
+    }
+}
+
 impl FfiClient {
     /// `es_new_client` with `handler` on its delivery queue. Events flow only after a
     /// subscription. Must be called on the thread that will later call `delete`.
@@ -124,6 +133,24 @@ impl FfiClient {
     fn types(kinds: &[EventKind]) -> Vec<es_event_type_t> {
         kinds.iter().map(|k| es_event_type(*k)).collect()
     }
+
+    fn subscribe_types(&self, types: &[es_event_type_t], on: bool) -> Result<(), ApiError> {
+        let raw = self.raw()?;
+        let n = u32::try_from(types.len()).unwrap_or(u32::MAX);
+        // SAFETY: live client; `types` is a valid array of `n` entries (at most a dozen).
+        let ret = unsafe {
+            if on {
+                endpoint_sec_sys::es_subscribe(raw, types.as_ptr(), n)
+            } else {
+                endpoint_sec_sys::es_unsubscribe(raw, types.as_ptr(), n)
+            }
+        };
+        if on {
+            ok(ret, "es_subscribe", "")
+        } else {
+            ok(ret, "es_unsubscribe", "")
+        }
+    }
 }
 
 impl EsApi for FfiClient {
@@ -154,21 +181,21 @@ impl EsApi for FfiClient {
     }
 
     fn subscribe(&self, kinds: &[EventKind]) -> Result<(), ApiError> {
-        let types = Self::types(kinds);
-        let raw = self.raw()?;
-        // SAFETY: live client; `types` is a valid array of `types.len()` (at most 9) entries.
-        let ret =
-            unsafe { endpoint_sec_sys::es_subscribe(raw, types.as_ptr(), types.len() as u32) };
-        ok(ret, "es_subscribe", "")
+        self.subscribe_types(&Self::types(kinds), true)
     }
 
     fn unsubscribe(&self, kinds: &[EventKind]) -> Result<(), ApiError> {
-        let types = Self::types(kinds);
-        let raw = self.raw()?;
-        // SAFETY: live client; valid array of `types.len()` entries.
-        let ret =
-            unsafe { endpoint_sec_sys::es_unsubscribe(raw, types.as_ptr(), types.len() as u32) };
-        ok(ret, "es_unsubscribe", "")
+        self.subscribe_types(&Self::types(kinds), false)
+    }
+
+    fn subscribe_notify(&self, kinds: &[NotifyKind]) -> Result<(), ApiError> {
+        let types: Vec<_> = kinds.iter().map(|k| es_notify_type(*k)).collect();
+        self.subscribe_types(&types, true)
+    }
+
+    fn unsubscribe_notify(&self, kinds: &[NotifyKind]) -> Result<(), ApiError> {
+        let types: Vec<_> = kinds.iter().map(|k| es_notify_type(*k)).collect();
+        self.subscribe_types(&types, false)
     }
 
     fn unsubscribe_all(&self) -> Result<(), ApiError> {
@@ -273,7 +300,11 @@ fn deliver(handler: &Handler<FfiClient>, raw: NonNull<es_message_t>, received: I
     // the handler and the retained object is the same pointer `raw`.
     let msg = unsafe { Message::from_raw(raw) };
     if msg.action_type() != es_action_type_t::ES_ACTION_TYPE_AUTH {
-        // NOTIFY events need no answer; we subscribe to none, so this is only defensive.
+        // NOTIFY events need no answer: the recorder client's go to the transitive recorder
+        // (never blocking), any other is ignored.
+        if let Some(view) = read::notify(&msg) {
+            handler.on_notify(&view);
+        }
         return true;
     }
     let Some(view) = read::message(&msg) else {

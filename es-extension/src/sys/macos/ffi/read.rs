@@ -11,7 +11,9 @@ use endpoint_sec::{
 
 use crate::sys::macos::api::AuditToken;
 use crate::sys::macos::convert::{self, RawStat};
-use crate::sys::macos::message::{EsBody, EsDestination, EsFile, EsMessage, EsMount, EsProcess};
+use crate::sys::macos::message::{
+    EsBody, EsDestination, EsFile, EsMessage, EsMount, EsNotify, EsNotifyBody, EsProcess,
+};
 
 fn lossy(s: &OsStr) -> String {
     s.to_string_lossy().into_owned()
@@ -152,6 +154,39 @@ pub fn message(msg: &Message) -> Option<EsMessage> {
     Some(EsMessage {
         version: msg.version(),
         deadline_ticks: msg.raw_deadline(),
+        process: process(&msg.process()),
+        body,
+    })
+}
+
+/// A NOTIFY message the recorder client takes, or `None` for any other (nothing is owed).
+pub fn notify(msg: &Message) -> Option<EsNotify> {
+    let body = match msg.event()? {
+        RawEvent::NotifyClose(e) => EsNotifyBody::Close {
+            modified: e.modified(),
+            target: file(&e.target()),
+        },
+        RawEvent::NotifyRename(e) => EsNotifyBody::Rename {
+            source: file(&e.source()),
+            destination: match e.destination()? {
+                EventRenameDestinationFile::ExistingFile { file: f, .. } => {
+                    EsDestination::Existing(file(&f))
+                }
+                EventRenameDestinationFile::NewPath {
+                    directory,
+                    filename,
+                    ..
+                } => EsDestination::New {
+                    directory: file(&directory),
+                    filename: lossy(filename),
+                },
+                _ => return None,
+            },
+        },
+        RawEvent::NotifyExit(_) => EsNotifyBody::Exit,
+        _ => return None,
+    };
+    Some(EsNotify {
         process: process(&msg.process()),
         body,
     })

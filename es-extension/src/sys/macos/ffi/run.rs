@@ -213,6 +213,9 @@ pub fn run(opts: MacOptions) -> Result<(), MacError> {
             Arc::new(super::unified_log::UnifiedLog) as Arc<dyn crate::core::eventlog::SystemLog>
         }),
         transitive_file: opts.transitive_file.clone(),
+        // Compilers by audit token; their files by the path and stat in NOTIFY_CLOSE, re-opened
+        // and checked off the delivery queue (`core::transitive::open_reported`).
+        transitive_backend: Some(crate::core::transitive::TransitiveBackend::audit_tokens()),
         mounted_volumes: Some(crate::core::startup_mounts::MountSource(Arc::new(
             mounted_volumes,
         ))),

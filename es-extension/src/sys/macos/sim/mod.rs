@@ -11,9 +11,11 @@
 //! and prefix, inversion, which ES refuses while a client has AUTH subscriptions) and a default
 //! mute set; the early-boot hold (non-platform execs and mounts held until the first
 //! subscription); `/tmp`, `/var`, `/etc` reported as `/private/...`; paths longer than
-//! [`SimConfig::max_path`] truncated with `path_truncated` set.
+//! [`SimConfig::max_path`] truncated with `path_truncated` set; NOTIFY close, rename and exit
+//! ([`EsSim::notify`]), delivered in order on the same queues, muted as AUTH events are, and
+//! owed no answer.
 //!
-//! Not modelled: the kernel's real timing and queue depths, NOTIFY events, per-event-type
+//! Not modelled: the kernel's real timing and queue depths, other NOTIFY events, per-event-type
 //! process muting, the exact default mute set, message versions other than the one given,
 //! and what happens to a real Mac when a client is killed (here: the event is allowed and the
 //! client stops receiving).
@@ -34,10 +36,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use model::EventKind;
 
-use super::api::{ApiError, AuditToken, EsApi, inversion};
+use super::api::{ApiError, AuditToken, EsApi, NotifyKind, inversion};
 use super::convert::{self, Timebase, mute_path_type};
 use super::handler::Handler;
-use super::message::{EsBody, EsDestination, EsFile, EsMessage, EsProcess};
+use super::message::{
+    EsBody, EsDestination, EsFile, EsMessage, EsNotify, EsNotifyBody, EsProcess,
+};
 use super::session::EsConnect;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,10 +165,18 @@ type CacheKey = (EventKind, String, Vec<String>, bool);
 #[derive(Debug)]
 struct ClientState {
     subs: HashSet<EventKind>,
+    notify_subs: HashSet<NotifyKind>,
     tokens: HashSet<AuditToken>,
     paths: Vec<(String, u32)>,
     inverted: [bool; 3],
     cache: HashSet<CacheKey>,
+}
+
+/// One message on a client's delivery queue.
+#[derive(Debug)]
+enum Queued {
+    Auth(SimMsg, EsMessage),
+    Notify(EsNotify),
 }
 
 /// One simulated `es_client_t`.
@@ -172,7 +184,7 @@ struct ClientState {
 pub struct SimClient {
     pub id: usize,
     sim: Weak<Inner>,
-    queue: Mutex<Option<Sender<(SimMsg, EsMessage)>>>,
+    queue: Mutex<Option<Sender<Queued>>>,
     st: Mutex<ClientState>,
     deleted: AtomicBool,
     killed: AtomicBool,
@@ -308,13 +320,14 @@ impl EsSim {
         if self.inner.cfg.client_limit.is_some_and(|n| id >= n) {
             return Err(ApiError::NewClient(convert::NewClientError::TooManyClients));
         }
-        let (tx, rx): (Sender<(SimMsg, EsMessage)>, Receiver<_>) = crossbeam_channel::unbounded();
+        let (tx, rx): (Sender<Queued>, Receiver<_>) = crossbeam_channel::unbounded();
         let client = Arc::new(SimClient {
             id,
             sim: Arc::downgrade(&self.inner),
             queue: Mutex::new(Some(tx)),
             st: Mutex::new(ClientState {
                 subs: HashSet::new(),
+                notify_subs: HashSet::new(),
                 tokens: HashSet::new(),
                 paths: self.inner.cfg.default_mutes.clone(),
                 inverted: [false; 3],
@@ -327,7 +340,14 @@ impl EsSim {
         let queue = std::thread::Builder::new()
             .name(format!("es-sim-queue-{id}"))
             .spawn(move || {
-                for (msg, view) in rx {
+                for queued in rx {
+                    let (msg, view) = match queued {
+                        Queued::Auth(msg, view) => (msg, view),
+                        Queued::Notify(view) => {
+                            handler.on_notify(&view);
+                            continue;
+                        }
+                    };
                     let received = Instant::now();
                     if !handler.on_message(msg.clone(), &view, received) {
                         // As the FFI block does for a message the logic did not take.
@@ -525,11 +545,64 @@ impl EsSim {
             });
             st.records.push(Arc::clone(&rec));
             if let Some(q) = lock(&c.queue).as_ref() {
-                let _ = q.send((SimMsg(Arc::clone(&rec)), msg.clone()));
+                let _ = q.send(Queued::Auth(SimMsg(Arc::clone(&rec)), msg.clone()));
             }
             raised.records.push(rec);
         }
         raised
+    }
+
+    /// The kernel reports `body`, done by `actor`, to every client subscribed to its NOTIFY
+    /// kind and not muting it: queued behind whatever the client has not handled yet, and
+    /// owed no answer. Returns how many clients it was delivered to.
+    pub fn notify(&self, actor: &EsProcess, body: EsNotifyBody) -> usize {
+        let dest = |d: &EsDestination| match d {
+            EsDestination::Existing(f) => EsDestination::Existing(self.es_file(f)),
+            EsDestination::New {
+                directory,
+                filename,
+            } => EsDestination::New {
+                directory: self.es_file(directory),
+                filename: filename.clone(),
+            },
+        };
+        let body = match body {
+            EsNotifyBody::Close { modified, target } => EsNotifyBody::Close {
+                modified,
+                target: self.es_file(&target),
+            },
+            EsNotifyBody::Rename {
+                source,
+                destination,
+            } => EsNotifyBody::Rename {
+                source: self.es_file(&source),
+                destination: dest(&destination),
+            },
+            EsNotifyBody::Exit => EsNotifyBody::Exit,
+        };
+        let view = EsNotify {
+            process: self.es_process(actor),
+            body,
+        };
+        let targets = view.targets();
+        let st = lock(&self.inner.state);
+        let mut delivered = 0;
+        for c in &st.clients {
+            if c.deleted.load(Ordering::Acquire) || c.killed.load(Ordering::Acquire) {
+                continue;
+            }
+            let cs = lock(&c.st);
+            if !cs.notify_subs.contains(&view.kind()) || is_muted(&cs, &view.process, &targets) {
+                continue;
+            }
+            drop(cs);
+            if let Some(q) = lock(&c.queue).as_ref()
+                && q.send(Queued::Notify(view.clone())).is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        delivered
     }
 
     /// Stop the simulator's threads (delivery queues end once their clients are deleted or
@@ -633,6 +706,15 @@ impl SimClient {
         v
     }
 
+    /// NOTIFY subscriptions now.
+    pub fn notify_subscriptions(&self) -> Vec<NotifyKind> {
+        let cs = lock(&self.st);
+        NotifyKind::ALL
+            .into_iter()
+            .filter(|k| cs.notify_subs.contains(k))
+            .collect()
+    }
+
     /// Whether this client would receive `body` from `actor` now (subscribed and not muted).
     pub fn would_deliver(&self, sim: &EsSim, actor: &EsProcess, body: &EsBody) -> bool {
         let actor = sim.es_process(actor);
@@ -725,7 +807,26 @@ impl EsApi for SimClient {
 
     fn unsubscribe_all(&self) -> Result<(), ApiError> {
         self.sim()?;
-        lock(&self.st).subs.clear();
+        let mut cs = lock(&self.st);
+        cs.subs.clear();
+        cs.notify_subs.clear();
+        Ok(())
+    }
+
+    fn subscribe_notify(&self, kinds: &[NotifyKind]) -> Result<(), ApiError> {
+        let sim = self.sim()?;
+        lock(&self.st).notify_subs.extend(kinds.iter().copied());
+        let mut st = lock(&sim.state);
+        if !st.subscribed_once && !kinds.is_empty() {
+            st.subscribed_once = true;
+            sim.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    fn unsubscribe_notify(&self, kinds: &[NotifyKind]) -> Result<(), ApiError> {
+        self.sim()?;
+        lock(&self.st).notify_subs.retain(|k| !kinds.contains(k));
         Ok(())
     }
 

@@ -65,6 +65,26 @@ pub fn exec(target: EsProcess) -> EsBody {
     }
 }
 
+/// A file as the kernel would report it in a message: its path and its `stat` read now (the
+/// simulator's stand-in for the kernel's own; tests that write real files).
+pub fn on_disk(path: &std::path::Path) -> EsFile {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).expect("the file to report exists");
+    EsFile {
+        path: path.to_string_lossy().into_owned(),
+        path_truncated: false,
+        stat: super::super::convert::RawStat {
+            dev: m.dev() as i64,
+            ino: m.ino(),
+            size: m.size() as i64,
+            mtime_sec: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            ctime_sec: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        },
+    }
+}
+
 pub fn open_read(path: &str) -> EsBody {
     EsBody::Open {
         file: EsFile::new(path),
@@ -283,9 +303,19 @@ impl SimHelper {
                 for d in &self.daemons {
                     d.serve(&self.sim);
                 }
-                // A hash no rule names: the policy then decides on the rest.
+                // The real file's hash when the path names one on this machine (tests that
+                // write files), else a hash no rule names: the policy decides on the rest.
+                let sha256 = request.needs.sha256.then(|| {
+                    request
+                        .file
+                        .as_ref()
+                        .and_then(|f| std::fs::read(&f.path).ok())
+                        .map_or(Sha256([0x5a; 32]), |bytes| {
+                            Sha256(<sha2::Sha256 as sha2::Digest>::digest(bytes).into())
+                        })
+                });
                 let facts = Facts {
-                    sha256: request.needs.sha256.then_some(Sha256([0x5a; 32])),
+                    sha256,
                     ..Facts::NONE
                 };
                 HelperResponse::Analysis {
