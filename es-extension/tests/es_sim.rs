@@ -10,11 +10,14 @@ use es_extension::core::{Core, CoreConfig, HelperEndpoint, HelperTransport};
 use es_extension::sys::macos::api::AuditToken;
 use es_extension::sys::macos::control::{EsControl, EsCounters};
 use es_extension::sys::macos::handler::{Fallback, Handler, Sink};
-use es_extension::sys::macos::message::{EsBody, EsDestination, EsFile, EsMount, EsProcess};
+use es_extension::sys::macos::message::{
+    EsBody, EsDestination, EsFile, EsMount, EsNotifyBody, EsProcess,
+};
 use es_extension::sys::macos::responder::EsResponder;
 use es_extension::sys::macos::session::{Session, SessionOptions};
 use es_extension::sys::macos::sim::system::{
-    Daemon, HelperMode, SimHelper, exec, open_read, open_write, platform, platform_signed, unsigned,
+    Daemon, HelperMode, SimHelper, exec, on_disk, open_read, open_write, platform, platform_signed,
+    unsigned,
 };
 use es_extension::sys::macos::sim::{EsSim, SimClient, SimConfig, SimConnect};
 use model::{EventKind, Verdict};
@@ -903,6 +906,230 @@ remount_flags = { read_only = true, noexec = true }
     assert_eq!(c("startup_mounts_checked"), Some(3), "{:?}", stats.counters);
     assert_eq!(c("startup_unmounts_started"), Some(2));
     assert_eq!(c("startup_unmounts_failed"), Some(0));
+    session.stop().unwrap();
+    m.sim.assert_no_violations();
+}
+
+fn core_counter(m: &Machine, name: &str) -> u64 {
+    m.core
+        .stats()
+        .counters
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+        .1
+}
+
+/// A minimal little-endian 64-bit Mach-O `MH_EXECUTE` header followed by `body`: what Santa's
+/// `isExecutable` accepts, so a compiler's output the recorder keeps.
+fn mach_o(body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for word in [0xfeed_facfu32, 0x0100_000c, 0, 2] {
+        v.extend_from_slice(&word.to_le_bytes());
+    }
+    v.resize(32, 0);
+    v.extend_from_slice(body);
+    v
+}
+
+fn sha256_hex(bytes: &[u8]) -> [u8; 32] {
+    <sha2::Sha256 as sha2::Digest>::digest(bytes).into()
+}
+
+/// Pins as the simulated kernel would: alive until its NOTIFY_EXIT (the simulator has no real
+/// processes for `kill(pid, 0)` to find).
+#[derive(Debug)]
+struct SimPin;
+
+impl es_extension::core::transitive::ProcessPin for SimPin {
+    fn exited(&self) -> bool {
+        false
+    }
+}
+
+/// Issue 13: transitive allowlisting recorded on macOS (Santa's `SNTCompilerController`
+/// `handleEvent:`, fed by `SNTEndpointSecurityRecorder`, which drops unmodified closes). A
+/// process exec'd under a compiler rule is a compiler; its NOTIFY_CLOSE of a modified file, on
+/// a client of its own, makes that file a transitive allow once the recorder has re-opened the
+/// path and proved it is the file the kernel reported. Unmodified closes, other processes,
+/// another image of the compiler's pid, a file replaced since the close and files that are no
+/// executable are not recorded; a rename is recorded at its destination; NOTIFY_EXIT ends the
+/// tracking. The output then runs (enforce mode) only through the transitive allow.
+#[test]
+fn es_sim_a_compilers_closed_files_become_transitive_allows() {
+    let m = machine_with(SimConfig::default(), HelperMode::Working, |c| {
+        c.transitive_backend = Some(es_extension::core::transitive::TransitiveBackend {
+            pin: Arc::new(|_pid, _incarnation| {
+                Some(Box::new(SimPin) as Box<dyn es_extension::core::transitive::ProcessPin>)
+            }),
+            path_of: Arc::new(|_f: &std::fs::File| String::new()),
+        });
+    });
+    let enforce = |transitive: bool| {
+        format!(
+            r#"version = 1
+mode = "enforce"
+
+[defaults]
+fallback = "deny"
+helper_unavailable = "deny"
+deadline_ms = 2000
+package_trust = false
+transitive_rules = {transitive}
+
+[[exec]]
+name = "ld"
+action = "allow"
+compiler = true
+signing_id = "platform:com.apple.ld"
+"#
+        )
+    };
+    let mut session = start(&m, Some(enforce(true)));
+    let recorder = m
+        .sim
+        .clients()
+        .into_iter()
+        .find(|c| !c.notify_subscriptions().is_empty())
+        .expect("a client takes NOTIFY events while transitive rules are on");
+    assert!(
+        recorder.subscriptions().is_empty(),
+        "the recorder takes no AUTH event: closes never queue ahead of an exec"
+    );
+
+    // Outside /tmp, /var and /etc, which ES (and the simulator) report as /private/...
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let shell = unsigned(600, "/bin/zsh");
+    let ld = EsProcess {
+        token: AuditToken::for_pid(600, 2),
+        ..platform_signed(600, "/usr/bin/ld", "com.apple.ld")
+    };
+    assert!(
+        m.sim.raise(&shell, exec(ld.clone())).wait(),
+        "the compiler rule allows ld"
+    );
+    wait_until("ld tracked", || {
+        core_counter(&m, "transitive_compilers_tracked") == 1
+    });
+
+    let close = |who: &EsProcess, name: &str, bytes: &[u8], modified: bool| {
+        std::fs::write(path(name), bytes).unwrap();
+        let delivered = m.sim.notify(
+            who,
+            EsNotifyBody::Close {
+                modified,
+                target: on_disk(&path(name)),
+            },
+        );
+        assert_eq!(delivered, 1, "{name}: only the recorder takes closes");
+    };
+    let out = mach_o(b"linked by ld");
+    close(&ld, "out", &out, true);
+    // (who, file, contents, modified)
+    let other = unsigned(700, "/usr/local/bin/writer");
+    let pre_exec = EsProcess {
+        token: AuditToken::for_pid(600, 1),
+        ..ld.clone()
+    };
+    let unmodified = mach_o(b"read, not written");
+    let by_other = mach_o(b"written by another process");
+    let by_old_image = mach_o(b"written by the image before the exec");
+    let data = b"an intermediate file, not an executable".to_vec();
+    close(&ld, "unmodified", &unmodified, false);
+    close(&other, "by-other", &by_other, true);
+    close(&pre_exec, "by-old-image", &by_old_image, true);
+    close(&ld, "data", &data, true);
+    // Reported, then replaced at its path before the recorder re-opens it.
+    let reported = {
+        std::fs::write(path("replaced"), mach_o(b"what ld wrote")).unwrap();
+        on_disk(&path("replaced"))
+    };
+    std::fs::remove_file(path("replaced")).unwrap();
+    let planted = mach_o(b"planted in its place");
+    std::fs::write(path("replaced"), &planted).unwrap();
+    m.sim.notify(
+        &ld,
+        EsNotifyBody::Close {
+            modified: true,
+            target: reported,
+        },
+    );
+    // Written under a temporary name, then renamed (the source path is gone: the file is found
+    // at the destination, proved by its identity).
+    let renamed = mach_o(b"renamed into place");
+    std::fs::write(path("a.tmp"), &renamed).unwrap();
+    let source = on_disk(&path("a.tmp"));
+    std::fs::rename(path("a.tmp"), path("a.out")).unwrap();
+    m.sim.notify(
+        &ld,
+        EsNotifyBody::Rename {
+            source,
+            destination: EsDestination::New {
+                directory: on_disk(dir.path()),
+                filename: "a.out".to_owned(),
+            },
+        },
+    );
+
+    let store = m.core.transitive_store();
+    wait_until("every file handled", || {
+        store.len() == 2
+            && core_counter(&m, "transitive_not_executable") == 1
+            && core_counter(&m, "transitive_file_changed") == 1
+            && core_counter(&m, "transitive_stale_writers") == 1
+    });
+    let cases: [(&str, &[u8], bool); 7] = [
+        ("out", &out, true),
+        ("a.out (renamed)", &renamed, true),
+        ("unmodified", &unmodified, false),
+        ("by-other", &by_other, false),
+        ("by-old-image", &by_old_image, false),
+        ("data", &data, false),
+        ("planted", &planted, false),
+    ];
+    for (what, bytes, want) in cases {
+        assert_eq!(store.contains(&sha256_hex(bytes)), want, "{what}");
+    }
+    let listed: Vec<String> = store.list().into_iter().map(|e| e.path).collect();
+    assert!(
+        listed.contains(&path("out").to_string_lossy().into_owned())
+            && listed.contains(&path("a.out").to_string_lossy().into_owned()),
+        "{listed:?}"
+    );
+
+    // Enforce mode: the output runs only because of its transitive allow; the planted file
+    // does not. Each image with its own identity, as the kernel reports it (the verdict cache
+    // keys on it).
+    let runs = |name: &str, pid: u32| {
+        let image = EsProcess {
+            executable: on_disk(&path(name)),
+            ..unsigned(pid, &path(name).to_string_lossy())
+        };
+        m.sim.raise(&shell, exec(image)).wait()
+    };
+    assert!(runs("out", 801), "the compiler's output runs");
+    assert!(runs("a.out", 802), "the renamed output runs");
+    assert!(!runs("replaced", 803), "the planted file does not");
+
+    // NOTIFY_EXIT (queued behind ld's closes) ends the tracking: a later close by that pid is
+    // not recorded.
+    m.sim.notify(&ld, EsNotifyBody::Exit);
+    wait_until("ld no longer tracked", || {
+        core_counter(&m, "transitive_compilers_pruned") == 1
+    });
+    let late = mach_o(b"closed after the exit");
+    close(&ld, "late", &late, true);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!store.contains(&sha256_hex(&late)));
+
+    // A policy without transitive rules takes no NOTIFY event at all.
+    m.core
+        .load_policy("test.toml", &enforce(false))
+        .expect("reload");
+    wait_until("NOTIFY events unsubscribed", || {
+        recorder.notify_subscriptions().is_empty()
+    });
     session.stop().unwrap();
     m.sim.assert_no_violations();
 }

@@ -757,28 +757,34 @@ fn same_file(got: &FileIdentity, want: &FileIdentity, ctime: bool) -> bool {
 fn record(shared: &Shared, source: Source, rule: String) -> Option<TransitiveEntry> {
     let rec = &shared.transitive;
     let m = &shared.metrics;
-    let outcome = open_source(source).and_then(|Opened { file, path, recheck }| {
-        let meta = file.metadata().map_err(|_| Skip::Unhashable)?;
-        if !meta.is_file() || meta.len() == 0 || !executable_image(&file) {
-            return Err(Skip::NotExecutable);
-        }
-        let sha256 = hash_file(&file).ok_or(Skip::Unhashable)?;
-        if let Some((want, ctime)) = recheck {
-            let after = file.metadata().map_err(|_| Skip::Changed)?;
-            if !same_file(&FileIdentity::from(&after), &want, ctime) {
-                return Err(Skip::Changed);
+    let outcome = open_source(source).and_then(
+        |Opened {
+             file,
+             path,
+             recheck,
+         }| {
+            let meta = file.metadata().map_err(|_| Skip::Unhashable)?;
+            if !meta.is_file() || meta.len() == 0 || !executable_image(&file) {
+                return Err(Skip::NotExecutable);
             }
-        }
-        let path = if path.is_empty() {
-            rec.backend
-                .as_ref()
-                .map(|b| (b.path_of)(&file))
-                .unwrap_or_default()
-        } else {
-            path
-        };
-        Ok((sha256, path))
-    });
+            let sha256 = hash_file(&file).ok_or(Skip::Unhashable)?;
+            if let Some((want, ctime)) = recheck {
+                let after = file.metadata().map_err(|_| Skip::Changed)?;
+                if !same_file(&FileIdentity::from(&after), &want, ctime) {
+                    return Err(Skip::Changed);
+                }
+            }
+            let path = if path.is_empty() {
+                rec.backend
+                    .as_ref()
+                    .map(|b| (b.path_of)(&file))
+                    .unwrap_or_default()
+            } else {
+                path
+            };
+            Ok((sha256, path))
+        },
+    );
     let (sha256, path) = match outcome {
         Ok(v) => v,
         Err(skip) => {
@@ -1110,5 +1116,261 @@ mod tests {
         let want: [u8; 32] = sha2::Sha256::digest(b"first").into();
         assert_eq!(hash_file(&f), Some(Sha256(want)));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A 64-bit thin Mach-O header of file type `filetype`, big- or little-endian.
+    fn macho(filetype: u32, big: bool) -> Vec<u8> {
+        let word = |v: u32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let mut v = Vec::new();
+        v.extend_from_slice(&word(0xfeed_facf));
+        v.extend_from_slice(&word(0x0100_000c)); // cputype arm64
+        v.extend_from_slice(&word(0));
+        v.extend_from_slice(&word(filetype));
+        v.resize(32, 0);
+        v
+    }
+
+    /// A universal file: `count` architectures, the first at `at`, holding `slice` there.
+    fn fat(wide: bool, count: u32, at: u64, slice: &[u8]) -> Vec<u8> {
+        let mut v = if wide {
+            vec![0xca, 0xfe, 0xba, 0xbf]
+        } else {
+            vec![0xca, 0xfe, 0xba, 0xbe]
+        };
+        v.extend_from_slice(&count.to_be_bytes());
+        v.extend_from_slice(&0x0100_000cu32.to_be_bytes());
+        v.extend_from_slice(&0u32.to_be_bytes());
+        if wide {
+            v.extend_from_slice(&at.to_be_bytes());
+        } else {
+            v.extend_from_slice(&(at as u32).to_be_bytes());
+        }
+        v.resize(at as usize, 0);
+        v.extend_from_slice(slice);
+        v
+    }
+
+    fn elf(e_type: u16, big: bool) -> Vec<u8> {
+        let mut v = b"\x7fELF\x02".to_vec();
+        v.push(if big { 2 } else { 1 });
+        v.resize(16, 0);
+        v.extend_from_slice(&if big {
+            e_type.to_be_bytes()
+        } else {
+            e_type.to_le_bytes()
+        });
+        v.resize(64, 0);
+        v
+    }
+
+    /// Santa `SNTFileInfo.mm`: `isExecutable` is `machFileType == MH_EXECUTE` of the first Mach
+    /// header (thin, or a universal file's first architecture, at most `kMaxFatArchCount` = 64
+    /// read); dylibs (`MH_DYLIB` 6), bundles (8), objects (`MH_OBJECT` 1) and scripts are not.
+    /// ELF (`ET_EXEC` 2, `ET_DYN` 3) is Linux's counterpart.
+    #[test]
+    fn executable_image_table() {
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("thin MH_EXECUTE", macho(2, false), true),
+            ("thin MH_EXECUTE, big-endian", macho(2, true), true),
+            ("thin MH_OBJECT", macho(1, false), false),
+            ("thin MH_DYLIB", macho(6, false), false),
+            ("thin MH_BUNDLE", macho(8, false), false),
+            (
+                "universal, first MH_EXECUTE",
+                fat(false, 2, 4096, &macho(2, false)),
+                true,
+            ),
+            (
+                "universal 64, first MH_EXECUTE",
+                fat(true, 1, 16384, &macho(2, false)),
+                true,
+            ),
+            (
+                "universal, first MH_DYLIB",
+                fat(false, 2, 4096, &macho(6, false)),
+                false,
+            ),
+            (
+                "universal, no architectures",
+                fat(false, 0, 4096, &macho(2, false)),
+                false,
+            ),
+            (
+                "universal, 65 architectures",
+                fat(false, 65, 4096, &macho(2, false)),
+                false,
+            ),
+            (
+                "universal, slice past the end",
+                fat(false, 1, 4096, &[]),
+                false,
+            ),
+            // A Java class file shares the universal magic; its "slice" is no Mach-O.
+            (
+                "Java class",
+                fat(false, 52, 4096, b"not mach-o at all"),
+                false,
+            ),
+            ("ELF ET_EXEC", elf(2, false), true),
+            ("ELF ET_DYN (PIE)", elf(3, false), true),
+            ("ELF ET_EXEC, big-endian", elf(2, true), true),
+            ("ELF ET_REL (object)", elf(1, false), false),
+            ("ELF ET_CORE", elf(4, false), false),
+            ("script", b"#!/bin/sh\necho hi\n".to_vec(), false),
+            (
+                "truncated Mach-O header",
+                macho(2, false)[..10].to_vec(),
+                false,
+            ),
+            ("empty", Vec::new(), false),
+        ];
+        for (what, bytes, want) in cases {
+            let read_at = |off: u64, buf: &mut [u8]| {
+                let off = usize::try_from(off).unwrap_or(usize::MAX);
+                let Some(rest) = bytes.get(off..) else {
+                    return 0;
+                };
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                n
+            };
+            assert_eq!(is_executable_image(&read_at), want, "{what}");
+        }
+        // The same through a real descriptor.
+        let dir = tempfile_dir("image");
+        let p = dir.join("fat");
+        std::fs::write(&p, fat(false, 2, 4096, &macho(2, false))).unwrap();
+        assert!(executable_image(&File::open(&p).unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "gh-transitive-{what}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn identity(p: &std::path::Path) -> FileIdentity {
+        FileIdentity::from(&std::fs::symlink_metadata(p).unwrap())
+    }
+
+    /// Re-opening a reported path (Endpoint Security's close carries no descriptor) yields the
+    /// file only if it is still the one the kernel reported.
+    #[test]
+    fn open_reported_table() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir("reopen");
+        let p = dir.join("out");
+        type Setup = fn(&std::path::Path);
+        // (what, change made after the report, check ctime, outcome)
+        let cases: [(&str, Setup, bool, Result<(), Skip>); 8] = [
+            ("unchanged", |_| {}, true, Ok(())),
+            (
+                "replaced by another file",
+                |p| {
+                    std::fs::remove_file(p).unwrap();
+                    std::fs::write(p, b"other contents!").unwrap();
+                },
+                true,
+                Err(Skip::Changed),
+            ),
+            (
+                "written again",
+                |p| std::fs::write(p, b"longer contents than before").unwrap(),
+                true,
+                Err(Skip::Changed),
+            ),
+            (
+                "mode changed (ctime only)",
+                |p| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap(),
+                true,
+                Err(Skip::Changed),
+            ),
+            (
+                "mode changed, ctime not checked (a rename's report)",
+                |p| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap(),
+                false,
+                Ok(()),
+            ),
+            (
+                "removed",
+                |p| std::fs::remove_file(p).unwrap(),
+                true,
+                Err(Skip::Changed),
+            ),
+            (
+                "a symlink to the same file now",
+                |p| {
+                    let real = p.with_extension("real");
+                    std::fs::rename(p, &real).unwrap();
+                    std::os::unix::fs::symlink(&real, p).unwrap();
+                },
+                false,
+                Err(Skip::Changed),
+            ),
+            (
+                "a FIFO now (opened without blocking)",
+                |p| {
+                    std::fs::remove_file(p).unwrap();
+                    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                        .unwrap();
+                },
+                true,
+                Err(Skip::NotExecutable),
+            ),
+        ];
+        for (what, change, ctime, want) in cases {
+            let _ = std::fs::remove_file(&p);
+            let _ = std::fs::remove_file(p.with_extension("real"));
+            std::fs::write(&p, b"compiled").unwrap();
+            let reported = identity(&p);
+            // Change and modification times are kept in nanoseconds: let the clock move.
+            std::thread::sleep(Duration::from_millis(5));
+            change(&p);
+            let got = open_reported(p.to_str().unwrap(), &reported, ctime).map(|_| ());
+            assert_eq!(got, want, "{what}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn token_pin_says_when_the_process_is_gone() {
+        let me = TokenPin {
+            pid: std::process::id(),
+        };
+        assert!(!me.exited(), "this process is alive");
+        // (A reaped child's pid is not asserted on: it may be reused at once under load, which
+        // reads as alive, and is safe because writes are matched by incarnation.)
+        assert!(TokenPin { pid: u32::MAX }.exited(), "not a pid at all");
+        assert!(TokenPin { pid: 0x3fff_fff0 }.exited(), "beyond pid_max");
+    }
+
+    #[test]
+    fn same_incarnation_table() {
+        let cases = [
+            (None, None, true),
+            (Some(3), None, true),
+            (None, Some(3), true),
+            (Some(3), Some(3), true),
+            (Some(3), Some(4), false),
+        ];
+        for (tracked, writer, want) in cases {
+            assert_eq!(
+                same_incarnation(tracked, writer),
+                want,
+                "{tracked:?} {writer:?}"
+            );
+        }
     }
 }

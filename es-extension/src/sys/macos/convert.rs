@@ -486,10 +486,7 @@ pub fn notify_kinds(policy: &policy::Policy) -> Vec<super::api::NotifyKind> {
 }
 
 /// What to subscribe to and unsubscribe from to go from `current` to `wanted`.
-pub fn subscription_changes<K: PartialEq + Copy>(
-    current: &[K],
-    wanted: &[K],
-) -> (Vec<K>, Vec<K>) {
+pub fn subscription_changes<K: PartialEq + Copy>(current: &[K], wanted: &[K]) -> (Vec<K>, Vec<K>) {
     let add = wanted
         .iter()
         .filter(|k| !current.contains(k))

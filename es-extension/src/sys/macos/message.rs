@@ -238,7 +238,10 @@ pub enum Recording {
         from: crate::core::transitive::ReportedFile,
         to: String,
     },
-    Exited { pid: u32, incarnation: u32 },
+    Exited {
+        pid: u32,
+        incarnation: u32,
+    },
     /// Nothing to record: an unmodified close (Santa's recorder ignores those too), or a
     /// truncated path (it names another file).
     Nothing,

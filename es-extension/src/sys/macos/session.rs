@@ -120,13 +120,17 @@ impl<A: EsApi> Subscriptions<A> {
             if !add.is_empty() {
                 match recorder.subscribe_notify(&add) {
                     Ok(()) => self.on_recorder.extend(add),
-                    Err(e) => tracing::error!(error = %e, "subscribing to close, rename and exit failed; no transitive allows are recorded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "subscribing to close, rename and exit failed; no transitive allows are recorded")
+                    }
                 }
             }
             if !remove.is_empty() {
                 match recorder.unsubscribe_notify(&remove) {
                     Ok(()) => self.on_recorder.retain(|k| !remove.contains(k)),
-                    Err(e) => tracing::warn!(error = %e, "unsubscribing from close, rename and exit failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unsubscribing from close, rename and exit failed")
+                    }
                 }
             }
         }

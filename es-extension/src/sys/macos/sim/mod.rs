@@ -39,9 +39,7 @@ use model::EventKind;
 use super::api::{ApiError, AuditToken, EsApi, NotifyKind, inversion};
 use super::convert::{self, Timebase, mute_path_type};
 use super::handler::Handler;
-use super::message::{
-    EsBody, EsDestination, EsFile, EsMessage, EsNotify, EsNotifyBody, EsProcess,
-};
+use super::message::{EsBody, EsDestination, EsFile, EsMessage, EsNotify, EsNotifyBody, EsProcess};
 use super::session::EsConnect;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

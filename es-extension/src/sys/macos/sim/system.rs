@@ -303,19 +303,26 @@ impl SimHelper {
                 for d in &self.daemons {
                     d.serve(&self.sim);
                 }
-                // The real file's hash when the path names one on this machine (tests that
-                // write files), else a hash no rule names: the policy decides on the rest.
+                // The real file's hash and kind when the path names one on this machine
+                // (tests that write files), else a hash no rule names: the policy decides on
+                // the rest.
+                let on_disk = request
+                    .file
+                    .as_ref()
+                    .and_then(|f| std::fs::read(&f.path).ok());
                 let sha256 = request.needs.sha256.then(|| {
-                    request
-                        .file
-                        .as_ref()
-                        .and_then(|f| std::fs::read(&f.path).ok())
-                        .map_or(Sha256([0x5a; 32]), |bytes| {
-                            Sha256(<sha2::Sha256 as sha2::Digest>::digest(bytes).into())
-                        })
+                    on_disk.as_ref().map_or(Sha256([0x5a; 32]), |bytes| {
+                        Sha256(<sha2::Sha256 as sha2::Digest>::digest(bytes).into())
+                    })
                 });
+                let file_kind = request
+                    .needs
+                    .file_kind
+                    .then(|| on_disk.as_ref().map(|b| model::FileKind::of(b)))
+                    .flatten();
                 let facts = Facts {
                     sha256,
+                    file_kind,
                     ..Facts::NONE
                 };
                 HelperResponse::Analysis {
