@@ -188,13 +188,17 @@ fn es_sim_policy_reload_resubscribes_and_clears_the_cache() {
     let clients = m.sim.clients();
     assert_eq!(
         clients.len(),
-        2,
-        "a process client and a file-access client"
+        3,
+        "a process client, a file-access client and a recorder client"
     );
     assert_eq!(clients[0].subscriptions(), vec![EventKind::Exec]);
     assert!(
         clients[1].subscriptions().is_empty(),
         "no rule reads opens yet"
+    );
+    assert!(
+        clients[2].subscriptions().is_empty() && clients[2].notify_subscriptions().is_empty(),
+        "no compiler rule: the recorder takes nothing"
     );
 
     // A platform exec is allowed with the kernel cache: the repeat is never delivered.

@@ -1170,6 +1170,31 @@ mod tests {
         }
     }
 
+    /// The recorder takes NOTIFY close, rename and exit exactly while the policy can record
+    /// transitive allows (`transitive_rules` on and a compiler rule present).
+    #[test]
+    fn notify_kinds_follow_the_policy() {
+        let rule = "[[exec]]\nname = \"ld\"\naction = \"allow\"\ncompiler = true\nsigning_id = \"platform:com.apple.ld\"\n";
+        // (transitive_rules, compiler rule present, NOTIFY kinds wanted)
+        let cases = [
+            (true, true, true),
+            (false, true, false),
+            (true, false, false),
+        ];
+        for (on, with_rule, want) in cases {
+            let text = format!(
+                "version = 1\nmode = \"enforce\"\n[defaults]\ntransitive_rules = {on}\n{}",
+                if with_rule { rule } else { "" }
+            );
+            let p = policy::Policy::parse_for("t.toml", &text, policy::Os::Macos).unwrap();
+            let got = notify_kinds(&p);
+            assert_eq!(!got.is_empty(), want, "on={on} rule={with_rule}");
+            if want {
+                assert_eq!(got, super::super::api::NotifyKind::ALL.to_vec());
+            }
+        }
+    }
+
     #[test]
     fn subscriptions() {
         let kinds = subscription_kinds(&policy::Policy::embedded_default());

@@ -629,4 +629,102 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// Santa's `SNTEndpointSecurityRecorder` drops unmodified closes before its compiler
+    /// controller sees them; `SNTCompilerController handleEvent:` takes the close's target,
+    /// the rename's source (falling back to its destination) and ends a compiler at its exit.
+    #[test]
+    fn notify_messages_as_recordings() {
+        use crate::core::transitive::ReportedFile;
+        let who = EsProcess {
+            token: AuditToken::for_pid(600, 7),
+            ..EsProcess::default()
+        };
+        let reported = |p: &str| ReportedFile {
+            path: p.to_owned(),
+            identity: convert::file_identity(&RawStat::default()),
+        };
+        let n = |body| EsNotify {
+            process: who.clone(),
+            body,
+        };
+        let cases: Vec<(&str, EsNotify, Recording)> = vec![
+            (
+                "modified close",
+                n(EsNotifyBody::Close {
+                    modified: true,
+                    target: f("/build/a.out", false),
+                }),
+                Recording::Closed {
+                    pid: 600,
+                    incarnation: 7,
+                    file: reported("/build/a.out"),
+                },
+            ),
+            (
+                "unmodified close",
+                n(EsNotifyBody::Close {
+                    modified: false,
+                    target: f("/build/a.out", false),
+                }),
+                Recording::Nothing,
+            ),
+            (
+                "truncated close",
+                n(EsNotifyBody::Close {
+                    modified: true,
+                    target: f("/build/long", true),
+                }),
+                Recording::Nothing,
+            ),
+            (
+                "rename to a new path",
+                n(EsNotifyBody::Rename {
+                    source: f("/build/a.tmp", false),
+                    destination: EsDestination::New {
+                        directory: f("/build", false),
+                        filename: "a.out".into(),
+                    },
+                }),
+                Recording::Renamed {
+                    pid: 600,
+                    incarnation: 7,
+                    from: reported("/build/a.tmp"),
+                    to: "/build/a.out".into(),
+                },
+            ),
+            (
+                "rename over a file",
+                n(EsNotifyBody::Rename {
+                    source: f("/build/a.tmp", false),
+                    destination: EsDestination::Existing(f("/build/a.out", false)),
+                }),
+                Recording::Renamed {
+                    pid: 600,
+                    incarnation: 7,
+                    from: reported("/build/a.tmp"),
+                    to: "/build/a.out".into(),
+                },
+            ),
+            (
+                "rename with a truncated destination",
+                n(EsNotifyBody::Rename {
+                    source: f("/build/a.tmp", false),
+                    destination: EsDestination::Existing(f("/build/long", true)),
+                }),
+                Recording::Nothing,
+            ),
+            (
+                "exit",
+                n(EsNotifyBody::Exit),
+                Recording::Exited {
+                    pid: 600,
+                    incarnation: 7,
+                },
+            ),
+        ];
+        for (what, m, want) in cases {
+            assert_eq!(m.recording(), want, "{what}");
+        }
+    }
 }
