@@ -5,6 +5,7 @@
 //!   `gatehouse rule transitive list`, counted in `transitive_added`) and its exec is allowed,
 //!   although nothing else in the policy allows it;
 //! - a file with other contents written by a non-compiler (this test) stays denied;
+//! - a file the compiler writes that is no executable image is not recorded;
 //! - the allow survives an extension restart (the transitive file, read back at start);
 //! - `gatehouse rule transitive clear` removes it, from the running extension and from the
 //!   file: the exec is denied again (no cache keeps serving the old allow).
@@ -159,6 +160,24 @@ fn files_a_compiler_writes_become_transitive_allows() {
         !listed(sock_s).contains(&linux_common::sha256(&foreign)),
         "a non-compiler's file is never recorded"
     );
+    // The compiler writes a file that is no executable image: not recorded (Santa records
+    // only `isExecutable` files), and counted.
+    let notes = scratch.join("notes.txt");
+    std::fs::write(files.path().join("notes.src"), "not a program\n").unwrap();
+    let st = Command::new(&cc)
+        .arg(files.path().join("notes.src"))
+        .arg(&notes)
+        .status()
+        .expect("the compiler runs again");
+    assert!(st.success());
+    assert!(
+        tests::wait_until(Duration::from_secs(10), || counter(
+            sock_s,
+            "transitive_not_executable"
+        ) >= 1),
+        "the data file is seen and skipped"
+    );
+    assert!(!listed(sock_s).contains(&linux_common::sha256(&notes)));
     let saved = std::fs::read_to_string(&transitive).expect("the transitive file is written");
     assert!(saved.contains(&out_hash), "{saved}");
 
@@ -190,7 +209,8 @@ fn files_a_compiler_writes_become_transitive_allows() {
 
 /// Figures for the report, not a check (ignored by default; run as root with `--ignored
 /// --nocapture`): the cost of the close-write group to a writer that is not a compiler, and how
-/// fast a compiler's files are recorded. Writes `N` files of 4 KiB on the scope tmpfs with the
+/// fast a compiler's files are recorded. Writes `N` files of 4 KiB (each an ELF image to its
+/// header, so each is hashed) on the scope tmpfs with the
 /// recording off (no close-write marks) and on, then has the compiler copy a directory of `N`
 /// files and waits until all of them are listed.
 #[test]
@@ -214,7 +234,13 @@ fn measure_close_write_cost() {
         std::fs::create_dir_all(dir).unwrap();
         let t = std::time::Instant::now();
         for i in 0..N {
-            std::fs::write(dir.join(format!("f{i}")), [i as u8; 4096]).unwrap();
+            // An ELF header (`ET_EXEC`) first: the recorder hashes executable images only.
+            let mut bytes = vec![i as u8; 4096];
+            bytes[..4].copy_from_slice(b"\x7fELF");
+            bytes[4] = 2;
+            bytes[5] = 1;
+            bytes[16..18].copy_from_slice(&2u16.to_le_bytes());
+            std::fs::write(dir.join(format!("f{i}")), bytes).unwrap();
         }
         t.elapsed()
     };
@@ -259,6 +285,7 @@ fn measure_close_write_cost() {
                     "transitive_writes_dropped",
                     "transitive_hash_failures",
                     "transitive_stale_writers",
+                    "transitive_not_executable",
                 ]
                 .iter()
                 .map(|c| counter(&sock_s, c))

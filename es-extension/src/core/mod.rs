@@ -905,6 +905,11 @@ impl<R: Responder> Core<R> {
             .process_exited(&self.shared.metrics, pid, incarnation);
     }
 
+    /// Whether process `pid` is a tracked compiler now (lock-free; any thread).
+    pub fn is_compiler(&self, pid: u32) -> bool {
+        self.shared.transitive.set.contains(pid)
+    }
+
     /// Whether any compiler process is tracked now (lock-free): backends may skip the work of
     /// reporting close-writes while none is.
     pub fn compilers_tracked(&self) -> bool {

@@ -911,11 +911,16 @@ pub fn is_executable_image(read_at: &dyn Fn(u64, &mut [u8]) -> usize) -> bool {
 /// SHA-256 of everything readable through `file` from its start, bounded by
 /// [`MAX_HASH_BYTES`]. Reads through the descriptor (pread from offset 0), never the path.
 pub fn hash_file(file: &File) -> Option<Sha256> {
-    use std::os::unix::fs::FileExt;
     let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX_HASH_BYTES {
         return None;
     }
+    hash_contents(file)
+}
+
+/// [`hash_file`] without its type and size check (the caller made them).
+fn hash_contents(file: &File) -> Option<Sha256> {
+    use std::os::unix::fs::FileExt;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut off = 0u64;

@@ -30,6 +30,11 @@ pub type Fallback = Arc<dyn Fn(EventKind) -> Verdict + Send + Sync>;
 /// `file_closed`, `file_renamed`, `process_exited`). Must not block.
 pub type NotifySink = Arc<dyn Fn(Recording) + Send + Sync>;
 
+/// Whether a NOTIFY message from process `pid` can matter (a tracked compiler): asked before
+/// the message is read, so the closes of every other process cost one lock-free lookup and no
+/// copy. Must not block.
+pub type NotifyFilter = Arc<dyn Fn(u32) -> bool + Send + Sync>;
+
 /// The shortest deadline we assume when the timebase is unknown: answer almost at once.
 const UNKNOWN_DEADLINE: Duration = Duration::from_millis(100);
 
@@ -39,7 +44,7 @@ pub struct Handler<A: EsApi> {
     sink: Sink<A>,
     fallback: Fallback,
     counters: Arc<EsCounters>,
-    notify: Option<NotifySink>,
+    notify: Option<(NotifyFilter, NotifySink)>,
 }
 
 impl<A: EsApi> std::fmt::Debug for Handler<A> {
@@ -62,14 +67,26 @@ impl<A: EsApi> Handler<A> {
     }
 
     /// The same handler, also taking NOTIFY messages (the recorder client's).
-    pub fn with_notify(mut self, notify: NotifySink) -> Self {
-        self.notify = Some(notify);
+    pub fn with_notify(mut self, filter: NotifyFilter, notify: NotifySink) -> Self {
+        self.notify = Some((filter, notify));
         self
+    }
+
+    /// Whether a NOTIFY message from `pid` is worth reading ([`NotifyFilter`]); false on a
+    /// client that takes none.
+    pub fn wants_notify(&self, pid: u32) -> bool {
+        match &self.notify {
+            Some((filter, _)) => filter(pid),
+            None => {
+                EsCounters::inc(&self.counters.notify_unexpected);
+                false
+            }
+        }
     }
 
     /// Handle one NOTIFY message on the delivery queue (nothing is owed to ES for it).
     pub fn on_notify(&self, view: &EsNotify) {
-        let Some(notify) = &self.notify else {
+        let Some((_, notify)) = &self.notify else {
             EsCounters::inc(&self.counters.notify_unexpected);
             return;
         };

@@ -30,7 +30,7 @@ use model::{EventKind, FallbackReason, MuteScope, MuteSpec};
 use super::api::{ApiError, AuditToken, EsApi, NotifyKind};
 use super::control::EsControl;
 use super::convert;
-use super::handler::{Fallback, Handler, NotifySink, Sink};
+use super::handler::{Fallback, Handler, NotifyFilter, NotifySink, Sink};
 use super::message::Recording;
 use super::responder::EsResponder;
 use crate::backend::KernelControl;
@@ -238,7 +238,9 @@ impl<C: EsConnect> Session<C> {
                 }
                 Recording::Nothing => {}
             });
-            let h = Arc::new(handler().with_notify(notify));
+            let filter_core = Arc::clone(&core);
+            let filter: NotifyFilter = Arc::new(move |pid| filter_core.is_compiler(pid));
+            let h = Arc::new(handler().with_notify(filter, notify));
             match connect.new_client(Arc::clone(&h)) {
                 Ok(api) => {
                     h.attach(Arc::clone(&api));

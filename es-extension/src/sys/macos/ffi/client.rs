@@ -301,8 +301,11 @@ fn deliver(handler: &Handler<FfiClient>, raw: NonNull<es_message_t>, received: I
     let msg = unsafe { Message::from_raw(raw) };
     if msg.action_type() != es_action_type_t::ES_ACTION_TYPE_AUTH {
         // NOTIFY events need no answer: the recorder client's go to the transitive recorder
-        // (never blocking), any other is ignored.
-        if let Some(view) = read::notify(&msg) {
+        // (never blocking), read only when they come from a tracked compiler.
+        let pid = msg.process().audit_token().pid() as u32;
+        if handler.wants_notify(pid)
+            && let Some(view) = read::notify(&msg)
+        {
             handler.on_notify(&view);
         }
         return true;

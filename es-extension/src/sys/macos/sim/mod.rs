@@ -342,7 +342,10 @@ impl EsSim {
                     let (msg, view) = match queued {
                         Queued::Auth(msg, view) => (msg, view),
                         Queued::Notify(view) => {
-                            handler.on_notify(&view);
+                            // As the FFI block does: read only what a tracked compiler did.
+                            if handler.wants_notify(view.process.token.pid()) {
+                                handler.on_notify(&view);
+                            }
                             continue;
                         }
                     };
