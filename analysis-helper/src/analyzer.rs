@@ -121,6 +121,12 @@ pub trait PackageTrust: Send + Sync {
     fn generation(&self) -> u64 {
         0
     }
+
+    /// Start building the database's index now, on the implementation's builder thread (the
+    /// helper calls it once, right after it started listening), so the first analysis after a
+    /// (re)start does not pay for it inside its deadline. Returns at once. Implementations
+    /// without an index keep the default.
+    fn warm(&self) {}
 }
 
 /// Volume metadata the mount message lacks: bus, removability, encryption, UUID, filesystem type

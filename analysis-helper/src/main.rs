@@ -154,7 +154,10 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         linux::analyzers(args.max_file_size),
         args.cache_entries,
     ));
-    let listener = server::Listener::bind(config, service)?;
+    let listener = server::Listener::bind(config, Arc::clone(&service))?;
+    // Start building the package index now, so the first analysis after a (re)start finds it:
+    // a stat and a builder thread that ends when built; nothing waits for it (invariant 6).
+    service.warm();
 
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -32,6 +32,12 @@ pub struct Service {
 }
 
 impl Service {
+    /// Start building the package database's index ([`crate::analyzer::PackageTrust::warm`]);
+    /// returns at once. The helper calls it once, after the socket is listening.
+    pub fn warm(&self) {
+        self.analyzers.packages.warm();
+    }
+
     pub fn new(analyzers: Analyzers, cache_entries: usize) -> Self {
         Self {
             analyzers,

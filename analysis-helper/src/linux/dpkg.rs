@@ -1,9 +1,14 @@
 //! Debian package trust: is the file behind a passed descriptor owned by an installed package,
 //! with contents equal to the package's recorded MD5?
 //!
-//! The index (path -> package, MD5) is built from `/var/lib/dpkg/info/*.md5sums` lazily on the
-//! first request, never at start-up (invariant 5), and rebuilt when `/var/lib/dpkg/status`
-//! changes (every install, removal or upgrade rewrites it). The file's path is the kernel's, from
+//! The index (path -> package, MD5) is built from `/var/lib/dpkg/info/*.md5sums` on one builder
+//! thread: started by the helper's warm-up right after start ([`PackageTrust::warm`]), or by
+//! the first request that finds no index for the current database; a request waits for it at
+//! most until its own deadline and then reports the package fact as late, so its other facts
+//! (the hash) still decide it. Measured: 1.8 s for 91,750 files on a busy 2-core machine, which
+//! built inside a request made the first exec after every helper restart miss its deadline.
+//! It is rebuilt when `/var/lib/dpkg/status` changes (every install, removal or upgrade
+//! rewrites it). The file's path is the kernel's, from
 //! `readlink /proc/self/fd/N` of the passed descriptor, not the request's claim. dpkg records
 //! paths without the leading slash and, on /usr-merged systems, often under the pre-merge
 //! directory (`bin/ls` for `/usr/bin/ls`), so both spellings are looked up there.
@@ -15,8 +20,8 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
 
 use md5::Digest;
 
@@ -41,19 +46,34 @@ struct Index {
 
 #[derive(Debug, Default)]
 struct State {
-    built_for: Option<SystemTime>,
-    index: Arc<Index>,
+    /// The index and the status file's mtime it was built for.
+    index: Option<(SystemTime, Arc<Index>)>,
+    building: bool,
+    /// The last failed build, for that mtime (retried by the next request).
+    failed: Option<(SystemTime, String)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    info_dir: PathBuf,
+    state: Mutex<State>,
+    built: Condvar,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The dpkg-backed [`PackageTrust`].
 #[derive(Debug)]
 pub struct DpkgTrust {
-    info_dir: PathBuf,
+    shared: Arc<Shared>,
     status: PathBuf,
     usr_merged: bool,
     max_size: u64,
-    state: Mutex<State>,
-    generation: AtomicU64,
 }
 
 impl DpkgTrust {
@@ -66,41 +86,78 @@ impl DpkgTrust {
     /// A database rooted at `dpkg_dir` (holding `info/` and `status`), for tests.
     pub fn new(dpkg_dir: &Path, usr_merged: bool, max_size: u64) -> Self {
         Self {
-            info_dir: dpkg_dir.join("info"),
+            shared: Arc::new(Shared {
+                info_dir: dpkg_dir.join("info"),
+                state: Mutex::default(),
+                built: Condvar::new(),
+                generation: AtomicU64::new(0),
+            }),
             status: dpkg_dir.join("status"),
             usr_merged,
             max_size,
-            state: Mutex::default(),
-            generation: AtomicU64::new(0),
         }
     }
 
-    /// The current index, rebuilt first if the status file changed since it was built.
-    fn index(&self) -> Result<Arc<Index>, AnalysisError> {
-        let mtime = match std::fs::metadata(&self.status).and_then(|m| m.modified()) {
-            Ok(t) => t,
+    /// The status file's mtime (what an index is built for), or why there is none.
+    fn status_mtime(&self) -> Result<SystemTime, AnalysisError> {
+        match std::fs::metadata(&self.status).and_then(|m| m.modified()) {
+            Ok(t) => Ok(t),
             // Not a dpkg system: no file is package-trusted, and the policy is told why.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(AnalysisError::Unsupported(
-                    "package trust (no dpkg database at /var/lib/dpkg)",
-                ));
-            }
-            Err(e) => {
-                return Err(AnalysisError::io(
-                    format!("reading {}", self.status.display()),
-                    e,
-                ));
-            }
-        };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.built_for != Some(mtime) {
-            let index = build_index(&self.info_dir)?;
-            tracing::info!(files = index.files.len(), "dpkg index built");
-            state.index = Arc::new(index);
-            state.built_for = Some(mtime);
-            self.generation.fetch_add(1, Ordering::SeqCst);
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AnalysisError::Unsupported(
+                "package trust (no dpkg database at /var/lib/dpkg)",
+            )),
+            Err(e) => Err(AnalysisError::io(
+                format!("reading {}", self.status.display()),
+                e,
+            )),
         }
-        Ok(state.index.clone())
+    }
+
+    /// The index for the current database, built on the builder thread if need be; waits for
+    /// it until `deadline` at most.
+    fn index(&self, deadline: Instant) -> Result<Arc<Index>, AnalysisError> {
+        let mtime = self.status_mtime()?;
+        let mut state = self.shared.lock();
+        let mut asked = false;
+        loop {
+            if let Some((at, index)) = &state.index
+                && *at == mtime
+            {
+                return Ok(index.clone());
+            }
+            // A build for this database failed since we asked: report it (the next request
+            // tries again).
+            if asked
+                && !state.building
+                && let Some((at, why)) = &state.failed
+                && *at == mtime
+            {
+                return Err(AnalysisError::Internal(why.clone()));
+            }
+            if !state.building {
+                state.building = true;
+                state.failed = None;
+                let shared = Arc::clone(&self.shared);
+                let spawned = std::thread::Builder::new()
+                    .name("dpkg-index".into())
+                    .spawn(move || build_on_thread(&shared, mtime));
+                if let Err(e) = spawned {
+                    state.building = false;
+                    return Err(AnalysisError::io("starting the dpkg index thread", e));
+                }
+            }
+            asked = true;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AnalysisError::DeadlineExceeded);
+            }
+            state = self
+                .shared
+                .built
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// dpkg's spellings of an absolute path: itself, and its /usr-merge alias.
@@ -120,6 +177,42 @@ impl DpkgTrust {
             }
         }
         out
+    }
+}
+
+/// Clears `building` and wakes the waiters even if the build panics, so no request waits for a
+/// build that is no longer running.
+struct BuildingGuard<'a>(&'a Shared);
+
+impl Drop for BuildingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().building = false;
+        self.0.built.notify_all();
+    }
+}
+
+/// Builds the index and files it under `mtime`, the status the requester saw (the read starts
+/// after it was taken, so it is at least that new; a later change is a newer mtime and a new
+/// build).
+fn build_on_thread(shared: &Shared, mtime: SystemTime) {
+    let _guard = BuildingGuard(shared);
+    let started = Instant::now();
+    let result = build_index(&shared.info_dir);
+    let mut state = shared.lock();
+    match result {
+        Ok(index) => {
+            tracing::info!(
+                files = index.files.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "dpkg index built"
+            );
+            state.index = Some((mtime, Arc::new(index)));
+            shared.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dpkg index build failed");
+            state.failed = Some((mtime, e.to_string()));
+        }
     }
 }
 
@@ -162,7 +255,7 @@ impl PackageTrust for DpkgTrust {
     fn package_trust(&self, input: &Input<'_>) -> Result<model::PackageTrust, AnalysisError> {
         let fd = input.require_fd("package trust")?;
         input.check_deadline()?;
-        let index = self.index()?;
+        let index = self.index(input.deadline)?;
         let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let path = std::fs::read_link(&link)
             .map_err(|e| AnalysisError::io(format!("reading {link}"), e))?;
@@ -194,7 +287,13 @@ impl PackageTrust for DpkgTrust {
     }
 
     fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        self.shared.generation.load(Ordering::SeqCst)
+    }
+
+    fn warm(&self) {
+        // Starts the builder and returns (a deadline of now): the first request waits for it
+        // within its own deadline, and reports a failure itself.
+        let _ = self.index(Instant::now());
     }
 }
 
@@ -307,6 +406,37 @@ mod tests {
             assert_eq!(got.package.as_deref(), package, "{}", path.display());
             assert_eq!(got.trusted, trusted, "{}", path.display());
         }
-        assert_eq!(db.generation(), 1, "built once, lazily");
+        assert_eq!(db.generation(), 1, "built once, by the first request");
+        // Warm-up after the build: nothing to do, the index stands.
+        db.warm();
+        assert_eq!(db.generation(), 1);
+
+        // A request never builds on its own thread: with no index yet, one whose deadline has
+        // come is told so at once (the builder cannot file the index while it holds the state),
+        // and the build it started serves the next.
+        let fresh = DpkgTrust::new(&dpkg, false, 1 << 20);
+        assert!(matches!(
+            fresh.index(Instant::now()),
+            Err(AnalysisError::DeadlineExceeded)
+        ));
+        let index = fresh
+            .index(Instant::now() + Duration::from_secs(30))
+            .expect("the build the late request started");
+        assert!(!index.files.is_empty());
+        assert_eq!(fresh.generation(), 1, "one build for both");
+
+        // The warm-up starts the build without waiting for it.
+        let warmed = DpkgTrust::new(&dpkg, false, 1 << 20);
+        warmed.warm();
+        let end = Instant::now() + Duration::from_secs(30);
+        while warmed.generation() == 0 {
+            assert!(Instant::now() < end, "the warm-up never built the index");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(
+            warmed.generation(),
+            1,
+            "built by the warm-up, not by a request"
+        );
     }
 }

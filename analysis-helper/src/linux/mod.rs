@@ -29,7 +29,8 @@ pub fn analyzers(max_file_size: u64) -> Analyzers {
 /// The package database of the system under `root` (`/` on a host; a scratch root in tests):
 /// dpkg when `var/lib/dpkg/status` exists, else rpm's SQLite database, else `Unsupported` saying
 /// what was found. Only `stat`s: no database is read here, so start-up never waits on one
-/// (invariants 5 and 6); the index is built on the first request.
+/// (invariants 5 and 6); the index is built by the warm-up thread after start
+/// (`PackageTrust::warm`) or by the first request, whichever comes first.
 pub fn package_trust(root: &Path, max_file_size: u64) -> Box<dyn PackageTrust> {
     let usr_merged =
         std::fs::symlink_metadata(root.join("bin")).is_ok_and(|m| m.file_type().is_symlink());

@@ -450,6 +450,14 @@ impl PackageTrust for RpmTrust {
         }
         state.generation
     }
+
+    fn warm(&self) {
+        // Starts the builder thread and returns (a deadline of now); the first request waits
+        // for it within its own deadline, as it would have for a build it started.
+        if let Ok(stamp) = self.stamp() {
+            let _ = self.index_for(stamp, Instant::now());
+        }
+    }
 }
 
 impl RpmTrust {
