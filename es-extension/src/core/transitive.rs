@@ -727,17 +727,26 @@ fn open_source(source: Source) -> Result<Opened, Skip> {
 
 /// Open `path` without following a final symlink and without blocking on a FIFO, and prove it
 /// is the file the kernel reported: same device and inode, size and modification time, and
-/// (`ctime`) change time, which no process can set back. Anything else (gone, replaced,
-/// written again since) is [`Skip::Changed`]: a file at that path now is not the file the
-/// compiler closed, and hashing it would allow whatever was put there.
+/// (`ctime`) change time, which no process can set back. Anything else (gone, replaced, a
+/// symlink now, written again since) is [`Skip::Changed`]: a file at that path now is not the
+/// file the compiler closed, and hashing it would allow whatever was put there. A path that
+/// cannot be opened for another reason (permissions) is [`Skip::Unhashable`].
 pub fn open_reported(path: &str, want: &FileIdentity, ctime: bool) -> Result<File, Skip> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|_| Skip::Changed)?;
-    let meta = file.metadata().map_err(|_| Skip::Changed)?;
+        .map_err(|e| {
+            // Gone, or a symlink now: not the file reported. Anything else (no permission,
+            // say) is a file we could not read.
+            if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) {
+                Skip::Changed
+            } else {
+                Skip::Unhashable
+            }
+        })?;
+    let meta = file.metadata().map_err(|_| Skip::Unhashable)?;
     if !meta.is_file() {
         return Err(Skip::NotExecutable);
     }
