@@ -1098,7 +1098,7 @@ fn compile_paths(
                     Action::Block => &mut rblock,
                     Action::Allow => &mut rallow,
                 };
-                target.0.push(v.clone());
+                target.0.push(anchored(v));
                 target.1.push(idx);
                 target.2.push(re.span());
             }
@@ -1116,6 +1116,19 @@ fn compile_paths(
     let sb = regex_set(b, rblock, "block")?;
     let sa = regex_set(b, rallow, "allow")?;
     Ok((tb, ta, sb, sa))
+}
+
+/// A path regex as Santa compiles `AllowedPathRegex` and `BlockedPathRegex`
+/// (SNTConfigurator.mm `expressionForPattern:`): `^` is put in front of the text unless it
+/// already begins with one, so a pattern matches from the start of the path, never in its
+/// middle. The text is prefixed, not grouped, as Santa does: in `a|b` only `a` is anchored.
+/// Prefixing a pattern that compiled on its own keeps it valid.
+fn anchored(pattern: &str) -> String {
+    if pattern.starts_with('^') {
+        pattern.to_owned()
+    } else {
+        format!("^{pattern}")
+    }
 }
 
 /// Patterns of one action, their rules and where each is written.

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use model::{Cacheability, Facts, FileKind, Outcome, SigningStatus::*};
-use policy::{Os, Policy};
+use policy::{LocalRules, Os, Policy};
 
 fn exec_policy(mode: &str, extra: &str) -> Policy {
     let text = format!(
@@ -374,4 +374,70 @@ prefix = "/tmp/"
         panic!()
     };
     assert_eq!(d.cacheable, Cacheability::Identity);
+}
+
+/// Santa anchors its path regexes: SNTConfigurator.mm `expressionForPattern:` puts `^` in front
+/// of `AllowedPathRegex` and `BlockedPathRegex` unless the pattern begins with one, and
+/// SNTPolicyProcessor.mm `fileIsScopeBlocked:` / `fileIsScopeAllowed:` then search the path with
+/// it (SNTPolicyProcessorTest.mm `testFileIsScopeBlockedWithMatchingRegexReturnsReason`,
+/// `^/bin/` against `/bin/ls`). So a pattern never matches in the middle of a path; the text is
+/// prefixed, not grouped, so only the first alternative of `a|b` is anchored. Both tiers.
+#[test]
+fn path_regexes_are_anchored_as_santa_anchors_them() {
+    let text = r#"
+version = 1
+mode = "enforce"
+[defaults]
+package_trust = false
+[[exec_path]]
+name = "downloads"
+action = "block"
+regex = "/Downloads/"
+[[exec_path]]
+name = "opt"
+action = "block"
+regex = "^/opt/"
+[[exec_path]]
+name = "a-or-b"
+action = "block"
+regex = "/a/|/b/"
+[[exec_path]]
+name = "apps"
+action = "allow"
+regex = "Applications/"
+[[exec_path]]
+name = "any-app"
+action = "allow"
+regex = ".*\\.app/"
+"#;
+    let local = LocalRules::parse_for(
+        "local.toml",
+        "version = 1\n[[exec_path]]\nname = \"tools\"\naction = \"allow\"\nregex = \"tools/\"\n",
+        Os::Linux,
+    )
+    .unwrap();
+    let p = Policy::parse_for("r.toml", text, Os::Linux)
+        .unwrap()
+        .with_local(Some(local));
+    let elf = Facts {
+        file_kind: Some(FileKind::Elf),
+        ..other_sha()
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("unanchored pattern, path starting with it", "/Downloads/x", "deny:downloads"),
+        ("unanchored pattern, in the middle of a path", "/Users/bob/Downloads/x", "deny:default"),
+        ("anchored pattern", "/opt/x", "deny:opt"),
+        ("anchored pattern, in the middle", "/x/opt/y", "deny:default"),
+        ("first alternative anchored", "/a/x", "deny:a-or-b"),
+        ("first alternative, in the middle", "/x/a/y", "deny:default"),
+        ("second alternative left unanchored, as in Santa", "/x/b/y", "deny:a-or-b"),
+        ("allow regex, relative text never matches an absolute path", "/Applications/Foo", "deny:default"),
+        ("a leading .* still matches anywhere", "/Applications/Foo.app/Contents/MacOS/Foo", "allow:any-app"),
+        ("local tier anchored too", "/home/a/tools/x", "deny:default"),
+    ];
+    for (what, path, want) in cases {
+        let ev = exec(path, sig(Unsigned, None, None, None, 0, false));
+        assert_eq!(summary(&p.decide(&ev, &elf)), want, "{what}");
+    }
 }
