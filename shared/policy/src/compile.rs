@@ -943,6 +943,19 @@ fn compile_exec(
                 "compiler = true only applies to an allow rule",
             ));
         }
+        // Santa has compiler decisions for CDHash, binary and signing-ID rules only
+        // (SNTPolicyProcessor.mm `decision:forRule:`): elsewhere ALLOWLIST_COMPILER is an
+        // invalid combination that decides nothing, so it is refused here rather than allowed.
+        if matches!(key, "certificate" | "team_id") {
+            return Err(b.ctx.err(
+                c.span(),
+                Some(b.name(idx)),
+                format!(
+                    "compiler = true applies only to cdhash, sha256 and signing_id rules, not \
+                     {key} (Santa has no {key} compiler decision)"
+                ),
+            ));
+        }
         let meta = &mut b.rules[idx as usize];
         meta.compiler = true;
         meta.what.push_str(" (compiler)");
