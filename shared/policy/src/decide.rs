@@ -249,8 +249,11 @@ impl Compiled {
         if cs.status == SigningStatus::Invalid && self.bad_signature_protection {
             return self.finish(Cand::BadSignature, &pending, target);
         }
-        // Platform binaries: the kernel's flag, or (Linux) package trust from the helper.
-        if is_platform(cs) {
+        // Platform binaries: the kernel's flag, or (Linux) package trust from the helper. The
+        // flag alone, whatever the signature's state, as Santa checks `is_platform_binary`
+        // (SNTPolicyProcessor.mm `decisionForFileInfo:`, PlatformBinaryState::kRuntimeTrue):
+        // an invalid one reaches here only with bad-signature protection off.
+        if cs.is_platform_binary {
             return self.finish(Cand::Platform, &pending, target);
         }
         if self.package_trust && cs.status == SigningStatus::Unsigned {

@@ -110,6 +110,10 @@ fn exec_table() {
         "monitor",
         "[defaults]\npackage_trust = false\nbad_signature_protection = false",
     );
+    let no_badsig_enforce = exec_policy(
+        "enforce",
+        "[defaults]\npackage_trust = false\nbad_signature_protection = false",
+    );
     let good = Some("com.example.good");
     let bad = Some("com.example.bad");
     let team = Some("ABCDE12345");
@@ -151,6 +155,11 @@ fn exec_table() {
         ("bad signature off", &no_badsig, exec("/x", sig(Invalid, None, None, None, 0, false)), other_sha(), "would_deny"),
         ("unsigned not bad", &monitor, exec("/x", sig(Unsigned, None, None, None, 0, false)), other_sha(), "would_deny"),
         ("invalid platform flag", &enforce, exec("/x", sig(Invalid, None, None, None, 0, true)), other_sha(), "deny:invalid_signature"),
+        // Without the protection the platform flag decides whatever the signature's state, as
+        // Santa (SNTPolicyProcessor.mm `decisionForFileInfo:` checks only kRuntimeTrue;
+        // SNTPolicyProcessorTest.mm `testDecisionAllowsPlatformBinary`).
+        ("invalid platform flag, protection off", &no_badsig_enforce, exec("/tmp/x", sig(Invalid, None, None, None, 0, true)), other_sha(), "allow:platform"),
+        ("invalid, no platform flag, protection off", &no_badsig_enforce, exec("/x", sig(Invalid, None, None, None, 0, false)), other_sha(), "deny:default"),
         // Platform binaries with no rule are allowed (also in /tmp: before path scopes).
         ("platform binary", &enforce, exec("/bin/ls", sig(Production, None, Some("com.apple.ls"), None, 0, true)), with_cert(other_sha(), "99"), "allow:platform"),
         ("platform before paths", &enforce, exec("/tmp/ls", sig(Production, None, Some("com.apple.ls"), None, 0, true)), with_cert(other_sha(), "99"), "allow:platform"),
