@@ -1096,7 +1096,9 @@ fn compile_paths(
             }
             (None, Some(re)) => {
                 let v = re.get_ref();
-                if let Err(e) = regex::Regex::new(v) {
+                // The anchored form is what the set holds, so that is what must compile.
+                let pattern = anchored(v);
+                if let Err(e) = regex::Regex::new(&pattern) {
                     return Err(b.ctx.err(
                         re.span(),
                         shown.as_deref(),
@@ -1111,7 +1113,7 @@ fn compile_paths(
                     Action::Block => &mut rblock,
                     Action::Allow => &mut rallow,
                 };
-                target.0.push(anchored(v));
+                target.0.push(pattern);
                 target.1.push(idx);
                 target.2.push(re.span());
             }
@@ -1135,7 +1137,6 @@ fn compile_paths(
 /// (SNTConfigurator.mm `expressionForPattern:`): `^` is put in front of the text unless it
 /// already begins with one, so a pattern matches from the start of the path, never in its
 /// middle. The text is prefixed, not grouped, as Santa does: in `a|b` only `a` is anchored.
-/// Prefixing a pattern that compiled on its own keeps it valid.
 fn anchored(pattern: &str) -> String {
     if pattern.starts_with('^') {
         pattern.to_owned()
