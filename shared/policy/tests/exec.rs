@@ -366,6 +366,8 @@ prefix = "/tmp/"
         ("a script no rule names", &linux, unsigned("/home/a/run.sh"), kind(FileKind::Script, "99"), "allow:not_a_binary"),
         ("another non-binary format", &linux, unsigned("/home/a/app.jar"), kind(FileKind::Other, "99"), "allow:not_a_binary"),
         ("an ELF binary gets the default", &linux, unsigned("/home/a/tool"), kind(FileKind::Elf, "99"), "deny:default"),
+        // Linux runs a Mach-O (or a Java class, same magic) only through binfmt_misc: not native.
+        ("a Mach-O on Linux", &linux, unsigned("/home/a/Main.class"), kind(FileKind::MachO, "99"), "allow:not_a_binary"),
         ("a rule naming the script wins", &linux, unsigned("/home/a/run.sh"), kind(FileKind::Script, "66"), "deny:bad-script"),
         ("a blocked path wins", &linux, unsigned("/tmp/run.sh"), kind(FileKind::Script, "99"), "deny:no-tmp"),
         ("the kind is asked for with the hash", &linux, unsigned("/home/a/run.sh"), Facts::NONE, "analyze:sha256+file_kind"),
