@@ -1135,8 +1135,9 @@ fn compile_paths(
 
 /// A path regex as Santa compiles `AllowedPathRegex` and `BlockedPathRegex`
 /// (SNTConfigurator.mm `expressionForPattern:`): `^` is put in front of the text unless it
-/// already begins with one, so a pattern matches from the start of the path, never in its
-/// middle. The text is prefixed, not grouped, as Santa does: in `a|b` only `a` is anchored.
+/// already begins with one, so a pattern is matched from the start of the path (`/tmp/`
+/// does not match `/Users/a/tmp/x`). The text is prefixed, not grouped, as Santa does: in
+/// `a|b` only `a` is anchored.
 fn anchored(pattern: &str) -> String {
     if pattern.starts_with('^') {
         pattern.to_owned()
