@@ -943,6 +943,19 @@ fn compile_exec(
                 "compiler = true only applies to an allow rule",
             ));
         }
+        // Santa has compiler decisions for CDHash, binary and signing-ID rules only
+        // (SNTPolicyProcessor.mm `decision:forRule:`): elsewhere ALLOWLIST_COMPILER is an
+        // invalid combination that decides nothing, so it is refused here rather than allowed.
+        if matches!(key, "certificate" | "team_id") {
+            return Err(b.ctx.err(
+                c.span(),
+                Some(b.name(idx)),
+                format!(
+                    "compiler = true applies only to cdhash, sha256 and signing_id rules, not \
+                     {key} (Santa has no {key} compiler decision)"
+                ),
+            ));
+        }
         let meta = &mut b.rules[idx as usize];
         meta.compiler = true;
         meta.what.push_str(" (compiler)");
@@ -1083,7 +1096,9 @@ fn compile_paths(
             }
             (None, Some(re)) => {
                 let v = re.get_ref();
-                if let Err(e) = regex::Regex::new(v) {
+                // The anchored form is what the set holds, so that is what must compile.
+                let pattern = anchored(v);
+                if let Err(e) = regex::Regex::new(&pattern) {
                     return Err(b.ctx.err(
                         re.span(),
                         shown.as_deref(),
@@ -1098,7 +1113,7 @@ fn compile_paths(
                     Action::Block => &mut rblock,
                     Action::Allow => &mut rallow,
                 };
-                target.0.push(v.clone());
+                target.0.push(pattern);
                 target.1.push(idx);
                 target.2.push(re.span());
             }
@@ -1116,6 +1131,19 @@ fn compile_paths(
     let sb = regex_set(b, rblock, "block")?;
     let sa = regex_set(b, rallow, "allow")?;
     Ok((tb, ta, sb, sa))
+}
+
+/// A path regex as Santa compiles `AllowedPathRegex` and `BlockedPathRegex`
+/// (SNTConfigurator.mm `expressionForPattern:`): `^` is put in front of the text unless it
+/// already begins with one, so a pattern is matched from the start of the path (`/tmp/`
+/// does not match `/Users/a/tmp/x`). The text is prefixed, not grouped, as Santa does: in
+/// `a|b` only `a` is anchored.
+fn anchored(pattern: &str) -> String {
+    if pattern.starts_with('^') {
+        pattern.to_owned()
+    } else {
+        format!("^{pattern}")
+    }
 }
 
 /// Patterns of one action, their rules and where each is written.

@@ -8,8 +8,8 @@
 
 use model::{
     AccessFlags, AnalysisRequest, Cacheability, CodeSigning, Decision, Event, EventBody, EventKind,
-    Facts, MountDisposition, MountInfo, Needs, Outcome, Process, Reason, RuleRef, SigningBinding,
-    SigningStatus,
+    Facts, FileKind, MountDisposition, MountInfo, Needs, Outcome, Process, Reason, RuleRef,
+    SigningBinding, SigningStatus,
 };
 
 use crate::Mode;
@@ -249,8 +249,11 @@ impl Compiled {
         if cs.status == SigningStatus::Invalid && self.bad_signature_protection {
             return self.finish(Cand::BadSignature, &pending, target);
         }
-        // Platform binaries: the kernel's flag, or (Linux) package trust from the helper.
-        if is_platform(cs) {
+        // Platform binaries: the kernel's flag, or (Linux) package trust from the helper. The
+        // flag alone, whatever the signature's state, as Santa checks `is_platform_binary`
+        // (SNTPolicyProcessor.mm `decisionForFileInfo:`, PlatformBinaryState::kRuntimeTrue):
+        // an invalid one reaches here only with bad-signature protection off.
+        if cs.is_platform_binary {
             return self.finish(Cand::Platform, &pending, target);
         }
         if self.package_trust && cs.status == SigningStatus::Unsigned {
@@ -297,9 +300,12 @@ impl Compiled {
         // Out of scope: not a native binary (Santa's `fileIsScopeAllowed:`, "Not a Mach-O").
         // A signed image is Mach-O by construction (and on macOS every exec target is one: a
         // script's exec reports its interpreter), so only unsigned files are asked about.
+        // `allow_scripts` is on only for Linux, whose native format is ELF: a Mach-O there runs
+        // only through binfmt_misc like any other format (and a Java class shares the universal
+        // Mach-O magic), so it is out of scope too.
         if self.allow_scripts && cs.status == SigningStatus::Unsigned {
             match facts.file_kind {
-                Some(k) if !k.is_binary() => {
+                Some(k) if k != FileKind::Elf => {
                     return self.finish(Cand::NotABinary, &pending, target);
                 }
                 Some(_) => {}

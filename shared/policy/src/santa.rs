@@ -22,6 +22,11 @@ pub enum ImportError {
     /// One rule Santa itself would refuse (santactl aborts the whole import on it too).
     #[error("Santa rule {n} {id:?} {what}; fix or remove that rule and import again")]
     Rule { n: usize, id: String, what: String },
+    /// One rule Santa accepts but whose effect no Gatehouse rule has.
+    #[error(
+        "Santa rule {n} {id:?} {what}; Gatehouse cannot express it: remove that rule and import again"
+    )]
+    Inexpressible { n: usize, id: String, what: String },
     /// The translation produced a policy that does not parse: an importer bug, never written.
     #[error("the imported policy does not parse (please report this): {0}")]
     Untranslatable(Box<crate::PolicyError>),
@@ -138,7 +143,8 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
     // for the same key replaces an earlier one (REMOVE deletes it); keep the last, in
     // first-seen order.
     let mut order: Vec<(&'static str, String)> = Vec::new();
-    type Entry = (&'static str, Option<String>, bool);
+    /// Action, message, compiler flag, and the rule's number in the JSON.
+    type Entry = (&'static str, Option<String>, bool, usize);
     let mut last: HashMap<(&'static str, String), Entry> = HashMap::new();
     for (n, r) in rules.iter().enumerate() {
         let n = n + 1;
@@ -198,11 +204,31 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
         }
         // ALLOWLIST_COMPILER keeps its meaning: a compiler rule (transitive allowlisting).
         let compiler = policy.ends_with("_COMPILER");
-        last.insert(k, (action, msg.map(str::to_owned), compiler));
+        last.insert(k, (action, msg.map(str::to_owned), compiler, n));
     }
     for (n, k) in order.iter().enumerate() {
-        let (action, msg, compiler) = &last[k];
+        let (action, msg, compiler, json_n) = &last[k];
         let (key, id) = k;
+        // Santa's decision table has compiler states for CDHash, binary and signing-ID rules
+        // only (SNTPolicyProcessor.mm `decision:forRule:`); on a certificate or team-id rule it
+        // is an "invalid rule type/state combination", treated as no rule, which also hides
+        // every lower-precedence rule for that binary. Checked after last-wins, so a rule
+        // replaced or removed later in the file does not count.
+        if *compiler && matches!(*key, "certificate" | "team_id") {
+            return Err(ImportError::Inexpressible {
+                n: *json_n,
+                id: id.clone(),
+                what: format!(
+                    "is an ALLOWLIST_COMPILER {} rule, which Santa ignores (compiler rules are \
+                     BINARY, CDHASH or SIGNINGID)",
+                    if *key == "team_id" {
+                        "TEAMID"
+                    } else {
+                        "CERTIFICATE"
+                    }
+                ),
+            });
+        }
         let _ = write!(
             out,
             "\n[[exec]]\nname = {}\naction = \"{action}\"\n{key} = {}\n",

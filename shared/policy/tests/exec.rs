@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use model::{Cacheability, Facts, FileKind, Outcome, SigningStatus::*};
-use policy::{Os, Policy};
+use policy::{LocalRules, Os, Policy};
 
 fn exec_policy(mode: &str, extra: &str) -> Policy {
     let text = format!(
@@ -110,6 +110,10 @@ fn exec_table() {
         "monitor",
         "[defaults]\npackage_trust = false\nbad_signature_protection = false",
     );
+    let no_badsig_enforce = exec_policy(
+        "enforce",
+        "[defaults]\npackage_trust = false\nbad_signature_protection = false",
+    );
     let good = Some("com.example.good");
     let bad = Some("com.example.bad");
     let team = Some("ABCDE12345");
@@ -151,6 +155,11 @@ fn exec_table() {
         ("bad signature off", &no_badsig, exec("/x", sig(Invalid, None, None, None, 0, false)), other_sha(), "would_deny"),
         ("unsigned not bad", &monitor, exec("/x", sig(Unsigned, None, None, None, 0, false)), other_sha(), "would_deny"),
         ("invalid platform flag", &enforce, exec("/x", sig(Invalid, None, None, None, 0, true)), other_sha(), "deny:invalid_signature"),
+        // Without the protection the platform flag decides whatever the signature's state, as
+        // Santa (SNTPolicyProcessor.mm `decisionForFileInfo:` checks only kRuntimeTrue;
+        // SNTPolicyProcessorTest.mm `testDecisionAllowsPlatformBinary`).
+        ("invalid platform flag, protection off", &no_badsig_enforce, exec("/tmp/x", sig(Invalid, None, None, None, 0, true)), other_sha(), "allow:platform"),
+        ("invalid, no platform flag, protection off", &no_badsig_enforce, exec("/x", sig(Invalid, None, None, None, 0, false)), other_sha(), "deny:default"),
         // Platform binaries with no rule are allowed (also in /tmp: before path scopes).
         ("platform binary", &enforce, exec("/bin/ls", sig(Production, None, Some("com.apple.ls"), None, 0, true)), with_cert(other_sha(), "99"), "allow:platform"),
         ("platform before paths", &enforce, exec("/tmp/ls", sig(Production, None, Some("com.apple.ls"), None, 0, true)), with_cert(other_sha(), "99"), "allow:platform"),
@@ -357,6 +366,8 @@ prefix = "/tmp/"
         ("a script no rule names", &linux, unsigned("/home/a/run.sh"), kind(FileKind::Script, "99"), "allow:not_a_binary"),
         ("another non-binary format", &linux, unsigned("/home/a/app.jar"), kind(FileKind::Other, "99"), "allow:not_a_binary"),
         ("an ELF binary gets the default", &linux, unsigned("/home/a/tool"), kind(FileKind::Elf, "99"), "deny:default"),
+        // Linux runs a Mach-O (or a Java class, same magic) only through binfmt_misc: not native.
+        ("a Mach-O on Linux", &linux, unsigned("/home/a/Main.class"), kind(FileKind::MachO, "99"), "allow:not_a_binary"),
         ("a rule naming the script wins", &linux, unsigned("/home/a/run.sh"), kind(FileKind::Script, "66"), "deny:bad-script"),
         ("a blocked path wins", &linux, unsigned("/tmp/run.sh"), kind(FileKind::Script, "99"), "deny:no-tmp"),
         ("the kind is asked for with the hash", &linux, unsigned("/home/a/run.sh"), Facts::NONE, "analyze:sha256+file_kind"),
@@ -374,4 +385,70 @@ prefix = "/tmp/"
         panic!()
     };
     assert_eq!(d.cacheable, Cacheability::Identity);
+}
+
+/// Santa anchors its path regexes: SNTConfigurator.mm `expressionForPattern:` puts `^` in front
+/// of `AllowedPathRegex` and `BlockedPathRegex` unless the pattern begins with one, and
+/// SNTPolicyProcessor.mm `fileIsScopeBlocked:` / `fileIsScopeAllowed:` then search the path with
+/// it (SNTPolicyProcessorTest.mm `testFileIsScopeBlockedWithMatchingRegexReturnsReason`,
+/// `^/bin/` against `/bin/ls`). So a pattern never matches in the middle of a path; the text is
+/// prefixed, not grouped, so only the first alternative of `a|b` is anchored. Both tiers.
+#[test]
+fn path_regexes_are_anchored_as_santa_anchors_them() {
+    let text = r#"
+version = 1
+mode = "enforce"
+[defaults]
+package_trust = false
+[[exec_path]]
+name = "downloads"
+action = "block"
+regex = "/Downloads/"
+[[exec_path]]
+name = "opt"
+action = "block"
+regex = "^/opt/"
+[[exec_path]]
+name = "a-or-b"
+action = "block"
+regex = "/a/|/b/"
+[[exec_path]]
+name = "apps"
+action = "allow"
+regex = "Applications/"
+[[exec_path]]
+name = "any-app"
+action = "allow"
+regex = ".*\\.app/"
+"#;
+    let local = LocalRules::parse_for(
+        "local.toml",
+        "version = 1\n[[exec_path]]\nname = \"tools\"\naction = \"allow\"\nregex = \"tools/\"\n",
+        Os::Linux,
+    )
+    .unwrap();
+    let p = Policy::parse_for("r.toml", text, Os::Linux)
+        .unwrap()
+        .with_local(Some(local));
+    let elf = Facts {
+        file_kind: Some(FileKind::Elf),
+        ..other_sha()
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("unanchored pattern, path starting with it", "/Downloads/x", "deny:downloads"),
+        ("unanchored pattern, in the middle of a path", "/Users/bob/Downloads/x", "deny:default"),
+        ("anchored pattern", "/opt/x", "deny:opt"),
+        ("anchored pattern, in the middle", "/x/opt/y", "deny:default"),
+        ("first alternative anchored", "/a/x", "deny:a-or-b"),
+        ("first alternative, in the middle", "/x/a/y", "deny:default"),
+        ("second alternative left unanchored, as in Santa", "/x/b/y", "deny:a-or-b"),
+        ("allow regex, relative text never matches an absolute path", "/Applications/Foo", "deny:default"),
+        ("a leading .* still matches anywhere", "/Applications/Foo.app/Contents/MacOS/Foo", "allow:any-app"),
+        ("local tier anchored too", "/home/a/tools/x", "deny:default"),
+    ];
+    for (what, path, want) in cases {
+        let ev = exec(path, sig(Unsigned, None, None, None, 0, false));
+        assert_eq!(summary(&p.decide(&ev, &elf)), want, "{what}");
+    }
 }

@@ -276,3 +276,63 @@ fn santa_compiler_rules_import_as_compiler_rules() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?} in {}", imported.policy);
 }
+
+/// Santa's decision table (SNTPolicyProcessor.mm `decision:forRule:`) has compiler states for
+/// CDHash, binary and signing-ID rules only (SNTPolicyProcessorTest.mm
+/// `testDecisionForCDHashCompilerRuleMatches`, `testDecisionForSHA256CompilerRuleMatches`,
+/// `testDecisionForSigningIDCompilerRuleMatches`); a certificate or team-id ALLOWLIST_COMPILER
+/// rule is an invalid combination treated as no rule, so it never allows. Gatehouse refuses
+/// it, in a policy file and in the import, rather than turning it into an allow.
+#[test]
+fn compiler_rules_are_cdhash_sha256_or_signing_id_only() {
+    let ids = [
+        ("cdhash", hex("aa", 20), true),
+        ("sha256", hex("bb", 32), true),
+        ("signing_id", "ABCDE12345:com.example.cc".to_owned(), true),
+        ("certificate", hex("cc", 32), false),
+        ("team_id", "ABCDE12345".to_owned(), false),
+    ];
+    for (key, id, ok) in ids {
+        let text = format!(
+            "version = 1\nmode = \"enforce\"\n[defaults]\ntransitive_rules = true\n\
+             [[exec]]\nname = \"cc\"\naction = \"allow\"\ncompiler = true\n{key} = \"{id}\"\n"
+        );
+        match Policy::parse_for("p", &text, Os::Macos) {
+            Ok(p) => {
+                assert!(ok, "{key}: accepted");
+                assert!(p.is_compiler_rule(&RuleRef::new("cc")), "{key}");
+            }
+            Err(e) => {
+                assert!(!ok, "{key}: {e}");
+                assert!(
+                    e.message.contains("compiler = true applies only to cdhash"),
+                    "{key}: {e}"
+                );
+                // At the `compiler` key, line 8.
+                assert_eq!(e.line, 8, "{key}: {e}");
+            }
+        }
+    }
+    let cert = hex("cc", 32);
+    let rule = |policy: &str, ty: &str, id: &str| {
+        format!(r#"{{"identifier": "{id}", "policy": "{policy}", "rule_type": "{ty}"}}"#)
+    };
+    #[rustfmt::skip]
+    let imports: Vec<(&str, Vec<String>, Option<usize>)> = vec![
+        ("certificate compiler", vec![rule("ALLOWLIST_COMPILER", "CERTIFICATE", &cert)], Some(1)),
+        ("team-id compiler", vec![rule("ALLOWLIST", "BINARY", &hex("dd", 32)), rule("allowlist_compiler", "teamid", "abcde12345")], Some(2)),
+        ("replaced by a plain allow later", vec![rule("ALLOWLIST_COMPILER", "CERTIFICATE", &cert), rule("ALLOWLIST", "CERTIFICATE", &cert)], None),
+        ("removed later", vec![rule("ALLOWLIST_COMPILER", "TEAMID", "ABCDE12345"), rule("REMOVE", "TEAMID", "ABCDE12345")], None),
+        ("signing-id compiler", vec![rule("ALLOWLIST_COMPILER", "SIGNINGID", "ABCDE12345:cc")], None),
+    ];
+    for (what, rules, want_err) in imports {
+        let json = format!(r#"{{"rules": [{}]}}"#, rules.join(","));
+        match (policy::santa::import(Some(&json), None), want_err) {
+            (Ok(_), None) => {}
+            (Err(policy::santa::ImportError::Inexpressible { n, .. }), Some(want)) => {
+                assert_eq!(n, want, "{what}")
+            }
+            (got, _) => panic!("{what}: {got:?}"),
+        }
+    }
+}
