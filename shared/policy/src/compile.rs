@@ -83,10 +83,8 @@ pub(crate) struct SigPattern {
 }
 
 impl SigPattern {
-    pub fn matches(&self, team: SigTeam, id: &str) -> bool {
-        if team != self.team {
-            return false;
-        }
+    /// Whether `id` matches the id half (the team half is the caller's to check).
+    pub fn matches_id(&self, id: &str) -> bool {
         match &self.tail {
             None => id == &*self.head,
             Some(tail) => {

@@ -354,8 +354,10 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
                     keys.push(format!("{ours} = {}", q(v)));
                 }
             }
-            if let Some(b) = platform {
-                keys.push(format!("platform_binary = {b}"));
+            // Santa's PlatformBinary constrains only when true (`PolicyMatchesProcess`); a
+            // Gatehouse `platform_binary = false` would exclude platform binaries instead.
+            if platform == Some(true) {
+                keys.push("platform_binary = true".to_owned());
             }
             if !keys.is_empty() {
                 procs.push(format!("    {{ {} }},", keys.join(", ")));

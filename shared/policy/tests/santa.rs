@@ -270,6 +270,11 @@ fn file_access_import_follows_santa() {
             tool(Some("ABCDE12345"), "platform:com.example", false), "allow:W"),
         ("platFORM: prefix", faa(r#"<dict><key>SigningID</key><string>platFORM:com.apple.*</string></dict>"#, ""),
             tool(None, "com.apple.cat", true), "allow:W"),
+        // FAAPolicyProcessor.mm `PolicyMatchesProcess` checks PlatformBinary only when true
+        // (FAAPolicyProcessorTest.mm `testPolicyMatchesProcess`: `platform_binary = false`
+        // with a team id matches): false does not exclude platform binaries.
+        ("PlatformBinary false is no constraint", faa(r#"<dict><key>BinaryPath</key><string>/opt/tool</string><key>PlatformBinary</key><false/></dict>"#, ""),
+            tool(None, "com.apple.cat", true), "allow:W"),
     ];
     for (what, plist, ev, want) in cases {
         let imported =
