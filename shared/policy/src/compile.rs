@@ -73,7 +73,7 @@ impl OpSet {
     }
 }
 
-/// A signing-ID pattern of a watch process entry: exact, or with one `*` wildcard.
+/// A signing-ID pattern of a watch process entry: exact, or with a wildcard at its first `*`.
 #[derive(Debug, Clone)]
 pub(crate) struct SigPattern {
     pub team: SigTeam,
@@ -1291,13 +1291,14 @@ fn compile_process(
                 ),
             );
         };
-        let stars = id.matches('*').count();
-        if id.is_empty() || stars > 1 {
+        if id.is_empty() {
             return err(
                 s.span(),
-                format!("signing_id {v:?}: the id must be non-empty with at most one '*'"),
+                format!("signing_id {v:?}: the id after ':' must be non-empty"),
             );
         }
+        // The first `*` is the wildcard and any later one is literal, as Santa's
+        // `PolicyMatchesProcess` splits at `signing_id_wildcard_pos` (the first `*`).
         m.signing_id = Some(match id.split_once('*') {
             Some((head, tail)) => SigPattern {
                 team,

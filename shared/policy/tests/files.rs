@@ -882,3 +882,52 @@ processes = [{{ certificate = "{}" }}]
         assert_eq!(got, want, "{what}");
     }
 }
+
+/// Signing-id wildcards as FAAPolicyProcessorTest.mm `testPolicyMatchesProcess` ("SigningID
+/// prefix" section) has them: the first `*` matches any run of characters (empty too) and any
+/// later `*` is literal, so `com.*.*` does not match `com.northpolesec.test` but matches the
+/// id `com.northpolesec.*`.
+#[test]
+fn watch_signing_id_wildcards() {
+    let id = |pattern: &str, id: &str| {
+        let p = Policy::parse(
+            "sid.toml",
+            &format!(
+                r#"
+version = 1
+mode = "monitor"
+[[watch]]
+name = "w"
+paths = [{{ path = "/w" }}]
+rule_type = "paths_with_denied_processes"
+audit_only = false
+processes = [{{ signing_id = "ABCDE12345:{pattern}" }}]
+"#
+            ),
+        )
+        .unwrap();
+        let by = process(
+            "/opt/tool",
+            sig(Production, Some("ABCDE12345"), Some(id), None, 0, false),
+        );
+        summary(&p.decide(&open(by, "/w", WRITE), &Facts::NONE)) == "deny:w"
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("com.northpolesec.*", "com.northpolesec.test", true),
+        ("badtid*", "com.northpolesec.test", false),
+        ("com.*.test", "com.northpolesec.test", true),
+        ("*.northpolesec.test", "com.northpolesec.test", true),
+        ("*com.northpolesec.test", "com.northpolesec.test", true),
+        ("com.northpolesec.test", "com.northpolesec.test", true),
+        ("com.northpolesec.test*", "com.northpolesec.test", true),
+        ("*southpolesec.test", "com.northpolesec.test", false),
+        ("this.is.very.long.*.com.northpolesec.test", "com.northpolesec.test", false),
+        ("com.*.*", "com.northpolesec.test", false),
+        ("com.*.*", "com.northpolesec.*", true),
+        ("com.northpolesec.*", "com.northpolesec.*", true),
+    ];
+    for (pattern, sid, want) in cases {
+        assert_eq!(id(pattern, sid), want, "{pattern} vs {sid}");
+    }
+}
