@@ -303,8 +303,11 @@ fn dead_entry(binary_path: Option<&str>, team: Option<&str>, cert: Option<&str>)
 fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result<(), ImportError> {
     let root = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
     let root = dict(&root, "the root")?;
-    let top_version =
-        ns_string(root, "Version", 1..=256).map_err(|e| ImportError::Shape(e.to_string()))?;
+    // Santa refuses the whole configuration when these are malformed (`ParseConfig`).
+    let top = |k: &str, len| ns_string(root, k, len).map_err(ImportError::Shape);
+    let top_version = top("Version", 1..=256)?;
+    top("EventDetailURL", 0..=6000)?;
+    top("EventDetailText", 0..=48)?;
     let Some(items) = root.get("WatchItems") else {
         notes.push("file-access plist has no WatchItems".into());
         return Ok(());
@@ -332,7 +335,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
                 (s, false)
             } else if let Some(d) = p.as_dictionary() {
                 let path = ns_string(d, "Path", 1..=SANTA_PATH_MAX)
-                    .map_err(|e| bad(e.to_string()))?
+                    .map_err(&bad)?
                     .ok_or_else(|| bad("a path entry has no Path".into()))?;
                 let prefix = match d.get("IsPrefix") {
                     None => false,
@@ -376,7 +379,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             }
         };
         let opt_string = |k: &str, len| match opts {
-            Some(o) => ns_string(o, k, len).map_err(|e| bad(e.to_string())),
+            Some(o) => ns_string(o, k, len).map_err(&bad),
             None => Ok(None),
         };
         // Not imported (no TTY channel), but a malformed one makes Santa ignore the item.
@@ -434,7 +437,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             let d = p
                 .as_dictionary()
                 .ok_or_else(|| bad("a Processes entry must be a dictionary".into()))?;
-            let s = |k: &str, len| ns_string(d, k, len).map_err(|e| bad(e.to_string()));
+            let s = |k: &str, len| ns_string(d, k, len).map_err(&bad);
             let binary_path = s("BinaryPath", 1..=SANTA_PATH_MAX)?;
             let sid = s("SigningID", 1..=512)?;
             let mut team = s("TeamID", 8..=10)?;

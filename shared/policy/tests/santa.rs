@@ -453,6 +453,7 @@ fn file_access_import_refuses_what_santa_ignores() {
         ("long TeamID", faa_items(true, &faa_item("W", w, "", "<dict><key>TeamID</key><string>LongerThanExpected</string></dict>")), "TeamID"),
         ("non-hex CDHash", faa_items(true, &faa_item("W", w, "", &format!("<dict><key>CDHash</key><string>{}</string></dict>", "Z".repeat(40)))), "CDHash"),
         ("string PlatformBinary", faa_items(true, &faa_item("W", w, "", "<dict><key>PlatformBinary</key><string>YES</string></dict>")), "PlatformBinary"),
+        ("long top-level EventDetailText", faa_items(true, &format!("</dict><key>EventDetailText</key><string>{}</string><key>X</key><dict>", "a".repeat(49))), "EventDetailText"),
         ("same path in two items", faa_items(true, &format!("{}{}", faa_item("A", w, "", ""), faa_item("B", w, "", ""))), "undefined"),
     ];
     for (what, plist, want) in cases {
