@@ -4,7 +4,8 @@
 //! class and an unclosed `[` is literal. Compiled once per policy; a match walks the path's
 //! components once, without allocating.
 
-/// Longest glob pattern accepted (Linux's `PATH_MAX`, what Santa's `LenRangeValidator` allows).
+/// Longest glob pattern accepted: Linux's `PATH_MAX`, so no Linux path is too long to watch
+/// (Santa, macOS only, allows its own `PATH_MAX` of 1024, which the importer enforces).
 pub(crate) const GLOB_MAX_LEN: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
