@@ -73,7 +73,7 @@ impl OpSet {
     }
 }
 
-/// A signing-ID pattern of a watch process entry: exact, or with one `*` wildcard.
+/// A signing-ID pattern of a watch process entry: exact, or with a wildcard at its first `*`.
 #[derive(Debug, Clone)]
 pub(crate) struct SigPattern {
     pub team: SigTeam,
@@ -83,10 +83,8 @@ pub(crate) struct SigPattern {
 }
 
 impl SigPattern {
-    pub fn matches(&self, team: SigTeam, id: &str) -> bool {
-        if team != self.team {
-            return false;
-        }
+    /// Whether `id` matches the id half (the team half is the caller's to check).
+    pub fn matches_id(&self, id: &str) -> bool {
         match &self.tail {
             None => id == &*self.head,
             Some(tail) => {
@@ -1321,13 +1319,14 @@ fn compile_process(
                 ),
             );
         };
-        let stars = id.matches('*').count();
-        if id.is_empty() || stars > 1 {
+        if id.is_empty() {
             return err(
                 s.span(),
-                format!("signing_id {v:?}: the id must be non-empty with at most one '*'"),
+                format!("signing_id {v:?}: the id after ':' must be non-empty"),
             );
         }
+        // The first `*` is the wildcard and any later one is literal, as Santa's
+        // `PolicyMatchesProcess` splits at `signing_id_wildcard_pos` (the first `*`).
         m.signing_id = Some(match id.split_once('*') {
             Some((head, tail)) => SigPattern {
                 team,

@@ -510,7 +510,7 @@ impl Compiled {
             ) || w
                 .processes
                 .iter()
-                .any(|p| proc_matches(p, process, facts) == Tri::Yes))
+                .any(|p| proc_matches(p, process, facts, false) == Tri::Yes))
         {
             acc.bad_signature = true;
             return;
@@ -523,8 +523,9 @@ impl Compiled {
         }
         let mut unknown = false;
         let mut matched = false;
+        let allowing = w.rule_type == RuleType::PathsWithAllowedProcesses;
         for p in &w.processes {
-            match proc_matches(p, process, facts) {
+            match proc_matches(p, process, facts, allowing) {
                 Tri::Yes => {
                     matched = true;
                     break;
@@ -669,34 +670,50 @@ enum Tri {
     Unknown,
 }
 
-fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts) -> Tri {
+/// Whether a watch item's process entry matches the acting process, as Santa's
+/// `FAAPolicyProcessor::PolicyMatchesProcess` decides it: every key present must match. The
+/// platform flag is the kernel's, whatever the signature's state; team id, signing id, CDHash
+/// and certificate match any signed process (Santa's `CS_SIGNED`: production, development, ad
+/// hoc, and invalid signatures too, which bad-signature protection deals with before this) and
+/// never an unsigned one. `allowing`: a match would exempt the process (an allowed process of
+/// `paths_with_allowed_processes`); then a certificate counts only if its signature validated,
+/// so a binary modified on disk never earns an exemption from the certificate it used to carry.
+fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts, allowing: bool) -> Tri {
     let cs = &process.signing;
-    let production = cs.status == SigningStatus::Production;
+    let signed = cs.status != SigningStatus::Unsigned;
     if let Some(bp) = &p.binary_path
         && process.executable.path != **bp
     {
         return Tri::No;
     }
+    // `platform_binary = false` is Gatehouse's (not a platform binary); Santa has only `true`.
     if let Some(want) = p.platform_binary
-        && is_platform(cs) != want
+        && cs.is_platform_binary != want
     {
         return Tri::No;
     }
     if let Some(sig) = &p.signing_id {
-        let ok = production
-            && match (SigTeam::of(cs), cs.signing_id.as_deref()) {
-                (Some(team), Some(id)) => sig.matches(team, id),
-                _ => false,
-            };
+        // The team half is checked on its own, as Santa keeps TeamID and SigningID apart: a
+        // `platform:` id asks for the platform flag, not for the absence of a team id.
+        let team_ok = match sig.team {
+            SigTeam::Platform => cs.is_platform_binary,
+            SigTeam::Team(k) => cs.team_id.as_deref().and_then(team_key) == Some(k),
+        };
+        let ok = signed
+            && team_ok
+            && cs
+                .signing_id
+                .as_deref()
+                .is_some_and(|id| sig.matches_id(id));
         if !ok {
             return Tri::No;
         }
     }
     if let Some(t) = &p.team_id {
         let ok = match t {
-            TeamMatch::Platform => is_platform(cs),
+            TeamMatch::Platform => cs.is_platform_binary,
             TeamMatch::Team(k) => {
-                production && cs.team_id.as_deref().and_then(team_key).as_ref() == Some(k)
+                signed && cs.team_id.as_deref().and_then(team_key).as_ref() == Some(k)
             }
         };
         if !ok {
@@ -704,23 +721,20 @@ fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts) -> Tri {
         }
     }
     if let Some(cd) = &p.cdhash {
-        let ok = cs.status != SigningStatus::Invalid
-            && cs.status != SigningStatus::Unsigned
-            && cs.trusted_cdhash().is_some_and(|h| h.0 == *cd);
+        // The running image's CDHash as the kernel reports it (Santa compares
+        // `es_process_t.cdhash` for any signed process, enforced or not).
+        let ok = signed && cs.cdhash.is_some_and(|h| h.0 == *cd);
         if !ok {
             return Tri::No;
         }
     }
     if let Some(cert) = &p.certificate {
-        if !matches!(
-            cs.status,
-            SigningStatus::Production | SigningStatus::Development
-        ) {
+        // Unsigned and ad hoc code has no certificate (Santa: `kBadCertHash`).
+        if matches!(cs.status, SigningStatus::Unsigned | SigningStatus::AdHoc) {
             return Tri::No;
         }
         match &facts.certificate {
-            // A certificate whose signature did not validate identifies nobody.
-            Some(c) if c.leaf_sha256.0 == *cert && c.valid => {}
+            Some(c) if c.leaf_sha256.0 == *cert && (c.valid || !allowing) => {}
             Some(_) => return Tri::No,
             None => return Tri::Unknown,
         }

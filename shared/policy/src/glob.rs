@@ -4,7 +4,8 @@
 //! class and an unclosed `[` is literal. Compiled once per policy; a match walks the path's
 //! components once, without allocating.
 
-/// Longest glob pattern accepted (Linux's `PATH_MAX`, what Santa's `LenRangeValidator` allows).
+/// Longest glob pattern accepted: Linux's `PATH_MAX`, so no Linux path is too long to watch
+/// (Santa, macOS only, allows its own `PATH_MAX` of 1024, which the importer enforces).
 pub(crate) const GLOB_MAX_LEN: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub(crate) struct Glob {
 #[derive(Debug)]
 pub(crate) enum Parsed {
     Glob(Glob),
-    /// No wildcard once quoting is undone (`\*`, an unclosed `[`): this literal path.
+    /// No unquoted wildcard (`\*`, an unclosed `[`): the path as written, quotes included.
     Literal(String),
 }
 
@@ -101,20 +102,11 @@ impl Glob {
                 .push(tok);
             i += 1;
         }
-        let literal: String = components
-            .iter()
-            .map(|comp| {
-                comp.iter()
-                    .map_while(|t| match t {
-                        Tok::Lit(c) => Some(*c),
-                        _ => None,
-                    })
-                    .collect::<String>()
-            })
-            .collect::<Vec<_>>()
-            .join("/");
+        // No unquoted wildcard: glob(3) sets no GLOB_MAGCHAR, and Santa's `FindMatches` then
+        // watches the path exactly as written, backslashes and all (Glob.mm: "If the path had
+        // no glob char, begin watching it whether or not it exists").
         if !magic {
-            return Ok(Parsed::Literal(literal));
+            return Ok(Parsed::Literal(pattern.to_owned()));
         }
         // The literal head: whole literal components, then the literal start of the first
         // component with a wildcard.
@@ -385,7 +377,10 @@ mod tests {
 
     #[test]
     fn parse_table() {
-        assert!(matches!(Glob::parse("/a/\\*"), Ok(Parsed::Literal(l)) if l == "/a/*"));
+        // Quoting without a wildcard left: the path as written (Santa's Glob.mm `FindMatches`
+        // returns it unexpanded when glob(3) finds no magic character).
+        assert!(matches!(Glob::parse("/a/\\*"), Ok(Parsed::Literal(l)) if l == "/a/\\*"));
+        assert!(matches!(Glob::parse("/a/\\[b]"), Ok(Parsed::Literal(l)) if l == "/a/\\[b]"));
         assert!(matches!(Glob::parse("/a/[b"), Ok(Parsed::Literal(l)) if l == "/a/[b"));
         assert!(Glob::parse("/a/[b/c]").is_err());
         assert!(Glob::parse(&format!("/{}*", "a".repeat(GLOB_MAX_LEN))).is_err());

@@ -250,113 +250,279 @@ fn dict<'a>(v: &'a plist::Value, what: &str) -> Result<&'a plist::Dictionary, Im
         .ok_or_else(|| ImportError::Shape(format!("{what} must be a dictionary")))
 }
 
+/// An `NSNumber`'s `boolValue`, as WatchItems.mm reads its boolean keys (`VerifyConfigKey` with
+/// `[NSNumber class]`): a plist boolean, or any number (non-zero is true). Other types: `None`.
+fn ns_bool(v: &plist::Value) -> Option<bool> {
+    match v {
+        plist::Value::Boolean(b) => Some(*b),
+        plist::Value::Integer(i) => Some(i.as_signed() != Some(0)),
+        plist::Value::Real(f) => Some(*f != 0.0),
+        _ => None,
+    }
+}
+
+/// Santa's rule-name check (WatchItems.mm `IsWatchItemNameValid`: 1 to 64 characters of
+/// letters, digits, `.`, `:`, `-` and `_`).
+fn valid_item_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'_'))
+}
+
+/// Whether Santa's string key `k` of `d` is present and valid: absent is fine; otherwise a
+/// string whose length (UTF-16 units, as `NSString.length`) is in `len`.
+fn ns_string<'a>(
+    d: &'a plist::Dictionary,
+    k: &str,
+    len: std::ops::RangeInclusive<usize>,
+) -> Result<Option<&'a str>, String> {
+    match d.get(k) {
+        None => Ok(None),
+        Some(v) => match v.as_string() {
+            Some(s) if len.contains(&s.encode_utf16().count()) => Ok(Some(s)),
+            Some(s) => Err(format!(
+                "{k} has {} characters, Santa allows {} to {}",
+                s.encode_utf16().count(),
+                len.start(),
+                len.end()
+            )),
+            None => Err(format!("{k} must be a string")),
+        },
+    }
+}
+
+/// macOS `PATH_MAX`, the longest path and binary path WatchItems.mm accepts.
+const SANTA_PATH_MAX: usize = 1024;
+
+/// Why a process entry that Santa accepts can never match a process there, if it cannot: a
+/// relative BinaryPath (executables are reported by absolute path), a team id that is not a
+/// real one (Santa compares it exactly with the kernel's ten upper-case characters), or a
+/// certificate hash in upper case (compared exactly with the lower-case hex Santa computes).
+fn dead_entry(binary_path: Option<&str>, team: Option<&str>, cert: Option<&str>) -> Option<String> {
+    if let Some(bp) = binary_path
+        && !bp.starts_with('/')
+    {
+        return Some(format!("BinaryPath {bp:?} is not absolute"));
+    }
+    if let Some(t) = team
+        && !(t.len() == 10
+            && t.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+    {
+        return Some(format!(
+            "TeamID {t:?} is not ten upper-case letters or digits"
+        ));
+    }
+    if let Some(c) = cert
+        && c.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        return Some(format!("CertificateSha256 {c:?} is not lower-case"));
+    }
+    None
+}
+
+/// Translates a FileAccessPolicy plist (WatchItems.mm `ParseConfig`). An item Santa would ignore
+/// (a malformed key, a bad name, no version) is an error, as an invalid watch item is in a
+/// policy file. Entries and items Santa accepts but that can never apply there are left out
+/// with a note, so the import decides as Santa does.
 fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result<(), ImportError> {
     let root = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
     let root = dict(&root, "the root")?;
+    // Santa refuses the whole configuration when these are malformed (`ParseConfig`).
+    let top = |k: &str, len| ns_string(root, k, len).map_err(ImportError::Shape);
+    let top_version = top("Version", 1..=256)?;
+    top("EventDetailURL", 0..=6000)?;
+    top("EventDetailText", 0..=48)?;
     let Some(items) = root.get("WatchItems") else {
         notes.push("file-access plist has no WatchItems".into());
         return Ok(());
     };
     let items = dict(items, "WatchItems")?;
+    // Path-keyed paths already imported, to refuse what Santa leaves undefined.
+    let mut seen: HashMap<(String, bool), String> = HashMap::new();
     for (name, item) in items {
+        let bad = |what: String| ImportError::Shape(format!("watch item {name}: {what}"));
+        if !valid_item_name(name) {
+            return Err(bad(
+                "Santa refuses this rule name (1 to 64 letters, digits, '.', ':', '-' or '_')"
+                    .into(),
+            ));
+        }
         let item = dict(item, &format!("watch item {name}"))?;
-        let _ = write!(out, "\n[[watch]]\nname = {}\n", q(name));
-        // Paths: dictionaries {Path, IsPrefix}, or plain strings (exact).
-        let mut paths = Vec::new();
-        for p in item
-            .get("Paths")
-            .and_then(|v| v.as_array())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            // Globs keep their meaning: Gatehouse matches `*`, `?` and `[...]` as glob(3).
-            if let Some(s) = p.as_string() {
-                paths.push(format!("{{ path = {}, prefix = false }}", q(s)));
+        // Paths: dictionaries {Path, IsPrefix}, or plain strings (exact). Santa puts a `/` in
+        // front of a relative path (Glob.mm `FindMatches`) and keeps each (path, prefix) once.
+        let Some(path_values) = item.get("Paths").and_then(|v| v.as_array()) else {
+            return Err(bad("Paths must be an array".into()));
+        };
+        let mut paths: Vec<(String, bool)> = Vec::new();
+        for p in path_values {
+            let (path, prefix) = if let Some(s) = p.as_string() {
+                (s, false)
             } else if let Some(d) = p.as_dictionary() {
-                let path = d.get("Path").and_then(|v| v.as_string()).ok_or_else(|| {
-                    ImportError::Shape(format!("watch item {name}: a path entry has no Path"))
-                })?;
-                let prefix = d
-                    .get("IsPrefix")
-                    .and_then(|v| v.as_boolean())
-                    .unwrap_or(false);
-                paths.push(format!("{{ path = {}, prefix = {prefix} }}", q(path)));
+                let path = ns_string(d, "Path", 1..=SANTA_PATH_MAX)
+                    .map_err(&bad)?
+                    .ok_or_else(|| bad("a path entry has no Path".into()))?;
+                let prefix = match d.get("IsPrefix") {
+                    None => false,
+                    Some(v) => {
+                        ns_bool(v).ok_or_else(|| bad("IsPrefix must be a boolean".into()))?
+                    }
+                };
+                (path, prefix)
+            } else {
+                return Err(bad("a Paths entry must be a string or a dictionary".into()));
+            };
+            let n = path.encode_utf16().count();
+            if !(1..=SANTA_PATH_MAX).contains(&n) {
+                return Err(bad(format!(
+                    "a path has {n} characters, Santa allows 1 to {SANTA_PATH_MAX}"
+                )));
+            }
+            // Globs keep their meaning: Gatehouse matches `*`, `?` and `[...]` as glob(3).
+            let path = if path.starts_with('/') {
+                path.to_owned()
+            } else {
+                format!("/{path}")
+            };
+            if !paths.contains(&(path.clone(), prefix)) {
+                paths.push((path, prefix));
             }
         }
-        let _ = writeln!(out, "paths = [{}]", paths.join(", "));
-        let opts = item.get("Options").and_then(|v| v.as_dictionary());
-        let get_bool = |k: &str| opts.and_then(|o| o.get(k)).and_then(|v| v.as_boolean());
+        if paths.is_empty() {
+            return Err(bad("no paths".into()));
+        }
+        let opts = match item.get("Options") {
+            None => None,
+            Some(v) => Some(dict(v, &format!("watch item {name}: Options"))?),
+        };
+        let get_bool = |k: &str| -> Result<Option<bool>, ImportError> {
+            match opts.and_then(|o| o.get(k)) {
+                None => Ok(None),
+                Some(v) => ns_bool(v)
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("{k} must be a boolean"))),
+            }
+        };
+        let opt_string = |k: &str, len| match opts {
+            Some(o) => ns_string(o, k, len).map_err(&bad),
+            None => Ok(None),
+        };
+        // Not imported (no TTY channel), but a malformed one makes Santa ignore the item.
+        get_bool("EnableSilentTTYMode")?;
+        opt_string("EventDetailURL", 0..=6000)?;
+        opt_string("EventDetailText", 0..=48)?;
+        // An NSNumber whose `longLongValue` (truncated toward zero) is not negative.
+        if let Some(v) = opts.and_then(|o| o.get("RuleId")) {
+            let ok = match v {
+                plist::Value::Integer(i) => i.as_signed().is_none_or(|n| n >= 0),
+                plist::Value::Real(f) => *f > -1.0,
+                plist::Value::Boolean(_) => true,
+                _ => false,
+            };
+            if !ok {
+                return Err(bad("RuleId must be a non-negative number".into()));
+            }
+        }
+        // Each rule needs a version: its own, or the file's (WatchItems.mm
+        // `ParseConfigSingleWatchItem`: "No version information set for rule").
+        if opt_string("Version", 1..=256)?.is_none() && top_version.is_none() {
+            return Err(bad(
+                "no Version, in its Options or at the top of the file (Santa ignores it)".into(),
+            ));
+        }
         // WatchItems.mm: RuleType compares case-insensitively and, when present, wins; only
         // without it does the deprecated InvertProcessExceptions choose.
+        let invert = get_bool("InvertProcessExceptions")?;
         let rule_type = match opts.and_then(|o| o.get("RuleType")) {
-            None if get_bool("InvertProcessExceptions") == Some(true) => {
-                "paths_with_denied_processes"
-            }
+            None if invert == Some(true) => "paths_with_denied_processes",
             None => "paths_with_allowed_processes",
             Some(v) => match v.as_string().map(str::to_ascii_lowercase).as_deref() {
                 Some("pathswithallowedprocesses") => "paths_with_allowed_processes",
                 Some("pathswithdeniedprocesses") => "paths_with_denied_processes",
                 Some("processeswithallowedpaths") => "processes_with_allowed_paths",
                 Some("processeswithdeniedpaths") => "processes_with_denied_paths",
-                _ => {
-                    return Err(ImportError::Shape(format!(
-                        "watch item {name}: unknown RuleType {v:?}"
-                    )));
-                }
+                _ => return Err(bad(format!("unknown RuleType {v:?}"))),
             },
         };
-        let _ = writeln!(out, "rule_type = \"{rule_type}\"");
-        let _ = writeln!(
-            out,
-            "allow_read_access = {}",
-            get_bool("AllowReadAccess").unwrap_or(false)
-        );
-        let _ = writeln!(
-            out,
-            "audit_only = {}",
-            get_bool("AuditOnly").unwrap_or(true)
-        );
+        let process_keyed = rule_type.starts_with("processes_");
+        let allow_read = get_bool("AllowReadAccess")?.unwrap_or(false);
+        let audit_only = get_bool("AuditOnly")?.unwrap_or(true);
+        let silent = get_bool("EnableSilentMode")?.unwrap_or(false);
         // BlockMessage is the user's message, unless the item is silent (EnableSilentMode).
-        let message = opts
-            .and_then(|o| o.get("BlockMessage"))
-            .and_then(|v| v.as_string())
-            .filter(|m| !m.is_empty());
-        if let (Some(m), false) = (message, get_bool("EnableSilentMode") == Some(true)) {
-            let _ = writeln!(out, "message = {}", q(m));
-        }
+        let message = opt_string("BlockMessage", 0..=2048)?.filter(|m| !m.is_empty());
+        let process_values = match item.get("Processes") {
+            None => &[][..],
+            Some(v) => v
+                .as_array()
+                .map(Vec::as_slice)
+                .ok_or_else(|| bad("Processes must be an array".into()))?,
+        };
         let mut procs = Vec::new();
-        for p in item
-            .get("Processes")
-            .and_then(|v| v.as_array())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            let Some(d) = p.as_dictionary() else { continue };
-            let s = |k: &str| d.get(k).and_then(|v| v.as_string());
-            let mut platform = d.get("PlatformBinary").and_then(|v| v.as_boolean());
-            let mut team = s("TeamID");
-            let bad = |what: String| ImportError::Shape(format!("watch item {name}: {what}"));
+        for p in process_values {
+            let d = p
+                .as_dictionary()
+                .ok_or_else(|| bad("a Processes entry must be a dictionary".into()))?;
+            let s = |k: &str, len| ns_string(d, k, len).map_err(&bad);
+            let binary_path = s("BinaryPath", 1..=SANTA_PATH_MAX)?;
+            let sid = s("SigningID", 1..=512)?;
+            let mut team = s("TeamID", 8..=10)?;
+            let hex_key = |k: &str, n: usize| -> Result<Option<&str>, ImportError> {
+                match s(k, n..=n)? {
+                    Some(v) if v.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(Some(v)),
+                    Some(_) => Err(bad(format!("{k} must be {n} hex characters"))),
+                    None => Ok(None),
+                }
+            };
+            let cdhash = hex_key("CDHash", 40)?;
+            let cert = hex_key("CertificateSha256", 64)?;
+            let mut platform = match d.get("PlatformBinary") {
+                None => false,
+                Some(v) => {
+                    ns_bool(v).ok_or_else(|| bad("PlatformBinary must be a boolean".into()))?
+                }
+            };
             // WatchItemProcess::Create (WatchItemPolicy.h): a TeamID "platform" (any case) means
-            // a platform binary; a real TeamID together with PlatformBinary is refused.
+            // a platform binary; another 8-character TeamID, and a real TeamID together with
+            // PlatformBinary, are refused.
+            if team.is_some_and(|t| t.len() == 8 && !t.eq_ignore_ascii_case("platform")) {
+                return Err(bad(format!(
+                    "invalid TeamID {:?}",
+                    team.unwrap_or_default()
+                )));
+            }
             if team.is_some_and(|t| t.eq_ignore_ascii_case("platform")) {
                 team = None;
-                platform = Some(true);
+                platform = true;
             }
-            if let (Some(t), Some(true)) = (team, platform) {
+            if let (Some(t), true) = (team, platform) {
                 return Err(bad(format!(
                     "a process sets both TeamID {t} and PlatformBinary, which Santa refuses"
                 )));
             }
+            if binary_path.is_none()
+                && sid.is_none()
+                && team.is_none()
+                && cdhash.is_none()
+                && cert.is_none()
+                && !platform
+            {
+                return Err(bad("a process entry sets no attribute".into()));
+            }
             let mut keys = Vec::new();
-            if let Some(sid) = s("SigningID") {
+            if let Some(sid) = sid {
                 // With a TeamID or PlatformBinary the SigningID is taken whole; without, its
                 // own TEAMID: or platform: prefix scopes it, and an unscoped one is an error.
-                let full = match (team, platform) {
-                    (Some(t), _) => format!("{t}:{sid}"),
-                    (None, Some(true)) => format!("platform:{sid}"),
+                let (t, id) = match (team, platform) {
+                    (Some(t), _) => (Some(t), sid),
+                    (None, true) => (None, sid),
                     _ => match sid.split_once(':') {
-                        Some((t, rest)) if !rest.is_empty() && SigTeam::parse(t).is_some() => {
-                            sid.to_owned()
+                        Some((t, rest)) if !rest.is_empty() && t.len() == 10 => (Some(t), rest),
+                        Some((t, rest))
+                            if !rest.is_empty() && t.eq_ignore_ascii_case("platform") =>
+                        {
+                            platform = true;
+                            (None, rest)
                         }
                         _ => {
                             return Err(bad(format!(
@@ -366,26 +532,65 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
                         }
                     },
                 };
+                team = t;
                 // The team is part of the signing id now; a team_id key would only repeat it.
-                keys.push(format!("signing_id = {}", q(&full)));
+                let scope = team.unwrap_or("platform");
+                keys.push(format!("signing_id = {}", q(&format!("{scope}:{id}"))));
             } else if let Some(t) = team {
                 keys.push(format!("team_id = {}", q(t)));
             }
-            for (santa, ours) in [
-                ("CDHash", "cdhash"),
-                ("CertificateSha256", "certificate"),
-                ("BinaryPath", "binary_path"),
+            if let Some(why) = dead_entry(binary_path, team, cert) {
+                notes.push(format!(
+                    "watch item {name}: a process entry left out, Santa never matches it: {why}"
+                ));
+                continue;
+            }
+            for (ours, v) in [
+                ("cdhash", cdhash),
+                ("certificate", cert),
+                ("binary_path", binary_path),
             ] {
-                if let Some(v) = s(santa) {
+                if let Some(v) = v {
                     keys.push(format!("{ours} = {}", q(v)));
                 }
             }
-            if let Some(b) = platform {
-                keys.push(format!("platform_binary = {b}"));
+            // Santa's PlatformBinary constrains only when true (`PolicyMatchesProcess`); a
+            // Gatehouse `platform_binary = false` would exclude platform binaries instead.
+            if platform {
+                keys.push("platform_binary = true".to_owned());
             }
-            if !keys.is_empty() {
-                procs.push(format!("    {{ {} }},", keys.join(", ")));
+            procs.push(format!("    {{ {} }},", keys.join(", ")));
+        }
+        // A process-keyed item applies to the processes its entries match: with none, Santa
+        // never applies it (`findPolicyForProcess`).
+        if process_keyed && procs.is_empty() {
+            notes.push(format!(
+                "watch item {name}: left out, a {rule_type} item with no process Santa can match \
+                 never applies"
+            ));
+            continue;
+        }
+        if !process_keyed {
+            for (path, prefix) in &paths {
+                if let Some(other) = seen.insert((path.clone(), *prefix), name.clone()) {
+                    return Err(bad(format!(
+                        "path {path:?} is also in watch item {other}: Santa applies one of the \
+                         two, which one is undefined; give each path to one item"
+                    )));
+                }
             }
+        }
+        let _ = write!(out, "\n[[watch]]\nname = {}\n", q(name));
+        let paths: Vec<String> = paths
+            .iter()
+            .map(|(p, prefix)| format!("{{ path = {}, prefix = {prefix} }}", q(p)))
+            .collect();
+        let _ = writeln!(out, "paths = [{}]", paths.join(", "));
+        let _ = writeln!(out, "rule_type = \"{rule_type}\"");
+        let _ = writeln!(out, "allow_read_access = {allow_read}");
+        let _ = writeln!(out, "audit_only = {audit_only}");
+        if let (Some(m), false) = (message, silent) {
+            let _ = writeln!(out, "message = {}", q(m));
         }
         if !procs.is_empty() {
             let _ = writeln!(out, "processes = [\n{}\n]", procs.join("\n"));

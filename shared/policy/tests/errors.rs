@@ -70,13 +70,13 @@ const CASES: &[(&str, usize, usize, Option<&str>, &str)] = &[
         Some("w"),
         "watch paths must be absolute",
     ),
-    // 9. Watch process signing id with two wildcards.
+    // 9. Watch process signing id with an empty id.
     (
-        "[[watch]]\nname = \"wild\"\npaths = [{ path = \"/etc/\" , prefix = true }]\nprocesses = [{ signing_id = \"ABCDE12345:com.*.*\" }]\n",
+        "[[watch]]\nname = \"wild\"\npaths = [{ path = \"/etc/\" , prefix = true }]\nprocesses = [{ signing_id = \"ABCDE12345:\" }]\n",
         6,
         29,
         Some("wild"),
-        "at most one '*'",
+        "must be non-empty",
     ),
     // 10. Unknown rule type.
     (

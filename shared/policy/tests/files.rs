@@ -748,3 +748,186 @@ fn open_flags_matter_only_with_a_read_exemption() {
         assert_eq!(p.open_flags_matter(), want, "{text}");
     }
 }
+
+/// How a watch item's process entry matches the acting process, after Santa's
+/// `FAAPolicyProcessor::PolicyMatchesProcess` (FAAPolicyProcessorTest.mm
+/// `testPolicyMatchesProcess`, whose process is only `CS_SIGNED`): team id, signing id and
+/// CDHash match any signed process (development, ad hoc and invalid signatures too; never an
+/// unsigned one), the CDHash whether or not the kernel enforces it, and the platform flag is
+/// the kernel's whatever the signature's state. Each entry sits in a
+/// `paths_with_denied_processes` item, so a match is a deny; bad-signature protection is off so
+/// that invalid signatures reach the entry.
+#[test]
+fn watch_process_entries_match_as_santa() {
+    let policy = |entry: &str| {
+        Policy::parse(
+            "match.toml",
+            &format!(
+                r#"
+version = 1
+mode = "monitor"
+[defaults]
+bad_signature_protection = false
+[[watch]]
+name = "w"
+paths = [{{ path = "/w/", prefix = true }}]
+rule_type = "paths_with_denied_processes"
+audit_only = false
+processes = [{entry}]
+"#
+            ),
+        )
+        .unwrap()
+    };
+    let team = r#"{ team_id = "ABCDE12345" }"#;
+    let sid = r#"{ signing_id = "ABCDE12345:com.example.tool" }"#;
+    let platform_sid = r#"{ signing_id = "platform:com.apple.ls" }"#;
+    let cdhash = r#"{ cdhash = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" }"#;
+    let platform = r#"{ platform_binary = true }"#;
+    let platform_team = r#"{ team_id = "platform" }"#;
+    let not_platform = r#"{ platform_binary = false }"#;
+    let s = |status, team, id, cd, platform| {
+        process("/opt/tool", sig(status, team, id, cd, 0, platform))
+    };
+    let t = Some("ABCDE12345");
+    let tool = Some("com.example.tool");
+    let ls = Some("com.apple.ls");
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &str, model::Process, bool)> = vec![
+        ("team id, production", team, s(Production, t, tool, None, false), true),
+        ("team id, development", team, s(Development, t, tool, None, false), true),
+        ("team id, invalid signature", team, s(Invalid, t, tool, None, false), true),
+        ("team id, other team", team, s(Production, Some("ZZZZZ00000"), tool, None, false), false),
+        ("team id, unsigned", team, s(Unsigned, t, tool, None, false), false),
+        ("signing id, development", sid, s(Development, t, tool, None, false), true),
+        ("signing id, invalid signature", sid, s(Invalid, t, tool, None, false), true),
+        ("signing id, other id", sid, s(Production, t, Some("com.example.other"), None, false), false),
+        ("signing id, unsigned", sid, s(Unsigned, t, tool, None, false), false),
+        ("platform signing id", platform_sid, s(Production, None, ls, None, true), true),
+        // Santa checks the platform flag, not the absence of a team id.
+        ("platform signing id, platform binary with a team id", platform_sid, s(Production, t, ls, None, true), true),
+        ("platform signing id, not platform", platform_sid, s(Production, None, ls, None, false), false),
+        ("cdhash, ad hoc, not kernel-enforced", cdhash, s(AdHoc, None, None, Some("aa"), false), true),
+        ("cdhash, production, not kernel-enforced", cdhash, s(Production, t, tool, Some("aa"), false), true),
+        ("cdhash, invalid signature", cdhash, s(Invalid, t, tool, Some("aa"), false), true),
+        ("cdhash, other", cdhash, s(AdHoc, None, None, Some("ab"), false), false),
+        ("cdhash, unsigned", cdhash, s(Unsigned, None, None, Some("aa"), false), false),
+        ("platform binary, invalid signature", platform, s(Invalid, None, ls, None, true), true),
+        ("team platform, invalid signature", platform_team, s(Invalid, None, ls, None, true), true),
+        ("platform binary, not one", platform, s(Production, t, tool, None, false), false),
+        ("platform_binary = false, not one", not_platform, s(Production, t, tool, None, false), true),
+        ("platform_binary = false, platform", not_platform, s(Production, None, ls, None, true), false),
+    ];
+    for (what, entry, by, matched) in cases {
+        let want = if matched { "deny:w" } else { "allow:default" };
+        let got = summary(&policy(entry).decide(&open(by, "/w/x", WRITE), &Facts::NONE));
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+/// A certificate entry matches a signed process whose leaf certificate has the hash, as
+/// Santa's `PolicyMatchesProcess` (`GetCertificateHash`) does, for invalid signatures too; but
+/// where a match would exempt the process (`paths_with_allowed_processes`), Gatehouse counts
+/// it only when the helper says the signature validated (FORMAT.md, "Deviations from Santa").
+#[test]
+fn watch_certificate_entries() {
+    let policy = |rule_type: &str| {
+        Policy::parse(
+            "cert.toml",
+            &format!(
+                r#"
+version = 1
+mode = "monitor"
+[defaults]
+bad_signature_protection = false
+[[watch]]
+name = "w"
+paths = [{{ path = "/w/", prefix = true }}]
+rule_type = "{rule_type}"
+audit_only = false
+processes = [{{ certificate = "{}" }}]
+"#,
+                hex("33", 32)
+            ),
+        )
+        .unwrap()
+    };
+    let cert = |valid: bool| {
+        let mut f = facts_cert("33");
+        if let Some(c) = &mut f.certificate {
+            c.valid = valid;
+        }
+        f
+    };
+    let by = |status| {
+        process(
+            "/opt/tool",
+            sig(status, Some("ABCDE12345"), None, None, 0, false),
+        )
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &str, model::Process, Facts, &str)> = vec![
+        ("denied, production", "paths_with_denied_processes", by(Production), cert(true), "deny:w"),
+        ("denied, development", "paths_with_denied_processes", by(Development), cert(true), "deny:w"),
+        ("denied, invalid signature", "paths_with_denied_processes", by(Invalid), cert(false), "deny:w"),
+        ("denied, ad hoc has none", "paths_with_denied_processes", by(AdHoc), Facts::NONE, "allow:default"),
+        ("denied, other certificate", "paths_with_denied_processes", by(Production), facts_cert("44"), "allow:default"),
+        ("confined, invalid signature", "processes_with_denied_paths", by(Invalid), cert(false), "deny:w"),
+        ("allowed, valid", "paths_with_allowed_processes", by(Production), cert(true), "allow:w"),
+        ("allowed, not valid", "paths_with_allowed_processes", by(Invalid), cert(false), "deny:w"),
+        ("allowed, unknown", "paths_with_allowed_processes", by(Invalid), Facts::NONE, "analyze:certificate"),
+    ];
+    for (what, rule_type, by, facts, want) in cases {
+        let got = summary(&policy(rule_type).decide(&open(by, "/w/x", WRITE), &facts));
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+/// Signing-id wildcards as FAAPolicyProcessorTest.mm `testPolicyMatchesProcess` ("SigningID
+/// prefix" section) has them: the first `*` matches any run of characters (empty too) and any
+/// later `*` is literal, so `com.*.*` does not match `com.northpolesec.test` but matches the
+/// id `com.northpolesec.*`.
+#[test]
+fn watch_signing_id_wildcards() {
+    let id = |pattern: &str, id: &str| {
+        let p = Policy::parse(
+            "sid.toml",
+            &format!(
+                r#"
+version = 1
+mode = "monitor"
+[[watch]]
+name = "w"
+paths = [{{ path = "/w" }}]
+rule_type = "paths_with_denied_processes"
+audit_only = false
+processes = [{{ signing_id = "ABCDE12345:{pattern}" }}]
+"#
+            ),
+        )
+        .unwrap();
+        let by = process(
+            "/opt/tool",
+            sig(Production, Some("ABCDE12345"), Some(id), None, 0, false),
+        );
+        summary(&p.decide(&open(by, "/w", WRITE), &Facts::NONE)) == "deny:w"
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("com.northpolesec.*", "com.northpolesec.test", true),
+        ("badtid*", "com.northpolesec.test", false),
+        ("com.*.test", "com.northpolesec.test", true),
+        ("*.northpolesec.test", "com.northpolesec.test", true),
+        ("*com.northpolesec.test", "com.northpolesec.test", true),
+        ("com.northpolesec.test", "com.northpolesec.test", true),
+        ("com.northpolesec.test*", "com.northpolesec.test", true),
+        ("*southpolesec.test", "com.northpolesec.test", false),
+        ("this.is.very.long.*.com.northpolesec.test", "com.northpolesec.test", false),
+        ("com.*.*", "com.northpolesec.test", false),
+        ("com.*.*", "com.northpolesec.*", true),
+        ("com.northpolesec.*", "com.northpolesec.*", true),
+    ];
+    for (pattern, sid, want) in cases {
+        assert_eq!(id(pattern, sid), want, "{pattern} vs {sid}");
+    }
+}

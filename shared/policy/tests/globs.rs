@@ -177,12 +177,14 @@ fn glob_errors_table() {
     );
     let e = Policy::parse_for("p.toml", &text, Os::Linux).unwrap_err();
     assert!(e.to_string().contains("more than 256 glob"), "{e}");
-    // Quoted metacharacters and an unclosed `[` are literal.
+    // Quoted metacharacters and an unclosed `[` are literal, kept as written (see
+    // `quoted_paths_without_wildcards_are_watched_as_written`).
     let lit = "version = 1\nmode = \"monitor\"\n[[watch]]\nname = \"w\"\naudit_only = false\n\
                paths = [{ path = '/a/\\*' }, { path = \"/a/[b\" }]\n";
     let p = Policy::parse_for("p.toml", lit, Os::Linux).unwrap();
     for (path, want) in [
-        ("/a/*", "deny:w"),
+        ("/a/\\*", "deny:w"),
+        ("/a/*", "allow:default"),
         ("/a/x", "allow:default"),
         ("/a/[b", "deny:w"),
     ] {
@@ -202,4 +204,50 @@ fn macos_glob_paths_are_canonicalized() {
         path: "/private/tmp/".into(),
         prefix: true
     }));
+}
+
+/// A watch path whose only glob characters are quoted (`\*`, `\[`) or an unclosed `[` has no
+/// wildcard for glob(3) (no `GLOB_MAGCHAR`), so Santa's Glob.mm `FindMatches` watches it exactly
+/// as written, backslashes included; a quoted character next to a real wildcard is that
+/// character.
+#[test]
+fn quoted_paths_without_wildcards_are_watched_as_written() {
+    let p = Policy::parse_for(
+        "quoted.toml",
+        r#"
+version = 1
+mode = "monitor"
+[[watch]]
+name = "star"
+paths = [{ path = '/q/\*' }]
+audit_only = false
+[[watch]]
+name = "class"
+paths = [{ path = '/q/\[x]' }]
+audit_only = false
+[[watch]]
+name = "unclosed"
+paths = [{ path = "/q/[y" }]
+audit_only = false
+[[watch]]
+name = "mixed"
+paths = [{ path = '/r/\**' }]
+audit_only = false
+"#,
+        Os::Linux,
+    )
+    .unwrap();
+    let cases = [
+        (r"/q/\*", "deny:star"),
+        ("/q/*", "allow:default"),
+        (r"/q/\[x]", "deny:class"),
+        ("/q/[x]", "allow:default"),
+        ("/q/[y", "deny:unclosed"),
+        ("/r/*abc", "deny:mixed"),
+        ("/r/abc", "allow:default"),
+    ];
+    for (path, want) in cases {
+        let ev = open(by("/usr/bin/cat"), path, WRITE);
+        assert_eq!(summary(&p.decide(&ev, &model::Facts::NONE)), want, "{path}");
+    }
 }

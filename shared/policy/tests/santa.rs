@@ -230,7 +230,7 @@ fn import_follows_santas_rule_table() {
 
 fn faa(processes: &str, options: &str) -> Vec<u8> {
     format!(
-        r#"<?xml version="1.0"?><plist version="1.0"><dict><key>WatchItems</key><dict><key>W</key><dict>
+        r#"<?xml version="1.0"?><plist version="1.0"><dict><key>Version</key><string>v1</string><key>WatchItems</key><dict><key>W</key><dict>
         <key>Paths</key><array><dict><key>Path</key><string>/etc/w</string></dict></array>
         <key>Options</key><dict><key>AuditOnly</key><false/>{options}</dict>
         <key>Processes</key><array>{processes}</array></dict></dict></dict></plist>"#
@@ -269,6 +269,11 @@ fn file_access_import_follows_santa() {
         ("TeamID scopes a SigningID taken whole", faa(r#"<dict><key>SigningID</key><string>platform:com.example</string><key>TeamID</key><string>ABCDE12345</string></dict>"#, ""),
             tool(Some("ABCDE12345"), "platform:com.example", false), "allow:W"),
         ("platFORM: prefix", faa(r#"<dict><key>SigningID</key><string>platFORM:com.apple.*</string></dict>"#, ""),
+            tool(None, "com.apple.cat", true), "allow:W"),
+        // FAAPolicyProcessor.mm `PolicyMatchesProcess` checks PlatformBinary only when true
+        // (FAAPolicyProcessorTest.mm `testPolicyMatchesProcess`: `platform_binary = false`
+        // with a team id matches): false does not exclude platform binaries.
+        ("PlatformBinary false is no constraint", faa(r#"<dict><key>BinaryPath</key><string>/opt/tool</string><key>PlatformBinary</key><false/></dict>"#, ""),
             tool(None, "com.apple.cat", true), "allow:W"),
     ];
     for (what, plist, ev, want) in cases {
@@ -315,5 +320,147 @@ fn file_access_block_message_unless_silent() {
         let imported = policy::santa::import(None, Some(&faa("", options))).unwrap();
         let p = Policy::parse("imported.toml", &imported.policy).unwrap();
         assert_eq!(p.rule_message(&model::RuleRef::new("W")), want, "{options}");
+    }
+}
+
+/// A FileAccessPolicy plist around `items` (the WatchItems dictionary's body), with or without
+/// the top-level Version.
+fn faa_items(version: bool, items: &str) -> Vec<u8> {
+    let version = if version {
+        "<key>Version</key><string>v1</string>"
+    } else {
+        ""
+    };
+    format!(
+        r#"<?xml version="1.0"?><plist version="1.0"><dict>{version}<key>WatchItems</key><dict>{items}</dict></dict></plist>"#
+    )
+    .into_bytes()
+}
+
+/// One watch item `name` with `paths`, `options` and `processes` (each an element's body).
+fn faa_item(name: &str, paths: &str, options: &str, processes: &str) -> String {
+    format!(
+        "<key>{name}</key><dict><key>Paths</key><array>{paths}</array>\
+         <key>Options</key><dict>{options}</dict>\
+         <key>Processes</key><array>{processes}</array></dict>"
+    )
+}
+
+/// (what, plist, event, decision, a note the import must give).
+type ImportCase = (
+    &'static str,
+    Vec<u8>,
+    model::Event,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// What Santa's WatchItems.mm accepts, the import takes, and decides as Santa does: a relative
+/// path gets a leading `/` (Glob.mm `FindMatches`; WatchItemsTest.mm
+/// `testPathPatternExpectations`, `testDataWatchItemsSubtraction`), boolean options may be any
+/// NSNumber (`testParseConfigSingleWatchItemGeneral`: `@(0)` is valid), a rule's own Version
+/// stands in for the file's, and a process entry Santa accepts but can never match (a relative
+/// BinaryPath, a team id compared exactly that no process has, an upper-case certificate hash;
+/// FAAPolicyProcessor.mm `PolicyMatchesProcess` compares them as strings) is left out with a
+/// note, as is a process-keyed item left with no entry (it never applies).
+#[test]
+fn file_access_import_accepts_what_santa_accepts() {
+    let w = r#"<dict><key>Path</key><string>/etc/w</string></dict>"#;
+    let hard = "<key>AuditOnly</key><false/>";
+    let team_entry = |t: &str| format!("<dict><key>TeamID</key><string>{t}</string></dict>");
+    let by = |team: Option<&str>| {
+        process(
+            "/opt/tool",
+            sig(Production, team, Some("com.example"), None, 0, false),
+        )
+    };
+    let upper_cert = format!(
+        "<dict><key>CertificateSha256</key><string>{}</string></dict>",
+        hex("AB", 32)
+    );
+    #[rustfmt::skip]
+    let cases: Vec<ImportCase> = vec![
+        ("relative path", faa_items(true, &faa_item("W", "<string>etc/w</string>", hard, "")),
+            open(by(None), "/etc/w", WRITE), "deny:W", None),
+        ("integer AuditOnly", faa_items(true, &faa_item("W", w, "<key>AuditOnly</key><integer>0</integer>", "")),
+            open(by(None), "/etc/w", WRITE), "deny:W", None),
+        ("integer IsPrefix", faa_items(true, &faa_item("W", "<dict><key>Path</key><string>/etc/d/</string><key>IsPrefix</key><integer>1</integer></dict>", hard, "")),
+            open(by(None), "/etc/d/x", WRITE), "deny:W", None),
+        ("rule Version without a file Version", faa_items(false, &faa_item("W", w, &format!("{hard}<key>Version</key><string>v2</string>"), "")),
+            open(by(None), "/etc/w", WRITE), "deny:W", None),
+        ("team id as written", faa_items(true, &faa_item("W", w, hard, &team_entry("ABCDE12345"))),
+            open(by(Some("ABCDE12345")), "/etc/w", WRITE), "allow:W", None),
+        ("lower-case team id never matches", faa_items(true, &faa_item("W", w, hard, &team_entry("abcde12345"))),
+            open(by(Some("ABCDE12345")), "/etc/w", WRITE), "deny:W", Some("TeamID \"abcde12345\"")),
+        ("nine-character team id never matches", faa_items(true, &faa_item("W", w, hard, &team_entry("ABCDE1234"))),
+            open(by(Some("ABCDE1234")), "/etc/w", WRITE), "deny:W", Some("TeamID \"ABCDE1234\"")),
+        ("relative BinaryPath never matches", faa_items(true, &faa_item("W", w, hard, "<dict><key>BinaryPath</key><string>opt/tool</string></dict>")),
+            open(by(None), "/etc/w", WRITE), "deny:W", Some("BinaryPath \"opt/tool\"")),
+        ("upper-case certificate never matches", faa_items(true, &faa_item("W", w, hard, &upper_cert)),
+            open(by(None), "/etc/w", WRITE), "deny:W", Some("CertificateSha256")),
+        ("process-keyed item without processes never applies", faa_items(true, &faa_item("W", w, &format!("{hard}<key>RuleType</key><string>ProcessesWithDeniedPaths</string>"), "")),
+            open(by(None), "/etc/w", WRITE), "allow:default", Some("never applies")),
+        ("process-keyed item whose only entry is dead", faa_items(true, &faa_item("W", w, &format!("{hard}<key>RuleType</key><string>ProcessesWithDeniedPaths</string>"), &team_entry("abcde12345"))),
+            open(by(Some("ABCDE12345")), "/etc/w", WRITE), "allow:default", Some("never applies")),
+    ];
+    for (what, plist, ev, want, note) in cases {
+        let imported =
+            policy::santa::import(None, Some(&plist)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(
+            summary(&p.decide(&ev, &Facts::NONE)),
+            want,
+            "{what}\n{}",
+            imported.policy
+        );
+        match note {
+            Some(n) => assert!(
+                imported.notes.iter().any(|x| x.contains(n)),
+                "{what}: {:?}",
+                imported.notes
+            ),
+            None => assert!(imported.notes.is_empty(), "{what}: {:?}", imported.notes),
+        }
+    }
+}
+
+/// Items Santa's WatchItems.mm ignores (`ParseConfig` logs "Ignoring file access rule") make the
+/// import fail, as an invalid item makes a policy file invalid: a bad name
+/// (`testIsWatchItemNameValid`), no version, keys of the wrong type or length
+/// (`testParseConfigSingleWatchItemGeneral`, `testVerifyConfigWatchItemPaths`,
+/// `testVerifyConfigWatchItemProcesses`), and two items with the same path, whose winner Santa
+/// leaves undefined (faa.md "only one rule will be applied ... which rule will be applied is
+/// undefined").
+#[test]
+fn file_access_import_refuses_what_santa_ignores() {
+    let w = r#"<dict><key>Path</key><string>/etc/w</string></dict>"#;
+    let long = "A".repeat(2049);
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad name", faa_items(true, &faa_item("My Rule", w, "", "")), "rule name"),
+        ("name too long", faa_items(true, &faa_item(&"a".repeat(65), w, "", "")), "rule name"),
+        ("no version", faa_items(false, &faa_item("W", w, "", "")), "no Version"),
+        ("string AuditOnly", faa_items(true, &faa_item("W", w, "<key>AuditOnly</key><string>NO</string>", "")), "AuditOnly must be a boolean"),
+        ("string EnableSilentTTYMode", faa_items(true, &faa_item("W", w, "<key>EnableSilentTTYMode</key><string>x</string>", "")), "EnableSilentTTYMode"),
+        ("integer path entry", faa_items(true, &faa_item("W", "<integer>0</integer>", "", "")), "string or a dictionary"),
+        ("string IsPrefix", faa_items(true, &faa_item("W", "<dict><key>Path</key><string>/a</string><key>IsPrefix</key><string>yes</string></dict>", "", "")), "IsPrefix"),
+        ("no paths", faa_items(true, &faa_item("W", "", "", "")), "no paths"),
+        ("long BlockMessage", faa_items(true, &faa_item("W", w, &format!("<key>BlockMessage</key><string>{long}</string>"), "")), "BlockMessage"),
+        ("negative RuleId", faa_items(true, &faa_item("W", w, "<key>RuleId</key><integer>-1</integer>", "")), "RuleId"),
+        ("string process entry", faa_items(true, &faa_item("W", w, "", "<string>x</string>")), "must be a dictionary"),
+        ("empty process entry", faa_items(true, &faa_item("W", w, "", "<dict></dict>")), "no attribute"),
+        ("short TeamID", faa_items(true, &faa_item("W", w, "", "<dict><key>TeamID</key><string>Blatform</string></dict>")), "invalid TeamID"),
+        ("long TeamID", faa_items(true, &faa_item("W", w, "", "<dict><key>TeamID</key><string>LongerThanExpected</string></dict>")), "TeamID"),
+        ("non-hex CDHash", faa_items(true, &faa_item("W", w, "", &format!("<dict><key>CDHash</key><string>{}</string></dict>", "Z".repeat(40)))), "CDHash"),
+        ("string PlatformBinary", faa_items(true, &faa_item("W", w, "", "<dict><key>PlatformBinary</key><string>YES</string></dict>")), "PlatformBinary"),
+        ("long top-level EventDetailText", faa_items(true, &format!("</dict><key>EventDetailText</key><string>{}</string><key>X</key><dict>", "a".repeat(49))), "EventDetailText"),
+        ("same path in two items", faa_items(true, &format!("{}{}", faa_item("A", w, "", ""), faa_item("B", w, "", ""))), "undefined"),
+    ];
+    for (what, plist, want) in cases {
+        let e = policy::santa::import(None, Some(&plist))
+            .map(|i| i.policy)
+            .expect_err(what)
+            .to_string();
+        assert!(e.contains(want), "{what}: {e}");
     }
 }
