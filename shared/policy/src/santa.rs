@@ -261,42 +261,154 @@ fn dict<'a>(v: &'a plist::Value, what: &str) -> Result<&'a plist::Dictionary, Im
         .ok_or_else(|| ImportError::Shape(format!("{what} must be a dictionary")))
 }
 
+/// A plist boolean as Santa reads one: any NSNumber, through `boolValue` (an `<integer>` or
+/// `<real>` counts, non-zero is true). `Err` for another type, which WatchItems.mm's
+/// `VerifyConfigKey` refuses.
+fn santa_bool(v: &plist::Value) -> Result<bool, ()> {
+    match v {
+        plist::Value::Boolean(b) => Ok(*b),
+        plist::Value::Integer(i) => Ok(i.as_signed() != Some(0)),
+        plist::Value::Real(r) => Ok(*r != 0.0),
+        _ => Err(()),
+    }
+}
+
+/// A string value of `d[key]` within Santa's length limits (`LenRangeValidator`, counted in
+/// characters as NSString does for these ASCII-range limits); `Ok(None)` when absent.
+fn santa_string<'a>(
+    d: &'a plist::Dictionary,
+    key: &str,
+    len: std::ops::RangeInclusive<usize>,
+) -> Result<Option<&'a str>, String> {
+    let Some(v) = d.get(key) else {
+        return Ok(None);
+    };
+    let s = v
+        .as_string()
+        .ok_or_else(|| format!("{key} must be a string"))?;
+    let n = s.encode_utf16().count();
+    if !len.contains(&n) {
+        return Err(format!(
+            "{key} must be {} to {} characters long, found {n}",
+            len.start(),
+            len.end()
+        ));
+    }
+    Ok(Some(s))
+}
+
+/// The longest path WatchItems.mm accepts (`PATH_MAX`).
+const PATH_MAX: usize = 1024;
+
 fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result<(), ImportError> {
     let root = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
     let root = dict(&root, "the root")?;
+    // WatchItems.mm `ParseConfig`: a malformed top-level Version fails the whole
+    // configuration; without one, every item needs its own.
+    let top_version = santa_string(root, "Version", 1..=256).map_err(ImportError::Shape)?;
     let Some(items) = root.get("WatchItems") else {
         notes.push("file-access plist has no WatchItems".into());
         return Ok(());
     };
     let items = dict(items, "WatchItems")?;
     for (name, item) in items {
+        let bad = |what: String| ImportError::Shape(format!("watch item {name}: {what}"));
+        // WatchItems.mm `IsWatchItemNameValid`: at most 64 characters of `[A-Za-z0-9._:-]`.
+        if name.is_empty()
+            || name.encode_utf16().count() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        {
+            return Err(bad(
+                "the name must be 1 to 64 letters, digits, '.', '_', ':' or '-' (Santa ignores \
+                 the item)"
+                    .into(),
+            ));
+        }
         let item = dict(item, &format!("watch item {name}"))?;
         let _ = write!(out, "\n[[watch]]\nname = {}\n", q(name));
-        // Paths: dictionaries {Path, IsPrefix}, or plain strings (exact).
+        // Paths (`VerifyConfigWatchItemPaths`): required, not empty, each a string (exact) or a
+        // dictionary with a Path and an optional numeric IsPrefix.
+        let Some(path_values) = item.get("Paths").and_then(|v| v.as_array()) else {
+            return Err(bad("Paths must be an array".into()));
+        };
         let mut paths = Vec::new();
-        for p in item
-            .get("Paths")
-            .and_then(|v| v.as_array())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
+        for p in path_values {
             // Globs keep their meaning: Gatehouse matches `*`, `?` and `[...]` as glob(3).
-            if let Some(s) = p.as_string() {
-                paths.push(format!("{{ path = {}, prefix = false }}", q(s)));
+            let (path, prefix) = if let Some(s) = p.as_string() {
+                if s.is_empty() || s.encode_utf16().count() > PATH_MAX {
+                    return Err(bad(format!(
+                        "path {s:?} must be 1 to {PATH_MAX} characters"
+                    )));
+                }
+                (s, false)
             } else if let Some(d) = p.as_dictionary() {
-                let path = d.get("Path").and_then(|v| v.as_string()).ok_or_else(|| {
-                    ImportError::Shape(format!("watch item {name}: a path entry has no Path"))
-                })?;
-                let prefix = d
-                    .get("IsPrefix")
-                    .and_then(|v| v.as_boolean())
-                    .unwrap_or(false);
-                paths.push(format!("{{ path = {}, prefix = {prefix} }}", q(path)));
-            }
+                let path = santa_string(d, "Path", 1..=PATH_MAX)
+                    .map_err(|e| bad(format!("a path entry: {e}")))?
+                    .ok_or_else(|| bad("a path entry has no Path".into()))?;
+                let prefix = match d.get("IsPrefix") {
+                    None => false,
+                    Some(v) => santa_bool(v)
+                        .map_err(|()| bad(format!("IsPrefix of {path:?} must be a boolean")))?,
+                };
+                (path, prefix)
+            } else {
+                return Err(bad("a Paths entry must be a string or a dictionary".into()));
+            };
+            paths.push(format!("{{ path = {}, prefix = {prefix} }}", q(path)));
+        }
+        if paths.is_empty() {
+            return Err(bad("Paths is empty".into()));
         }
         let _ = writeln!(out, "paths = [{}]", paths.join(", "));
-        let opts = item.get("Options").and_then(|v| v.as_dictionary());
-        let get_bool = |k: &str| opts.and_then(|o| o.get(k)).and_then(|v| v.as_boolean());
+        let opts = match item.get("Options") {
+            None => None,
+            Some(v) => Some(
+                v.as_dictionary()
+                    .ok_or_else(|| bad("Options must be a dictionary".into()))?,
+            ),
+        };
+        let mut bools = HashMap::new();
+        for key in [
+            "AllowReadAccess",
+            "AuditOnly",
+            "InvertProcessExceptions",
+            "EnableSilentMode",
+            "EnableSilentTTYMode",
+        ] {
+            if let Some(v) = opts.and_then(|o| o.get(key)) {
+                let b = santa_bool(v).map_err(|()| bad(format!("{key} must be a boolean")))?;
+                bools.insert(key, b);
+            }
+        }
+        let get_bool = |k: &str| bools.get(k).copied();
+        if let Some(o) = opts {
+            for (key, len) in [
+                ("BlockMessage", 0..=2048),
+                ("EventDetailURL", 0..=6000),
+                ("EventDetailText", 0..=48),
+                ("Version", 1..=256),
+            ] {
+                santa_string(o, key, len).map_err(bad)?;
+            }
+            if let Some(v) = o.get("RuleId") {
+                let ok = match v {
+                    plist::Value::Integer(i) => i.as_signed().is_none_or(|n| n >= 0),
+                    plist::Value::Real(r) => *r >= 0.0,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(bad("RuleId must be a non-negative number".into()));
+                }
+            }
+        }
+        if top_version.is_none() && opts.and_then(|o| o.get("Version")).is_none() {
+            return Err(bad(
+                "no Version, neither at the top level nor in Options (Santa ignores the item)"
+                    .into(),
+            ));
+        }
         // WatchItems.mm: RuleType compares case-insensitively and, when present, wins; only
         // without it does the deprecated InvertProcessExceptions choose.
         let rule_type = match opts.and_then(|o| o.get("RuleType")) {
@@ -336,30 +448,73 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             let _ = writeln!(out, "message = {}", q(m));
         }
         let mut procs = Vec::new();
-        for p in item
-            .get("Processes")
-            .and_then(|v| v.as_array())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            let Some(d) = p.as_dictionary() else { continue };
-            let s = |k: &str| d.get(k).and_then(|v| v.as_string());
-            let mut platform = d.get("PlatformBinary").and_then(|v| v.as_boolean());
-            let mut team = s("TeamID");
-            let bad = |what: String| ImportError::Shape(format!("watch item {name}: {what}"));
+        // Processes (`VerifyConfigWatchItemProcesses`): an array of dictionaries whose keys
+        // have Santa's types and lengths; one malformed entry invalidates the item.
+        let proc_values = match item.get("Processes") {
+            None => &[][..],
+            Some(v) => v
+                .as_array()
+                .ok_or_else(|| bad("Processes must be an array".into()))?
+                .as_slice(),
+        };
+        for p in proc_values {
+            let d = p
+                .as_dictionary()
+                .ok_or_else(|| bad("each Processes entry must be a dictionary".into()))?;
+            let text = |k: &str, len| santa_string(d, k, len).map_err(&bad);
+            let binary_path = text("BinaryPath", 1..=PATH_MAX)?;
+            let signing_id = text("SigningID", 1..=512)?;
+            let mut team = text("TeamID", 8..=10)?;
+            let hex = |key: &str, len: usize| match text(key, 0..=usize::MAX)? {
+                Some(h) if h.len() != len || !h.bytes().all(|b| b.is_ascii_hexdigit()) => Err(bad(
+                    format!("{key} must be {len} hex characters, found {h:?}"),
+                )),
+                h => Ok(h),
+            };
+            let cdhash = hex("CDHash", 40)?;
+            let certificate = hex("CertificateSha256", 64)?;
+            if let Some(t) = team
+                && t.len() == 8
+                && !t.eq_ignore_ascii_case("platform")
+            {
+                return Err(bad(format!("invalid TeamID {t:?}")));
+            }
+            let mut platform = match d.get("PlatformBinary") {
+                None => false,
+                Some(v) => {
+                    santa_bool(v).map_err(|()| bad("PlatformBinary must be a boolean".into()))?
+                }
+            };
+            // WatchItemProcess::Create: an entry needs at least one attribute, and
+            // PlatformBinary = false is none (it only means "no platform requirement").
+            if !platform
+                && [binary_path, signing_id, team, cdhash, certificate]
+                    .iter()
+                    .all(Option::is_none)
+            {
+                return Err(bad(
+                    "a Processes entry sets no attribute (Santa refuses it)".into(),
+                ));
+            }
             // WatchItemProcess::Create (WatchItemPolicy.h): a TeamID "platform" (any case) means
             // a platform binary; a real TeamID together with PlatformBinary is refused.
             if team.is_some_and(|t| t.eq_ignore_ascii_case("platform")) {
                 team = None;
-                platform = Some(true);
+                platform = true;
             }
-            if let (Some(t), Some(true)) = (team, platform) {
+            if let (Some(t), true) = (team, platform) {
                 return Err(bad(format!(
                     "a process sets both TeamID {t} and PlatformBinary, which Santa refuses"
                 )));
             }
+            if let Some(t) = team
+                && team_key(t).is_none()
+            {
+                return Err(bad(format!("TeamID {t:?} must be 10 letters or digits")));
+            }
+            let platform = platform.then_some(true);
             let mut keys = Vec::new();
-            if let Some(sid) = s("SigningID") {
+            if let Some(sid) = signing_id {
                 // With a TeamID or PlatformBinary the SigningID is taken whole; without, its
                 // own TEAMID: or platform: prefix scopes it, and an unscoped one is an error.
                 let full = match (team, platform) {
@@ -382,21 +537,22 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             } else if let Some(t) = team {
                 keys.push(format!("team_id = {}", q(t)));
             }
-            for (santa, ours) in [
-                ("CDHash", "cdhash"),
-                ("CertificateSha256", "certificate"),
-                ("BinaryPath", "binary_path"),
+            for (ours, value) in [
+                ("cdhash", cdhash),
+                ("certificate", certificate),
+                ("binary_path", binary_path),
             ] {
-                if let Some(v) = s(santa) {
+                if let Some(v) = value {
                     keys.push(format!("{ours} = {}", q(v)));
                 }
             }
+            // Santa's PlatformBinary only ever requires a platform binary
+            // (FAAPolicyProcessor.mm `PolicyMatchesProcess:`); false requires nothing, unlike
+            // Gatehouse's `platform_binary = false`, so only true is written.
             if let Some(b) = platform {
                 keys.push(format!("platform_binary = {b}"));
             }
-            if !keys.is_empty() {
-                procs.push(format!("    {{ {} }},", keys.join(", ")));
-            }
+            procs.push(format!("    {{ {} }},", keys.join(", ")));
         }
         if !procs.is_empty() {
             let _ = writeln!(out, "processes = [\n{}\n]", procs.join("\n"));

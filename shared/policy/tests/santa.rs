@@ -79,7 +79,7 @@ fn facts_sha_hex(h: &str) -> Facts {
 fn bad_inputs_are_errors() {
     assert!(policy::santa::import(Some("{\"rules\": 5}"), None).is_err());
     assert!(policy::santa::import(None, Some(b"not a plist")).is_err());
-    let bad_type = br#"<?xml version="1.0"?><plist version="1.0"><dict><key>WatchItems</key><dict><key>X</key><dict><key>Paths</key><array><string>/a</string></array><key>Options</key><dict><key>RuleType</key><string>Everything</string></dict></dict></dict></dict></plist>"#;
+    let bad_type = br#"<?xml version="1.0"?><plist version="1.0"><dict><key>Version</key><string>v1</string><key>WatchItems</key><dict><key>X</key><dict><key>Paths</key><array><string>/a</string></array><key>Options</key><dict><key>RuleType</key><string>Everything</string></dict></dict></dict></dict></plist>"#;
     assert!(policy::santa::import(None, Some(bad_type)).is_err());
 }
 
@@ -230,7 +230,7 @@ fn import_follows_santas_rule_table() {
 
 fn faa(processes: &str, options: &str) -> Vec<u8> {
     format!(
-        r#"<?xml version="1.0"?><plist version="1.0"><dict><key>WatchItems</key><dict><key>W</key><dict>
+        r#"<?xml version="1.0"?><plist version="1.0"><dict><key>Version</key><string>v1</string><key>WatchItems</key><dict><key>W</key><dict>
         <key>Paths</key><array><dict><key>Path</key><string>/etc/w</string></dict></array>
         <key>Options</key><dict><key>AuditOnly</key><false/>{options}</dict>
         <key>Processes</key><array>{processes}</array></dict></dict></dict></plist>"#
@@ -399,5 +399,101 @@ fn santactl_refusals_are_errors() {
             .expect_err(json)
             .to_string();
         assert!(e.contains(want), "{json}: {e}");
+    }
+}
+
+/// A plist with one watch item `name` whose dictionary holds `body`, and `top` before
+/// WatchItems (a top-level Version, or nothing).
+fn faa_item(top: &str, name: &str, body: &str) -> Vec<u8> {
+    format!(
+        r#"<?xml version="1.0"?><plist version="1.0"><dict>{top}<key>WatchItems</key><dict><key>{name}</key><dict>{body}</dict></dict></dict></plist>"#
+    )
+    .into_bytes()
+}
+
+/// Watch items Santa ignores are refused (Gatehouse invalidates the file instead: see the
+/// deviations), following WatchItems.mm's checks and WatchItemsTest.mm
+/// `testIsWatchItemNameValid`, `testVerifyConfigWatchItemPaths`,
+/// `testVerifyConfigWatchItemProcesses`, `testParseConfigSingleWatchItemGeneral` (no version
+/// anywhere) and WatchItemPolicy.h `WatchItemProcess::Create` (an entry with no attribute).
+#[test]
+fn file_access_items_santa_ignores_are_refused() {
+    let v = "<key>Version</key><string>v1</string>";
+    let paths = "<key>Paths</key><array><string>/etc/w</string></array>";
+    let procs = |p: &str| format!("{paths}<key>Processes</key><array>{p}</array>");
+    let long = "A".repeat(513);
+    let long_path = format!("/{}", "a".repeat(1024));
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("a name with a space", faa_item(v, "My Item", paths), "the name"),
+        ("a name over 64 characters", faa_item(v, &"N".repeat(65), paths), "the name"),
+        ("no Version anywhere", faa_item("", "W", paths), "no Version"),
+        ("an empty item Version", faa_item("", "W", &format!("{paths}<key>Options</key><dict><key>Version</key><string></string></dict>")), "Version"),
+        ("no Paths", faa_item(v, "W", ""), "Paths must be an array"),
+        ("empty Paths", faa_item(v, "W", "<key>Paths</key><array/>"), "Paths is empty"),
+        ("an empty path", faa_item(v, "W", "<key>Paths</key><array><string></string></array>"), "characters"),
+        ("a path over PATH_MAX", faa_item(v, "W", &format!("<key>Paths</key><array><string>{long_path}</string></array>")), "characters"),
+        ("a number among Paths", faa_item(v, "W", "<key>Paths</key><array><integer>1</integer></array>"), "string or a dictionary"),
+        ("IsPrefix as a string", faa_item(v, "W", "<key>Paths</key><array><dict><key>Path</key><string>/a</string><key>IsPrefix</key><string>yes</string></dict></array>"), "IsPrefix"),
+        ("Options not a dictionary", faa_item(v, "W", &format!("{paths}<key>Options</key><string>x</string>")), "Options must be"),
+        ("AuditOnly as a string", faa_item(v, "W", &format!("{paths}<key>Options</key><dict><key>AuditOnly</key><string>NO</string></dict>")), "AuditOnly"),
+        ("a BlockMessage over 2048", faa_item(v, "W", &format!("{paths}<key>Options</key><dict><key>BlockMessage</key><string>{}</string></dict>", "m".repeat(2049))), "BlockMessage"),
+        ("a negative RuleId", faa_item(v, "W", &format!("{paths}<key>Options</key><dict><key>RuleId</key><integer>-1</integer></dict>")), "RuleId"),
+        ("Processes not an array", faa_item(v, "W", &format!("{paths}<key>Processes</key><dict/>")), "Processes must be"),
+        ("a string among Processes", faa_item(v, "W", &procs("<string>/bin/ls</string>")), "dictionary"),
+        ("an empty process", faa_item(v, "W", &procs("<dict/>")), "no attribute"),
+        ("PlatformBinary false alone", faa_item(v, "W", &procs("<dict><key>PlatformBinary</key><false/></dict>")), "no attribute"),
+        ("a SigningID over 512", faa_item(v, "W", &procs(&format!("<dict><key>SigningID</key><string>ABCDE12345:{long}</string></dict>"))), "SigningID"),
+        ("a 7-character TeamID", faa_item(v, "W", &procs("<dict><key>TeamID</key><string>ABCDE12</string></dict>")), "TeamID"),
+        ("an 8-character TeamID that is not platform", faa_item(v, "W", &procs("<dict><key>TeamID</key><string>ABCDE123</string></dict>")), "TeamID"),
+        ("a short CDHash", faa_item(v, "W", &procs("<dict><key>CDHash</key><string>abab</string></dict>")), "CDHash"),
+        ("a certificate that is not hex", faa_item(v, "W", &procs(&format!("<dict><key>CertificateSha256</key><string>{}</string></dict>", "g".repeat(64)))), "CertificateSha256"),
+    ];
+    for (what, plist, want) in cases {
+        let e = policy::santa::import(None, Some(&plist))
+            .map(|i| i.policy)
+            .expect_err(what)
+            .to_string();
+        assert!(e.contains(want), "{what}: {e}");
+    }
+}
+
+/// Values Santa reads more loosely than a plist's types suggest: any NSNumber is a boolean
+/// (`boolValue`), so `<integer>1</integer>` is true; PlatformBinary false requires nothing
+/// (FAAPolicyProcessor.mm `PolicyMatchesProcess:` only checks it when true); an item's own
+/// Version stands in for a top-level one (WatchItems.mm `ParseConfigSingleWatchItem`).
+#[test]
+fn file_access_values_read_as_santa_reads_them() {
+    let v = "<key>Version</key><string>v1</string>";
+    let ls = |platform: bool| {
+        open(
+            process(
+                "/bin/ls",
+                sig(Production, None, Some("com.apple.ls"), None, 0, platform),
+            ),
+            "/etc/w/x",
+            WRITE,
+        )
+    };
+    let prefix_int = "<key>Paths</key><array><dict><key>Path</key><string>/etc/w/</string><key>IsPrefix</key><integer>1</integer></dict></array><key>Options</key><dict><key>AuditOnly</key><integer>0</integer></dict>";
+    let ls_not_platform = "<key>Paths</key><array><dict><key>Path</key><string>/etc/w/</string><key>IsPrefix</key><true/></dict></array><key>Options</key><dict><key>AuditOnly</key><false/></dict><key>Processes</key><array><dict><key>BinaryPath</key><string>/bin/ls</string><key>PlatformBinary</key><false/></dict></array>";
+    let own_version = "<key>Paths</key><array><dict><key>Path</key><string>/etc/w/</string><key>IsPrefix</key><true/></dict></array><key>Options</key><dict><key>Version</key><string>v2</string><key>AuditOnly</key><false/></dict>";
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<u8>, model::Event, &str)> = vec![
+        ("IsPrefix 1 and AuditOnly 0 as numbers", faa_item(v, "W", prefix_int), ls(true), "deny:W"),
+        ("PlatformBinary false allows a platform ls", faa_item(v, "W", ls_not_platform), ls(true), "allow:W"),
+        ("PlatformBinary false allows another ls", faa_item(v, "W", ls_not_platform), ls(false), "allow:W"),
+        ("the item's own Version", faa_item("", "W", own_version), ls(true), "deny:W"),
+    ];
+    for (what, plist, ev, want) in cases {
+        let imported =
+            policy::santa::import(None, Some(&plist)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(
+            summary(&p.decide(&ev, &Facts::NONE)),
+            want,
+            "{what}\n{}",
+            imported.policy
+        );
     }
 }
