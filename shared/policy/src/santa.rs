@@ -303,9 +303,12 @@ const PATH_MAX: usize = 1024;
 fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result<(), ImportError> {
     let root = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
     let root = dict(&root, "the root")?;
-    // WatchItems.mm `ParseConfig`: a malformed top-level Version fails the whole
-    // configuration; without one, every item needs its own.
+    // WatchItems.mm `ParseConfig`: a malformed top-level Version, EventDetailURL or
+    // EventDetailText fails the whole configuration; without a Version, every item needs its own.
     let top_version = santa_string(root, "Version", 1..=256).map_err(ImportError::Shape)?;
+    for (key, len) in [("EventDetailURL", 0..=6000), ("EventDetailText", 0..=48)] {
+        santa_string(root, key, len).map_err(ImportError::Shape)?;
+    }
     let Some(items) = root.get("WatchItems") else {
         notes.push("file-access plist has no WatchItems".into());
         return Ok(());
@@ -532,6 +535,14 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
                         }
                     },
                 };
+                // Santa's wildcard is the first '*' and later ones match literally
+                // (FAAPolicyProcessor.mm `PolicyMatchesProcess:`); Gatehouse refuses a second
+                // one rather than guess which was meant.
+                if sid.matches('*').count() > 1 {
+                    return Err(bad(format!(
+                        "SigningID {sid:?} has more than one '*', which Gatehouse refuses"
+                    )));
+                }
                 // The team is part of the signing id now; a team_id key would only repeat it.
                 keys.push(format!("signing_id = {}", q(&full)));
             } else if let Some(t) = team {

@@ -428,6 +428,8 @@ fn file_access_items_santa_ignores_are_refused() {
         ("a name with a space", faa_item(v, "My Item", paths), "the name"),
         ("a name over 64 characters", faa_item(v, &"N".repeat(65), paths), "the name"),
         ("no Version anywhere", faa_item("", "W", paths), "no Version"),
+        ("a top-level Version that is not a string", faa_item("<key>Version</key><integer>1</integer>", "W", paths), "Version must be a string"),
+        ("a top-level EventDetailText over 48", faa_item(&format!("{v}<key>EventDetailText</key><string>{}</string>", "t".repeat(49)), "W", paths), "EventDetailText"),
         ("an empty item Version", faa_item("", "W", &format!("{paths}<key>Options</key><dict><key>Version</key><string></string></dict>")), "Version"),
         ("no Paths", faa_item(v, "W", ""), "Paths must be an array"),
         ("empty Paths", faa_item(v, "W", "<key>Paths</key><array/>"), "Paths is empty"),
@@ -446,6 +448,7 @@ fn file_access_items_santa_ignores_are_refused() {
         ("a SigningID over 512", faa_item(v, "W", &procs(&format!("<dict><key>SigningID</key><string>ABCDE12345:{long}</string></dict>"))), "SigningID"),
         ("a 7-character TeamID", faa_item(v, "W", &procs("<dict><key>TeamID</key><string>ABCDE12</string></dict>")), "TeamID"),
         ("an 8-character TeamID that is not platform", faa_item(v, "W", &procs("<dict><key>TeamID</key><string>ABCDE123</string></dict>")), "TeamID"),
+        ("two wildcards (deviation: Santa matches the second literally)", faa_item(v, "W", &procs("<dict><key>SigningID</key><string>com.*.*test</string><key>TeamID</key><string>ABCDE12345</string></dict>")), "more than one"),
         ("a short CDHash", faa_item(v, "W", &procs("<dict><key>CDHash</key><string>abab</string></dict>")), "CDHash"),
         ("a certificate that is not hex", faa_item(v, "W", &procs(&format!("<dict><key>CertificateSha256</key><string>{}</string></dict>", "g".repeat(64)))), "CertificateSha256"),
     ];
