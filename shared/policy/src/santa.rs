@@ -314,6 +314,8 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
         return Ok(());
     };
     let items = dict(items, "WatchItems")?;
+    // Which path-keyed item holds each (path, prefix), for the duplicate check below.
+    let mut path_owner: HashMap<(String, bool), &str> = HashMap::new();
     for (name, item) in items {
         let bad = |what: String| ImportError::Shape(format!("watch item {name}: {what}"));
         // WatchItems.mm `IsWatchItemNameValid`: at most 64 characters of `[A-Za-z0-9._:-]`.
@@ -337,6 +339,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             return Err(bad("Paths must be an array".into()));
         };
         let mut paths = Vec::new();
+        let mut item_paths: Vec<(String, bool)> = Vec::new();
         for p in path_values {
             // Globs keep their meaning: Gatehouse matches `*`, `?` and `[...]` as glob(3).
             let (path, prefix) = if let Some(s) = p.as_string() {
@@ -359,6 +362,14 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             } else {
                 return Err(bad("a Paths entry must be a string or a dictionary".into()));
             };
+            // Santa keeps an item's paths as a set: the same entry twice is one.
+            if item_paths
+                .iter()
+                .any(|(p, pre)| p == path && *pre == prefix)
+            {
+                continue;
+            }
+            item_paths.push((path.to_owned(), prefix));
             paths.push(format!("{{ path = {}, prefix = {prefix} }}", q(path)));
         }
         if paths.is_empty() {
@@ -431,6 +442,19 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
                 }
             },
         };
+        // Santa's prefix tree keeps one item per path, whichever it inserts last from an
+        // unordered set; Gatehouse refuses the file rather than pick one.
+        if rule_type.starts_with("paths_") {
+            for key in item_paths {
+                if let Some(other) = path_owner.insert(key.clone(), name) {
+                    return Err(bad(format!(
+                        "path {:?} is also watched by item {other}: Santa keeps one of the two \
+                         (which one is not defined), Gatehouse refuses both",
+                        key.0
+                    )));
+                }
+            }
+        }
         let _ = writeln!(out, "rule_type = \"{rule_type}\"");
         let _ = writeln!(
             out,

@@ -424,7 +424,7 @@ fn file_access_items_santa_ignores_are_refused() {
     let long = "A".repeat(513);
     let long_path = format!("/{}", "a".repeat(1024));
     #[rustfmt::skip]
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("a name with a space", faa_item(v, "My Item", paths), "the name"),
         ("a name over 64 characters", faa_item(v, &"N".repeat(65), paths), "the name"),
         ("no Version anywhere", faa_item("", "W", paths), "no Version"),
@@ -452,6 +452,21 @@ fn file_access_items_santa_ignores_are_refused() {
         ("a short CDHash", faa_item(v, "W", &procs("<dict><key>CDHash</key><string>abab</string></dict>")), "CDHash"),
         ("a certificate that is not hex", faa_item(v, "W", &procs(&format!("<dict><key>CertificateSha256</key><string>{}</string></dict>", "g".repeat(64)))), "CertificateSha256"),
     ];
+    let two = |second_type: &str| {
+        format!(
+            r#"<?xml version="1.0"?><plist version="1.0"><dict>{v}<key>WatchItems</key><dict>
+            <key>A</key><dict>{paths}</dict>
+            <key>B</key><dict>{paths}<key>Options</key><dict><key>RuleType</key><string>{second_type}</string></dict>
+            <key>Processes</key><array><dict><key>BinaryPath</key><string>/bin/x</string></dict></array></dict>
+            </dict></dict></plist>"#
+        )
+        .into_bytes()
+    };
+    cases.push((
+        "the same path in two path-keyed items (PrefixTree.h keeps the last inserted)",
+        two("PathsWithDeniedProcesses"),
+        "also watched by item A",
+    ));
     for (what, plist, want) in cases {
         let e = policy::santa::import(None, Some(&plist))
             .map(|i| i.policy)
@@ -487,6 +502,7 @@ fn file_access_values_read_as_santa_reads_them() {
         ("PlatformBinary false allows a platform ls", faa_item(v, "W", ls_not_platform), ls(true), "allow:W"),
         ("PlatformBinary false allows another ls", faa_item(v, "W", ls_not_platform), ls(false), "allow:W"),
         ("the item's own Version", faa_item("", "W", own_version), ls(true), "deny:W"),
+        ("an item's path twice is one path (Santa's set)", faa_item(v, "W", &format!("<key>Paths</key><array><string>/etc/w/x</string><dict><key>Path</key><string>/etc/w/x</string></dict></array>{}", "<key>Options</key><dict><key>AuditOnly</key><false/></dict>")), ls(true), "deny:W"),
     ];
     for (what, plist, ev, want) in cases {
         let imported =
