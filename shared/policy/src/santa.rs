@@ -332,6 +332,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             ));
         }
         let item = dict(item, &format!("watch item {name}"))?;
+        let item_start = out.len();
         let _ = write!(out, "\n[[watch]]\nname = {}\n", q(name));
         // Paths (`VerifyConfigWatchItemPaths`): required, not empty, each a string (exact) or a
         // dictionary with a Path and an optional numeric IsPrefix.
@@ -588,6 +589,16 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
                 keys.push(format!("platform_binary = {b}"));
             }
             procs.push(format!("    {{ {} }},", keys.join(", ")));
+        }
+        if procs.is_empty() && rule_type.starts_with("processes_") {
+            // Santa loads a process-keyed item without processes, and it applies to no one;
+            // Gatehouse requires a process, so the item is left out to the same effect.
+            out.truncate(item_start);
+            notes.push(format!(
+                "watch item {name}: {rule_type} without Processes applies to no process in \
+                 Santa, skipped"
+            ));
+            continue;
         }
         if !procs.is_empty() {
             let _ = writeln!(out, "processes = [\n{}\n]", procs.join("\n"));

@@ -515,4 +515,21 @@ fn file_access_values_read_as_santa_reads_them() {
             imported.policy
         );
     }
+    // A process-keyed item without processes applies to no process in Santa (its policies are
+    // found by process, SNTEndpointSecurityProcessFileAccessAuthorizer.mm
+    // `findPolicyForProcess:` walks their processes): left out, with a note.
+    for rule_type in ["ProcessesWithDeniedPaths", "ProcessesWithAllowedPaths"] {
+        let body = format!(
+            "<key>Paths</key><array><string>/etc/w/x</string></array><key>Options</key><dict><key>AuditOnly</key><false/><key>RuleType</key><string>{rule_type}</string></dict>"
+        );
+        let imported = policy::santa::import(None, Some(&faa_item(v, "W", &body)))
+            .unwrap_or_else(|e| panic!("{rule_type}: {e}"));
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(
+            summary(&p.decide(&ls(false), &Facts::NONE)),
+            "allow:default",
+            "{rule_type}"
+        );
+        assert_eq!(imported.notes.len(), 1, "{rule_type}: {:?}", imported.notes);
+    }
 }
