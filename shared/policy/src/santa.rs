@@ -262,14 +262,14 @@ fn dict<'a>(v: &'a plist::Value, what: &str) -> Result<&'a plist::Dictionary, Im
 }
 
 /// A plist boolean as Santa reads one: any NSNumber, through `boolValue` (an `<integer>` or
-/// `<real>` counts, non-zero is true). `Err` for another type, which WatchItems.mm's
+/// `<real>` counts, non-zero is true). `None` for another type, which WatchItems.mm's
 /// `VerifyConfigKey` refuses.
-fn santa_bool(v: &plist::Value) -> Result<bool, ()> {
+fn santa_bool(v: &plist::Value) -> Option<bool> {
     match v {
-        plist::Value::Boolean(b) => Ok(*b),
-        plist::Value::Integer(i) => Ok(i.as_signed() != Some(0)),
-        plist::Value::Real(r) => Ok(*r != 0.0),
-        _ => Err(()),
+        plist::Value::Boolean(b) => Some(*b),
+        plist::Value::Integer(i) => Some(i.as_signed() != Some(0)),
+        plist::Value::Real(r) => Some(*r != 0.0),
+        _ => None,
     }
 }
 
@@ -357,7 +357,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
                 let prefix = match d.get("IsPrefix") {
                     None => false,
                     Some(v) => santa_bool(v)
-                        .map_err(|()| bad(format!("IsPrefix of {path:?} must be a boolean")))?,
+                        .ok_or_else(|| bad(format!("IsPrefix of {path:?} must be a boolean")))?,
                 };
                 (path, prefix)
             } else {
@@ -393,7 +393,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             "EnableSilentTTYMode",
         ] {
             if let Some(v) = opts.and_then(|o| o.get(key)) {
-                let b = santa_bool(v).map_err(|()| bad(format!("{key} must be a boolean")))?;
+                let b = santa_bool(v).ok_or_else(|| bad(format!("{key} must be a boolean")))?;
                 bools.insert(key, b);
             }
         }
@@ -510,7 +510,7 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
             let mut platform = match d.get("PlatformBinary") {
                 None => false,
                 Some(v) => {
-                    santa_bool(v).map_err(|()| bad("PlatformBinary must be a boolean".into()))?
+                    santa_bool(v).ok_or_else(|| bad("PlatformBinary must be a boolean".into()))?
                 }
             };
             // WatchItemProcess::Create: an entry needs at least one attribute, and
