@@ -449,6 +449,7 @@ fn file_access_items_santa_ignores_are_refused() {
         ("a 7-character TeamID", faa_item(v, "W", &procs("<dict><key>TeamID</key><string>ABCDE12</string></dict>")), "TeamID"),
         ("an 8-character TeamID that is not platform", faa_item(v, "W", &procs("<dict><key>TeamID</key><string>ABCDE123</string></dict>")), "TeamID"),
         ("two wildcards (deviation: Santa matches the second literally)", faa_item(v, "W", &procs("<dict><key>SigningID</key><string>com.*.*test</string><key>TeamID</key><string>ABCDE12345</string></dict>")), "more than one"),
+        ("a 10-character TeamID with a dash (deviation: Santa loads it, never matching)", faa_item(v, "W", &procs("<dict><key>TeamID</key><string>ABCDE-1234</string></dict>")), "10 letters or digits"),
         ("a short CDHash", faa_item(v, "W", &procs("<dict><key>CDHash</key><string>abab</string></dict>")), "CDHash"),
         ("a certificate that is not hex", faa_item(v, "W", &procs(&format!("<dict><key>CertificateSha256</key><string>{}</string></dict>", "g".repeat(64)))), "CertificateSha256"),
     ];
