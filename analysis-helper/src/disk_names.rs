@@ -20,6 +20,19 @@ pub fn bus_from_protocol(protocol: Option<&str>, network: bool) -> VolumeBus {
     }
 }
 
+/// Whether a disk is removable media for the mount policy (`removable = true`): exactly the disks
+/// Santa's device manager acts on (SNTEndpointSecurityDeviceManager.mm
+/// `shouldOperateOnDiskWithProperties:`). An SD card counts even in a built-in reader (which
+/// DiskArbitration calls internal); otherwise a disk must be neither internal nor a virtual
+/// interface (a disk image), and then counts even with fixed, non-ejectable media (a USB4 or
+/// Thunderbolt SSD). Santa's removable, ejectable and USB checks come after these and cannot
+/// change the answer, so they are not inputs. Protocols compare exactly, as Santa's do.
+pub fn removable_media(internal: bool, protocol: Option<&str>) -> bool {
+    let secure_digital = protocol == Some("Secure Digital");
+    let virtual_interface = protocol == Some("Virtual Interface");
+    secure_digital || (!internal && !virtual_interface)
+}
+
 /// `/dev/disk4s1` (a mount's `f_mntfromname`) to the BSD name `disk4s1`; `None` for sources
 /// that are not local devices (network shares, `map auto_home`, ...).
 pub fn bsd_name(source: &str) -> Option<&str> {
@@ -46,6 +59,31 @@ mod tests {
         ];
         for (src, want) in cases {
             assert_eq!(bsd_name(src), want, "{src}");
+        }
+    }
+
+    /// Santa's scope, one row per disk description in SNTEndpointSecurityDeviceManagerTest.mm
+    /// (and the branches of `shouldOperateOnDiskWithProperties:` it has no test for).
+    #[test]
+    fn removable_media_table() {
+        #[rustfmt::skip]
+        let cases = [
+            // (internal, protocol, in scope, source)
+            (false, Some("USB"), true, "testRemount: the USB stick every test mounts"),
+            (false, Some("Virtual Interface"), false, "testEnsureDMGsDoNotPrompt: a disk image"),
+            (false, Some("PCI-Express"), true, "testUSB4ThunderboltExternalSSDBlocked: fixed, not ejectable"),
+            (true, Some("SATA"), false, "testEncryptedMountApproval_InternalDevice_Approves"),
+            (true, Some("Secure Digital"), true, "an SD card in a built-in reader"),
+            (false, Some("Secure Digital"), true, "an SD card in a USB reader that reports SD"),
+            (true, Some("USB"), false, "internal and not SD: internal USB media are skipped"),
+            (true, Some("Virtual Interface"), false, "internal virtual"),
+            (false, None, true, "no protocol, not internal: external"),
+            (true, None, false, "no protocol, internal"),
+            (false, Some("usb"), true, "not internal: in scope whatever the protocol's case"),
+            (false, Some("virtual interface"), true, "Santa compares the protocol exactly"),
+        ];
+        for (internal, protocol, want, what) in cases {
+            assert_eq!(removable_media(internal, protocol), want, "{what}");
         }
     }
 

@@ -18,13 +18,13 @@ use objc2_core_foundation::{
 use objc2_disk_arbitration::{
     DADisk, DADissenter, DASession, kDADiskDescriptionDeviceInternalKey,
     kDADiskDescriptionDeviceProtocolKey, kDADiskDescriptionMediaEncryptedKey,
-    kDADiskDescriptionMediaRemovableKey, kDADiskDescriptionVolumeKindKey,
-    kDADiskDescriptionVolumeNetworkKey, kDADiskDescriptionVolumeUUIDKey, kDADiskMountOptionDefault,
-    kDADiskUnmountOptionDefault, kDADiskUnmountOptionForce,
+    kDADiskDescriptionVolumeKindKey, kDADiskDescriptionVolumeNetworkKey,
+    kDADiskDescriptionVolumeUUIDKey, kDADiskMountOptionDefault, kDADiskUnmountOptionDefault,
+    kDADiskUnmountOptionForce,
 };
 
 use crate::analyzer::{AnalysisError, VolumeInspector};
-use crate::disk_names::{bsd_name, bus_from_protocol};
+use crate::disk_names::{bsd_name, bus_from_protocol, removable_media};
 
 /// DiskArbitration-backed inspector. Each call opens its own session: DASession is not
 /// thread-safe to share, and a session costs one mach port.
@@ -254,17 +254,8 @@ impl VolumeInspector for DiskArbitrationVolumes {
         // every value is type-checked (`downcast`) before use.
         let desc: CFRetained<Description> = unsafe { CFRetained::cast_unchecked(desc) };
         // SAFETY: the `kDADiskDescription*` keys are constant CFStrings DiskArbitration exports.
-        let (
-            removable_key,
-            protocol_key,
-            network_key,
-            encrypted_key,
-            uuid_key,
-            kind_key,
-            internal_key,
-        ) = unsafe {
+        let (protocol_key, network_key, encrypted_key, uuid_key, kind_key, internal_key) = unsafe {
             (
-                kDADiskDescriptionMediaRemovableKey,
                 kDADiskDescriptionDeviceProtocolKey,
                 kDADiskDescriptionVolumeNetworkKey,
                 kDADiskDescriptionMediaEncryptedKey,
@@ -274,11 +265,10 @@ impl VolumeInspector for DiskArbitrationVolumes {
             )
         };
         let network = flag(&desc, network_key).unwrap_or(false);
+        // A missing key reads as false, as Santa's `boolValue` on nil does.
         let internal = flag(&desc, internal_key).unwrap_or(false);
-        // The mount policy's scope is "external and removable media": a disk that is not
-        // internal (a USB or Thunderbolt SSD) counts as removable even if its media is fixed.
-        let removable = flag(&desc, removable_key).unwrap_or(false) || !internal;
         let protocol = string(&desc, protocol_key);
+        let removable = removable_media(internal, protocol.as_deref());
         let uuid = get::<CFUUID>(&desc, uuid_key)
             .and_then(|u| CFUUID::new_string(None, Some(&u)))
             .map(|s| s.to_string());

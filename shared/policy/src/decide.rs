@@ -659,10 +659,6 @@ impl FileAcc {
     }
 }
 
-fn is_platform(cs: &CodeSigning) -> bool {
-    cs.is_platform_binary && cs.status != SigningStatus::Invalid
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tri {
     Yes,
@@ -747,7 +743,8 @@ fn proc_matches(p: &ProcMatcher, process: &Process, facts: &Facts, allowing: boo
 /// and is parsed as a URL): `//user@host/share`, `smb://host/x`, `host:/export`, and IPv6 hosts in
 /// brackets (`[2001:db8::5]:/srv`, `//user@[2001:db8::5]/share`), returned without them. `None`
 /// when there is no host or the authority is malformed (an unclosed bracket, an unbracketed
-/// IPv6 address): then no `network_hosts` list matches, as Santa's allow list does not.
+/// IPv6 address, a character NSURL refuses in a host): then no `network_hosts` list matches,
+/// as Santa's allow list does not.
 fn network_host(source: &str) -> Option<&str> {
     let rest = match source.split_once("://") {
         Some((_, r)) => r,
@@ -768,10 +765,22 @@ fn network_host(source: &str) -> Option<&str> {
             if port.contains(':') || !port.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
+            // NSURL refuses a host with characters RFC 3986 does not allow in a reg-name (a
+            // space, quotes, `<>`, `\`, `^`, `{|}`): Santa then has no host at all
+            // (SNTEndpointSecurityDeviceManagerTest.mm `testNetworkMountFailClosedWithInvalidURL`).
+            if host.bytes().any(|b| b.is_ascii() && !reg_name_byte(b)) {
+                return None;
+            }
             host
         }
     };
     (!host.is_empty() && !host.contains(['[', ']'])).then_some(host)
+}
+
+/// An ASCII byte RFC 3986 allows in a host's reg-name: unreserved, sub-delims, or the `%` of a
+/// percent-encoding.
+fn reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)
 }
 
 fn mount_matches(m: &CompiledMount, mount: &MountInfo, facts: &Facts) -> Tri {
@@ -831,6 +840,7 @@ mod tests {
 
     #[test]
     fn network_host_table() {
+        #[rustfmt::skip]
         let cases = [
             ("//alice@nas.corp/share", Some("nas.corp")),
             ("smb://nas.corp/share", Some("nas.corp")),
@@ -853,6 +863,24 @@ mod tests {
             ("[nas.corp]:/srv", None),
             ("[2001:db8::5]x:/srv", None),
             ("smb://host:port/x", None),
+            // SNTEndpointSecurityDeviceManagerTest.mm, one row per network mount test: the host
+            // Santa's allow list is checked against.
+            ("smb://server.example.com/share", Some("server.example.com")), // testNetworkMountAllowedByHost
+            ("localhost:/", Some("localhost")), // testNFSNetworkMountBlocked
+            ("nfs-server.local:/exports/share", Some("nfs-server.local")), // testNFSNetworkMountAllowedByHost
+            ("//admin@192.168.64.3/admin", Some("192.168.64.3")), // testSMBNetworkMountWithUNCFormat
+            ("192.168.1.10:/exports/share", Some("192.168.1.10")), // testNFSNetworkMountWithIPAddress
+            ("[2001:db8::1]:/export/path", Some("2001:db8::1")),   // testNFSNetworkMountWithIPv6
+            ("//CORP;admin@server.corp.com/share", Some("server.corp.com")), // testSMBNetworkMountWithDomainPrefix
+            ("//admin@[2001:db8::1]/share", Some("2001:db8::1")),  // testSMBNetworkMountWithIPv6
+            ("//fileserver.local/public", Some("fileserver.local")), // testSMBNetworkMountAnonymous
+            ("//admin@192.168.64.2:445/share", Some("192.168.64.2")), // testSMBNetworkMountWithPort
+            ("afp://admin@timecapsule.local/backups", Some("timecapsule.local")), // testAFPNetworkMountAllowedByHost
+            ("rogue-server.local:/exports/data", Some("rogue-server.local")), // testNFSNetworkMountBlockedNotOnAllowlist
+            ("not a valid host", None), // testNetworkMountFailClosedWithInvalidURL
+            // WebDAV keeps its URL; a space in the path is not in the host.
+            ("https://dav.corp/remote.php/dav/files/a b", Some("dav.corp")),
+            ("//bad\"host/share", None),
         ];
         for (src, want) in cases {
             assert_eq!(network_host(src), want, "{src}");

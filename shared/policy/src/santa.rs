@@ -139,6 +139,13 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
             "must be an object with a \"rules\" array".into(),
         ));
     };
+    // SNTRuleTable.mm `addExecutionRules:...ruleCleanup:` refuses an empty rule array (santactl
+    // imports without a cleanup), so an empty rules file is an error here too.
+    if rules.is_empty() {
+        return Err(ImportError::RulesShape(
+            "the \"rules\" array is empty (santactl refuses to import it)".into(),
+        ));
+    }
     // Santa keys its rule table by (identifier, rule type), both normalised, and a later rule
     // for the same key replaces an earlier one (REMOVE deletes it); keep the last, in
     // first-seen order.
@@ -181,14 +188,24 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
         };
         let id = canonical_identifier(key, id)
             .map_err(|e| bad(id, format!("{rule_type} identifier {e}")))?;
+        // SNTRule.mm `initWithIdentifier:` refuses a CEL rule without its expression.
+        if policy == "CEL" && field("cel_expr").is_none() {
+            return Err(bad(&id, "is a CEL rule without a cel_expr".into()));
+        }
         let k = (key, id);
+        // Every rule Santa stores, even one it never matches, takes the (identifier, type)
+        // row (SNTRuleTable.mm `INSERT OR REPLACE`): a rule skipped here still ends an earlier
+        // rule for the key, as REMOVE does.
+        let mut forget = |k: &(&'static str, String)| {
+            last.remove(k);
+            order.retain(|o| o != k);
+        };
         let (action, msg) = match action {
             Policy::Allow => ("allow", field("custom_msg")),
             Policy::Block => ("block", field("custom_msg")),
             Policy::SilentBlock => ("block", None),
             Policy::Remove => {
-                last.remove(&k);
-                order.retain(|o| *o != k);
+                forget(&k);
                 continue;
             }
             Policy::Unsupported => {
@@ -196,9 +213,19 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
                     "rule {n} ({}): policy {policy} has no Gatehouse equivalent, skipped",
                     k.1
                 ));
+                forget(&k);
                 continue;
             }
         };
+        // Shown by Santa's block dialog only; Gatehouse's message is text alone.
+        for extra in ["custom_url", "event_detail_button_label"] {
+            if field(extra).is_some() {
+                notes.push(format!(
+                    "rule {n} ({}): {extra} has no Gatehouse equivalent, dropped",
+                    k.1
+                ));
+            }
+        }
         if !last.contains_key(&k) {
             order.push(k.clone());
         }

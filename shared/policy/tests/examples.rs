@@ -2,6 +2,9 @@
 
 use std::path::Path;
 
+mod common;
+
+use common::*;
 use policy::Policy;
 
 #[test]
@@ -35,4 +38,25 @@ fn every_example_parses() {
 #[test]
 fn embedded_default_parses() {
     Policy::parse("default.toml", policy::EMBEDDED_DEFAULT_TOML).unwrap();
+}
+
+/// The kiosk example's mount rules decide as their names say, with the helper's facts as
+/// Santa's scope gives them (an external Thunderbolt disk is removable media: neither internal
+/// nor a disk image, SNTEndpointSecurityDeviceManager.mm `shouldOperateOnDiskWithProperties:`).
+#[test]
+fn kiosk_mount_rules() {
+    use model::{MountDisposition as D, MountFlags, VolumeBus};
+    let text = include_str!("../../../examples/kiosk.toml");
+    let p = Policy::parse_for("kiosk.toml", text, defaults::Os::Macos).unwrap();
+    let none = MountFlags::default();
+    #[rustfmt::skip]
+    let cases = [
+        ("external thunderbolt disk", mount("/dev/disk4s1", "apfs", D::External, none), facts_volume(true, false, VolumeBus::Thunderbolt), "deny:no-external-thunderbolt"),
+        ("usb stick", mount("/dev/disk5s1", "msdos", D::External, none), facts_volume(true, false, VolumeBus::Usb), "deny:removable-read-only"),
+        ("corp share", mount("//kiosk@files.corp.example/x", "smbfs", D::Network, none), model::Facts::NONE, "allow:corp-file-server"),
+        ("other share", mount("//nas.home/x", "smbfs", D::Network, none), model::Facts::NONE, "deny:no-other-network-mounts"),
+    ];
+    for (what, ev, facts, want) in cases {
+        assert_eq!(summary(&p.decide(&ev, &facts)), want, "{what}");
+    }
 }

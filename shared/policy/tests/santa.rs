@@ -464,3 +464,86 @@ fn file_access_import_refuses_what_santa_ignores() {
         assert!(e.contains(want), "{what}: {e}");
     }
 }
+
+/// Every rule Santa stores takes its (identifier, type) row (SNTRuleTable.mm
+/// `addExecutionRules:toDB:errors:`, `INSERT OR REPLACE`; SNTRuleTableTest.mm
+/// `testAddMultipleRules`), including rules Gatehouse skips: a later CEL or local-allow rule
+/// ends an earlier block for the key, as in Santa's table.
+#[test]
+fn skipped_rules_still_replace_earlier_ones() {
+    let team = exec(
+        "/x",
+        sig(
+            Production,
+            Some("ABCDE12345"),
+            Some("com.example.tool"),
+            None,
+            0,
+            false,
+        ),
+    );
+    let block = r#"{"identifier": "ABCDE12345", "policy": "BLOCKLIST", "rule_type": "TEAMID"}"#;
+    let sig_block = r#"{"identifier": "ABCDE12345:com.example.tool", "policy": "BLOCKLIST", "rule_type": "SIGNINGID"}"#;
+    let known = Facts {
+        sha256: Some(sha("99")),
+        certificate: facts_cert("99").certificate,
+        ..Facts::NONE
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<&str>, &str, usize)> = vec![
+        // (what, rules, decision for the team's tool, notes)
+        ("a block alone", vec![block], "deny:santa-team-id-1", 0),
+        ("a later CEL rule replaces the block", vec![block,
+            r#"{"identifier": "ABCDE12345", "policy": "CEL", "rule_type": "TEAMID", "cel_expr": "true"}"#,
+        ], "would_deny", 1),
+        ("a later local-signing-id allow replaces the block", vec![sig_block,
+            r#"{"identifier": "ABCDE12345:com.example.tool", "policy": "ALLOWLIST_LOCAL_SIGNINGID", "rule_type": "SIGNINGID"}"#,
+        ], "would_deny", 1),
+        // (A team-id compiler rule that stands is refused: `compiler_rules_are_cdhash_sha256_or_
+        // signing_id_only` in transitive.rs.) One replaced later is no rule at all:
+        ("a team-id compiler rule replaced by a CEL rule", vec![
+            r#"{"identifier": "ABCDE12345", "policy": "ALLOWLIST_COMPILER", "rule_type": "TEAMID"}"#,
+            r#"{"identifier": "ABCDE12345", "policy": "CEL", "rule_type": "TEAMID", "cel_expr": "true"}"#,
+        ], "would_deny", 1),
+        ("a signing-id compiler rule is an allow", vec![sig_block,
+            r#"{"identifier": "ABCDE12345:com.example.tool", "policy": "ALLOWLIST_COMPILER", "rule_type": "SIGNINGID"}"#,
+        ], "allow:santa-signing-id-1", 0),
+        ("a rule for another type leaves the block", vec![block,
+            r#"{"identifier": "ABCDE12345:x", "policy": "CEL", "rule_type": "SIGNINGID", "cel_expr": "true"}"#,
+        ], "deny:santa-team-id-1", 1),
+        ("the block's dialog URL and button are reported, not kept", vec![
+            r#"{"identifier": "ABCDE12345", "policy": "BLOCKLIST", "rule_type": "TEAMID", "custom_url": "https://x", "event_detail_button_label": "More"}"#,
+        ], "deny:santa-team-id-1", 2),
+    ];
+    for (what, rs, want, notes) in cases {
+        let imported = policy::santa::import(Some(&rules(&rs)), None).unwrap();
+        let p = Policy::parse("imported.toml", &imported.policy).unwrap();
+        assert_eq!(
+            summary(&p.decide(&team, &known)),
+            want,
+            "{what}\n{}",
+            imported.policy
+        );
+        assert_eq!(imported.notes.len(), notes, "{what}: {:?}", imported.notes);
+    }
+}
+
+/// Inputs santactl's `--import` refuses as a whole: a CEL rule without `cel_expr` (SNTRule.mm
+/// `initWithIdentifier:`, SNTErrorCodeRuleInvalidCELExpression) and an empty rule array
+/// (SNTRuleTableTest.mm `testAddRulesEmptyArray`, SNTErrorCodeEmptyRuleArray).
+#[test]
+fn santactl_refusals_are_errors() {
+    #[rustfmt::skip]
+    let cases: &[(&str, &str)] = &[
+        (r#"{"rules": [{"identifier": "ABCDE12345", "policy": "CEL", "rule_type": "TEAMID"}]}"#, "without a cel_expr"),
+        (r#"{"rules": [{"identifier": "ABCDE12345", "policy": "cel", "rule_type": "TEAMID", "cel_expr": ""}]}"#, "without a cel_expr"),
+        (r#"{"rules": []}"#, "empty"),
+    ];
+    for (json, want) in cases {
+        let e = policy::santa::import(Some(json), None)
+            .map(|i| i.policy)
+            .expect_err(json)
+            .to_string();
+        assert!(e.contains(want), "{json}: {e}");
+    }
+}
