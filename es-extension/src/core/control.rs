@@ -143,7 +143,10 @@ pub(crate) fn load_policy(
     origin: &str,
     text: &str,
 ) -> Result<u64, policy::PolicyError> {
-    let parsed = policy::Policy::parse(origin, text)?;
+    // For the OS the extension decides for (the policy it started with): the host's, except
+    // for the Endpoint Security backend's logic run in the simulator on Linux.
+    let os = shared.store.load().policy.os();
+    let parsed = policy::Policy::parse_for(origin, text, os)?;
     // Held across the swap, cache clears and kernel pushes: two loads never interleave, so
     // each kernel mute diff starts from the previous load's result and each successful load
     // is exactly one version step.

@@ -756,6 +756,11 @@ impl SimClient {
         if rec.killed.load(Ordering::Acquire) {
             return respond_code::ERR_NOT_FOUND;
         }
+        // Cached before the answer is visible: the process the answer releases may repeat the
+        // operation at once, and the kernel has the result cached by then.
+        if allow && cache {
+            lock(&self.st).cache.insert(rec.key.clone());
+        }
         a.push(SimAnswer {
             at: Instant::now(),
             allow,
@@ -763,9 +768,6 @@ impl SimClient {
         });
         drop(a);
         rec.done.notify_all();
-        if allow && cache {
-            lock(&self.st).cache.insert(rec.key.clone());
-        }
         respond_code::OK
     }
 }
