@@ -272,6 +272,17 @@ fn import_rules(json: &str, out: &mut String, notes: &mut Vec<String>) -> Result
     Ok(())
 }
 
+/// `path` as the macOS build compiles it: `/tmp`, `/var` and `/etc` (and what lies under them)
+/// become their `/private/...` form, so two spellings of one path compare equal.
+fn private_form(path: &str) -> String {
+    for root in ["/tmp", "/var", "/etc"] {
+        if path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/')) {
+            return format!("/private{path}");
+        }
+    }
+    path.to_owned()
+}
+
 fn dict<'a>(v: &'a plist::Value, what: &str) -> Result<&'a plist::Dictionary, ImportError> {
     v.as_dictionary()
         .ok_or_else(|| ImportError::Shape(format!("{what} must be a dictionary")))
@@ -599,10 +610,13 @@ fn import_faa(bytes: &[u8], out: &mut String, notes: &mut Vec<String>) -> Result
         }
         if !process_keyed {
             for (path, prefix) in &paths {
-                if let Some(other) = seen.insert((path.clone(), *prefix), name.clone()) {
+                // `/tmp/x` and `/private/tmp/x` are one path to the macOS build, which
+                // rewrites the first (FORMAT.md, "Compiling for an OS").
+                if let Some(other) = seen.insert((private_form(path), *prefix), name.clone()) {
                     return Err(bad(format!(
-                        "path {path:?} is also in watch item {other}: Santa applies one of the \
-                         two, which one is undefined; give each path to one item"
+                        "path {path:?} is also in watch item {other} (as written or as its \
+                         /private form): Santa applies one of the two, which one is undefined; \
+                         give each path to one item"
                     )));
                 }
             }

@@ -547,3 +547,44 @@ fn santactl_refusals_are_errors() {
         assert!(e.contains(want), "{json}: {e}");
     }
 }
+
+/// On macOS `/tmp/x` is compiled to `/private/tmp/x` (Endpoint Security reports resolved
+/// paths), so two path-keyed items naming the two spellings would protect one path twice: the
+/// import refuses it naming both, as for the same path written twice (Santa applies one of
+/// the two items, which one is undefined).
+#[test]
+fn two_spellings_of_one_path_in_two_items_are_refused() {
+    let item = |name: &str, path: &str| {
+        format!(
+            "<key>{name}</key><dict><key>Paths</key><array><string>{path}</string></array>\
+             <key>Options</key><dict><key>Version</key><string>v1</string></dict></dict>"
+        )
+    };
+    let plist = |a: &str, b: &str| {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict><key>Version</key><string>v1</string><key>WatchItems</key><dict>{}{}</dict></dict></plist>"#,
+            item("A", a),
+            item("B", b)
+        )
+    };
+    // (path of A, path of B, refused?)
+    let cases = [
+        ("/tmp/x", "/private/tmp/x", true),
+        ("/private/etc/y", "/etc/y", true),
+        ("/var", "/private/var", true),
+        ("/tmp/x", "/tmp/y", false),
+        ("/tmpfoo/x", "/private/tmpfoo/x", false),
+    ];
+    for (a, b, refused) in cases {
+        let got = policy::santa::import(None, Some(plist(a, b).as_bytes()));
+        match (&got, refused) {
+            (Err(e), true) => assert!(
+                e.to_string().contains("is also in watch item A"),
+                "{a} {b}: {e}"
+            ),
+            (Ok(_), false) => {}
+            _ => panic!("{a} {b}: {:?}", got.map(|i| i.policy)),
+        }
+    }
+}
