@@ -2,7 +2,7 @@
 //! with contents equal to the package's recorded MD5?
 //!
 //! The index (path -> package, MD5) is built from `/var/lib/dpkg/info/*.md5sums` on one builder
-//! thread: started by the helper's warm-up right after start ([`PackageTrust::warm`]), or by
+//! thread ([`super::built_index`], as rpm's): started by the helper's warm-up right after start ([`PackageTrust::warm`]), or by
 //! the first request that finds no index for the current database; a request waits for it at
 //! most until its own deadline and then reports the package fact as late, so its other facts
 //! (the hash) still decide it. Measured: 1.8 s for 91,750 files on a busy 2-core machine, which
@@ -19,14 +19,18 @@
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use md5::Digest;
 
 use crate::analyzer::{AnalysisError, Input, PackageTrust};
 use crate::hash::digest_fd;
+
+use super::built_index::BuiltIndex;
+
+/// After a failed build, requests answer that failure for this long before a new build is tried.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Directories that /usr-merge turned into symlinks into /usr.
 const MERGED_DIRS: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
@@ -44,33 +48,11 @@ struct Index {
     files: HashMap<String, Vec<Owner>>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    /// The index and the status file's mtime it was built for.
-    index: Option<(SystemTime, Arc<Index>)>,
-    building: bool,
-    /// The last failed build, for that mtime (retried by the next request).
-    failed: Option<(SystemTime, String)>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    info_dir: PathBuf,
-    state: Mutex<State>,
-    built: Condvar,
-    generation: AtomicU64,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// The dpkg-backed [`PackageTrust`].
 #[derive(Debug)]
 pub struct DpkgTrust {
-    shared: Arc<Shared>,
+    info_dir: PathBuf,
+    index: BuiltIndex<SystemTime, Index>,
     status: PathBuf,
     usr_merged: bool,
     max_size: u64,
@@ -86,12 +68,8 @@ impl DpkgTrust {
     /// A database rooted at `dpkg_dir` (holding `info/` and `status`), for tests.
     pub fn new(dpkg_dir: &Path, usr_merged: bool, max_size: u64) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                info_dir: dpkg_dir.join("info"),
-                state: Mutex::default(),
-                built: Condvar::new(),
-                generation: AtomicU64::new(0),
-            }),
+            info_dir: dpkg_dir.join("info"),
+            index: BuiltIndex::new("dpkg-index", RETRY_AFTER),
             status: dpkg_dir.join("status"),
             usr_merged,
             max_size,
@@ -117,47 +95,20 @@ impl DpkgTrust {
     /// it until `deadline` at most.
     fn index(&self, deadline: Instant) -> Result<Arc<Index>, AnalysisError> {
         let mtime = self.status_mtime()?;
-        let mut state = self.shared.lock();
-        let mut asked = false;
-        loop {
-            if let Some((at, index)) = &state.index
-                && *at == mtime
-            {
-                return Ok(index.clone());
+        let info_dir = self.info_dir.clone();
+        self.index.get(mtime, deadline, move || {
+            let started = Instant::now();
+            let result = build_index(&info_dir).map_err(|e| e.to_string());
+            match &result {
+                Ok(index) => tracing::info!(
+                    files = index.files.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "dpkg index built"
+                ),
+                Err(why) => tracing::warn!(error = %why, "dpkg index build failed"),
             }
-            // A build for this database failed since we asked: report it (the next request
-            // tries again).
-            if asked
-                && !state.building
-                && let Some((at, why)) = &state.failed
-                && *at == mtime
-            {
-                return Err(AnalysisError::Internal(why.clone()));
-            }
-            if !state.building {
-                state.building = true;
-                state.failed = None;
-                let shared = Arc::clone(&self.shared);
-                let spawned = std::thread::Builder::new()
-                    .name("dpkg-index".into())
-                    .spawn(move || build_on_thread(&shared, mtime));
-                if let Err(e) = spawned {
-                    state.building = false;
-                    return Err(AnalysisError::io("starting the dpkg index thread", e));
-                }
-            }
-            asked = true;
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(AnalysisError::DeadlineExceeded);
-            }
-            state = self
-                .shared
-                .built
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+            result
+        })
     }
 
     /// dpkg's spellings of an absolute path: itself, and its /usr-merge alias.
@@ -177,42 +128,6 @@ impl DpkgTrust {
             }
         }
         out
-    }
-}
-
-/// Clears `building` and wakes the waiters even if the build panics, so no request waits for a
-/// build that is no longer running.
-struct BuildingGuard<'a>(&'a Shared);
-
-impl Drop for BuildingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.lock().building = false;
-        self.0.built.notify_all();
-    }
-}
-
-/// Builds the index and files it under `mtime`, the status the requester saw (the read starts
-/// after it was taken, so it is at least that new; a later change is a newer mtime and a new
-/// build).
-fn build_on_thread(shared: &Shared, mtime: SystemTime) {
-    let _guard = BuildingGuard(shared);
-    let started = Instant::now();
-    let result = build_index(&shared.info_dir);
-    let mut state = shared.lock();
-    match result {
-        Ok(index) => {
-            tracing::info!(
-                files = index.files.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "dpkg index built"
-            );
-            state.index = Some((mtime, Arc::new(index)));
-            shared.generation.fetch_add(1, Ordering::SeqCst);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "dpkg index build failed");
-            state.failed = Some((mtime, e.to_string()));
-        }
     }
 }
 
@@ -287,7 +202,7 @@ impl PackageTrust for DpkgTrust {
     }
 
     fn generation(&self) -> u64 {
-        self.shared.generation.load(Ordering::SeqCst)
+        self.index.built()
     }
 
     fn warm(&self) {

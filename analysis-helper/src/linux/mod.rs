@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod built_index;
 pub mod dpkg;
 pub mod rpmdb;
 pub mod server;

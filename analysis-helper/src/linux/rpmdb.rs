@@ -4,8 +4,9 @@
 //!
 //! The database is `rpmdb.sqlite`, table `Packages(hnum, blob)`, each blob one package's rpm
 //! header without lead or signature ([`header`]). The index (path -> package, digest) is built
-//! from every header lazily on the first request, never at start-up (invariant 6), on a builder
-//! thread of its own (at most one), while the request waits no longer than its own deadline: a
+//! from every header on a builder thread of its own (at most one; [`super::built_index`]),
+//! started by the helper's warm-up right after start or by the first request, never in the
+//! way of start-up (invariant 6), while a request waits no longer than its own deadline: a
 //! first request on a large database may answer `DeadlineExceeded` while the build goes on, and
 //! the next one finds the index ready. The index is rebuilt when the database or its write-ahead
 //! log changes (size or mtime; rpm writes through the WAL, so the main file alone can lag).
@@ -29,13 +30,15 @@
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::Digest;
 
 use crate::analyzer::{AnalysisError, Input, PackageTrust};
 use crate::hash::digest_fd;
+
+use super::built_index::BuiltIndex;
 
 pub mod header;
 
@@ -116,34 +119,19 @@ fn stamp_of(db: &Path) -> std::io::Result<Stamp> {
     Ok((stat(db)?, wal))
 }
 
+/// What the service's cache generation last saw of the database.
 #[derive(Debug, Default)]
-struct State {
-    index: Option<(Stamp, Arc<Index>)>,
-    building: bool,
-    failed: Option<(Stamp, Instant, String)>,
-    seen: Option<Stamp>,
+struct Seen {
+    stamp: Option<Stamp>,
     generation: u64,
-    /// Reads of the database so far.
-    builds: u64,
-}
-
-#[derive(Debug)]
-struct Shared {
-    db: PathBuf,
-    state: Mutex<State>,
-    built: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// The rpmdb-backed [`PackageTrust`].
 #[derive(Debug)]
 pub struct RpmTrust {
-    shared: Arc<Shared>,
+    db: PathBuf,
+    index: BuiltIndex<Stamp, Index>,
+    seen: Mutex<Seen>,
     /// The filesystem root the database describes: `/` on a host; a scratch directory in tests
     /// (`rpm --root`), whose prefix is stripped from the kernel's paths before lookup.
     root: PathBuf,
@@ -155,11 +143,9 @@ impl RpmTrust {
     /// The SQLite database at `db` describing the files under `root`.
     pub fn new(db: &Path, root: &Path, usr_merged: bool, max_size: u64) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                db: db.to_owned(),
-                state: Mutex::default(),
-                built: Condvar::new(),
-            }),
+            db: db.to_owned(),
+            index: BuiltIndex::new("rpmdb-index", RETRY_AFTER),
+            seen: Mutex::default(),
             root: root.to_owned(),
             usr_merged,
             max_size,
@@ -168,7 +154,7 @@ impl RpmTrust {
 
     /// The database's current stamp, or why there is none.
     fn stamp(&self) -> Result<Stamp, AnalysisError> {
-        let db = &self.shared.db;
+        let db = &self.db;
         stamp_of(db).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 AnalysisError::Unsupported("package trust (the rpm database is gone)")
@@ -179,41 +165,24 @@ impl RpmTrust {
 
     /// The index for `stamp`, built on the builder thread if need be; waits until `deadline`.
     fn index_for(&self, stamp: Stamp, deadline: Instant) -> Result<Arc<Index>, AnalysisError> {
-        let mut state = self.shared.lock();
-        loop {
-            if let Some((s, index)) = &state.index
-                && *s == stamp
-            {
-                return Ok(index.clone());
-            }
-            if let Some((s, at, why)) = &state.failed
-                && *s == stamp
-                && at.elapsed() < RETRY_AFTER
-            {
-                return Err(AnalysisError::Internal(why.clone()));
-            }
-            if !state.building {
-                state.building = true;
-                let shared = self.shared.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("rpmdb-index".into())
-                    .spawn(move || build_on_thread(&shared, stamp));
-                if let Err(e) = spawned {
-                    state.building = false;
-                    return Err(AnalysisError::io("starting the rpm index thread", e));
+        let db = self.db.clone();
+        self.index.get(stamp, deadline, move || {
+            let started = Instant::now();
+            let result = read_database(&db);
+            match &result {
+                Ok(index) => tracing::info!(
+                    db = %db.display(),
+                    files = index.files.len(),
+                    skipped_headers = index.skipped,
+                    ms = started.elapsed().as_millis() as u64,
+                    "rpm index built"
+                ),
+                Err(why) => {
+                    tracing::warn!(db = %db.display(), error = %why, "rpm index build failed");
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(AnalysisError::DeadlineExceeded);
-            }
-            state = self
-                .shared
-                .built
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+            result
+        })
     }
 
     /// rpm's spellings of the kernel's absolute path: itself under the root, and its /usr-merge
@@ -242,49 +211,6 @@ impl RpmTrust {
             }
         }
         out
-    }
-}
-
-/// Clears `building` and wakes the waiters even if the build panics, so one bad header can never
-/// leave every later request waiting for a build that is no longer running.
-struct BuildingGuard<'a>(&'a Shared);
-
-impl Drop for BuildingGuard<'_> {
-    fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.building = false;
-        drop(state);
-        self.0.built.notify_all();
-    }
-}
-
-/// Builds the index and files it under `stamp`, the stamp the requester saw. The read starts
-/// after that stamp was taken, so what it reads is at least that new; if rpm writes meanwhile,
-/// the next request sees a newer stamp and rebuilds. (Filing it under a stamp taken here
-/// instead could leave the requester, still waiting for its own stamp, starting build after
-/// build until its deadline.)
-fn build_on_thread(shared: &Shared, stamp: Stamp) {
-    let _guard = BuildingGuard(shared);
-    let started = Instant::now();
-    let result = read_database(&shared.db);
-    let mut state = shared.lock();
-    state.builds += 1;
-    match result {
-        Ok(index) => {
-            tracing::info!(
-                db = %shared.db.display(),
-                files = index.files.len(),
-                skipped_headers = index.skipped,
-                ms = started.elapsed().as_millis() as u64,
-                "rpm index built"
-            );
-            state.index = Some((stamp, Arc::new(index)));
-            state.failed = None;
-        }
-        Err(why) => {
-            tracing::warn!(db = %shared.db.display(), error = %why, "rpm index build failed");
-            state.failed = Some((stamp, Instant::now(), why));
-        }
     }
 }
 
@@ -443,12 +369,12 @@ impl PackageTrust for RpmTrust {
         // A stat or two per request, so that a cached answer never outlives the database it came
         // from (the service keys its cache by this value before asking).
         let stamp = self.stamp().ok();
-        let mut state = self.shared.lock();
-        if state.seen != stamp {
-            state.seen = stamp;
-            state.generation += 1;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.stamp != stamp {
+            seen.stamp = stamp;
+            seen.generation += 1;
         }
-        state.generation
+        seen.generation
     }
 
     fn warm(&self) {
@@ -549,9 +475,8 @@ mod tests {
             assert_eq!(got.package.as_deref(), package, "{}", path.display());
             assert_eq!(got.trusted, trusted, "{}", path.display());
         }
-        let state = db.shared.lock();
-        assert_eq!(state.index.as_ref().map(|(_, i)| i.skipped), Some(2));
-        assert_eq!(state.builds, 1, "built once, lazily");
+        assert_eq!(db.index.current().map(|i| i.skipped), Some(2));
+        assert_eq!(db.index.builds(), 1, "built once, lazily");
     }
 
     /// Requests arriving together share one build: at most one builder thread, whatever the
@@ -573,7 +498,7 @@ mod tests {
                 assert!(a.join().unwrap().unwrap().trusted);
             }
         });
-        assert_eq!(db.shared.lock().builds, 1);
+        assert_eq!(db.index.builds(), 1);
     }
 
     /// A file that is not a SQLite rpmdb: the request gets an error saying what failed and how to
@@ -597,10 +522,10 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let state = db.shared.lock();
-        assert!(state.failed.is_some() && state.index.is_none() && !state.building);
+        assert!(db.index.failed_idle());
         assert_eq!(
-            state.builds, 1,
+            db.index.builds(),
+            1,
             "the second request did not read the database again"
         );
     }
