@@ -5,8 +5,8 @@
 use std::ffi::OsStr;
 
 use endpoint_sec::{
-    Event as RawEvent, EventCreateDestinationFile, EventRenameDestinationFile, File, Message,
-    Process as RawProcess,
+    Event as RawEvent, EventCreateDestinationFile, EventRename, EventRenameDestinationFile, File,
+    Message, Process as RawProcess,
 };
 
 use crate::sys::macos::api::AuditToken;
@@ -71,6 +71,24 @@ fn mount(statfs: &libc::statfs, disposition: Option<u32>) -> EsMount {
     }
 }
 
+/// Where a rename (AUTH or NOTIFY) goes; `None` for a destination type we do not know.
+fn rename_destination(e: &EventRename<'_>) -> Option<EsDestination> {
+    Some(match e.destination()? {
+        EventRenameDestinationFile::ExistingFile { file: f, .. } => {
+            EsDestination::Existing(file(&f))
+        }
+        EventRenameDestinationFile::NewPath {
+            directory,
+            filename,
+            ..
+        } => EsDestination::New {
+            directory: file(&directory),
+            filename: lossy(filename),
+        },
+        _ => return None,
+    })
+}
+
 /// The message, or `None` for an AUTH event we do not subscribe to or cannot read (the
 /// handler block then allows it at once).
 pub fn message(msg: &Message) -> Option<EsMessage> {
@@ -88,20 +106,7 @@ pub fn message(msg: &Message) -> Option<EsMessage> {
         }
         RawEvent::AuthRename(e) => EsBody::Rename {
             source: file(&e.source()),
-            destination: match e.destination()? {
-                EventRenameDestinationFile::ExistingFile { file: f, .. } => {
-                    EsDestination::Existing(file(&f))
-                }
-                EventRenameDestinationFile::NewPath {
-                    directory,
-                    filename,
-                    ..
-                } => EsDestination::New {
-                    directory: file(&directory),
-                    filename: lossy(filename),
-                },
-                _ => return None,
-            },
+            destination: rename_destination(&e)?,
         },
         RawEvent::AuthUnlink(e) => EsBody::Unlink {
             file: file(&e.target()),
@@ -168,20 +173,7 @@ pub fn notify(msg: &Message) -> Option<EsNotify> {
         },
         RawEvent::NotifyRename(e) => EsNotifyBody::Rename {
             source: file(&e.source()),
-            destination: match e.destination()? {
-                EventRenameDestinationFile::ExistingFile { file: f, .. } => {
-                    EsDestination::Existing(file(&f))
-                }
-                EventRenameDestinationFile::NewPath {
-                    directory,
-                    filename,
-                    ..
-                } => EsDestination::New {
-                    directory: file(&directory),
-                    filename: lossy(filename),
-                },
-                _ => return None,
-            },
+            destination: rename_destination(&e)?,
         },
         RawEvent::NotifyExit(_) => EsNotifyBody::Exit,
         _ => return None,

@@ -652,6 +652,17 @@ fn is_muted(cs: &ClientState, actor: &EsProcess, targets: &[String]) -> bool {
     by_token || by_path || by_target
 }
 
+impl Inner {
+    /// A client subscribed to something (`any`): the first such ends the early-boot hold.
+    fn first_subscription(&self, any: bool) {
+        let mut st = lock(&self.state);
+        if !st.subscribed_once && any {
+            st.subscribed_once = true;
+            self.changed.notify_all();
+        }
+    }
+}
+
 /// The deadline thread: a message unanswered at its deadline kills its client.
 fn reap(inner: &Weak<Inner>) {
     loop {
@@ -794,11 +805,7 @@ impl EsApi for SimClient {
     fn subscribe(&self, kinds: &[EventKind]) -> Result<(), ApiError> {
         let sim = self.sim()?;
         lock(&self.st).subs.extend(kinds.iter().copied());
-        let mut st = lock(&sim.state);
-        if !st.subscribed_once && !kinds.is_empty() {
-            st.subscribed_once = true;
-            sim.changed.notify_all();
-        }
+        sim.first_subscription(!kinds.is_empty());
         Ok(())
     }
 
@@ -819,11 +826,7 @@ impl EsApi for SimClient {
     fn subscribe_notify(&self, kinds: &[NotifyKind]) -> Result<(), ApiError> {
         let sim = self.sim()?;
         lock(&self.st).notify_subs.extend(kinds.iter().copied());
-        let mut st = lock(&sim.state);
-        if !st.subscribed_once && !kinds.is_empty() {
-            st.subscribed_once = true;
-            sim.changed.notify_all();
-        }
+        sim.first_subscription(!kinds.is_empty());
         Ok(())
     }
 
