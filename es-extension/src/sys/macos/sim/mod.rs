@@ -392,15 +392,9 @@ impl EsSim {
         f
     }
 
-    fn es_process(&self, p: &EsProcess) -> EsProcess {
-        EsProcess {
-            executable: self.es_file(&p.executable),
-            ..p.clone()
-        }
-    }
-
-    fn es_body(&self, body: &EsBody) -> EsBody {
-        let dest = |d: &EsDestination| match d {
+    /// A destination as ES would report it (its directory or file through [`EsSim::es_file`]).
+    fn es_destination(&self, d: &EsDestination) -> EsDestination {
+        match d {
             EsDestination::Existing(f) => EsDestination::Existing(self.es_file(f)),
             EsDestination::New {
                 directory,
@@ -409,7 +403,17 @@ impl EsSim {
                 directory: self.es_file(directory),
                 filename: filename.clone(),
             },
-        };
+        }
+    }
+
+    fn es_process(&self, p: &EsProcess) -> EsProcess {
+        EsProcess {
+            executable: self.es_file(&p.executable),
+            ..p.clone()
+        }
+    }
+
+    fn es_body(&self, body: &EsBody) -> EsBody {
         match body {
             EsBody::Exec { target } => EsBody::Exec {
                 target: Box::new(self.es_process(target)),
@@ -425,7 +429,7 @@ impl EsSim {
                 destination,
             } => EsBody::Rename {
                 source: self.es_file(source),
-                destination: dest(destination),
+                destination: self.es_destination(destination),
             },
             EsBody::Unlink { file } => EsBody::Unlink {
                 file: self.es_file(file),
@@ -443,7 +447,7 @@ impl EsSim {
                 target_filename: target_filename.clone(),
             },
             EsBody::Create { destination } => EsBody::Create {
-                destination: dest(destination),
+                destination: self.es_destination(destination),
             },
             EsBody::Clone {
                 source,
@@ -459,7 +463,7 @@ impl EsSim {
                 destination,
             } => EsBody::Copyfile {
                 source: self.es_file(source),
-                destination: dest(destination),
+                destination: self.es_destination(destination),
             },
             EsBody::Exchangedata { file1, file2 } => EsBody::Exchangedata {
                 file1: self.es_file(file1),
@@ -557,16 +561,6 @@ impl EsSim {
     /// kind and not muting it: queued behind whatever the client has not handled yet, and
     /// owed no answer. Returns how many clients it was delivered to.
     pub fn notify(&self, actor: &EsProcess, body: EsNotifyBody) -> usize {
-        let dest = |d: &EsDestination| match d {
-            EsDestination::Existing(f) => EsDestination::Existing(self.es_file(f)),
-            EsDestination::New {
-                directory,
-                filename,
-            } => EsDestination::New {
-                directory: self.es_file(directory),
-                filename: filename.clone(),
-            },
-        };
         let body = match body {
             EsNotifyBody::Close { modified, target } => EsNotifyBody::Close {
                 modified,
@@ -577,7 +571,7 @@ impl EsSim {
                 destination,
             } => EsNotifyBody::Rename {
                 source: self.es_file(&source),
-                destination: dest(&destination),
+                destination: self.es_destination(&destination),
             },
             EsNotifyBody::Exit => EsNotifyBody::Exit,
         };
